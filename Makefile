@@ -1,0 +1,31 @@
+# Set-up and entry points. `make demo` and `make test` create or refresh .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned to the CPU build; a looser spec pulls several GB of CUDA packages.
+TORCH := torch==2.13.0
+
+.PHONY: demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev,torch,sklearn]' $(TORCH)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m slipway demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=15
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n 2 -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check slipway tests bench
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,9 @@
+"""``slipway convert``: placeholder, replaced by its real implementation."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

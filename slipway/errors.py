@@ -1,0 +1,36 @@
+"""Error hierarchy.
+
+Every error a user can cause is a :class:`UserError`; the CLI prints its message on one line
+and exits with code 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SlipwayError(Exception):
+    """Base class of every error slipway raises on purpose."""
+
+
+class UserError(SlipwayError):
+    """Bad input: a missing or corrupt file, a wrong shape, an unsupported op or opset."""
+
+
+class VerificationError(SlipwayError):
+    """A transformed model disagrees with its reference past tolerance."""
+
+
+class ServeError(SlipwayError):
+    """An error that a server maps to an HTTP / gRPC status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MissingDependencyError(UserError):
+    """An optional extra (torch, openvino, ...) is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(f"{module} is not installed; install it with: pip install 'slipway[{extra}]'")
+        self.module = module
+        self.extra = extra
