@@ -56,6 +56,8 @@ class MachinePeaks:
     mem_bandwidth_gbs: float
     measured_at: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    # How each peak was measured ("fp32", "int8", "bandwidth" -> one line), e.g. the INT8 instruction set.
+    methods: dict[str, str] = field(default_factory=dict)
 
     @property
     def ridge_point(self) -> float:
@@ -80,6 +82,8 @@ class Analysis:
     machine: MachinePeaks | None = None
     profiled: bool = False
     total_time_ms: float | None = None  # measured end-to-end latency when profiled
+    # Nodes onnxruntime added (layout reorders, reshapes around fused Gemms) with their measured time.
+    engine_nodes: list[NodeCost] = field(default_factory=list)
 
     @property
     def totals(self) -> dict:
@@ -106,4 +110,5 @@ class Analysis:
             d["machine"] = self.machine.to_dict()
         if self.profiled:
             d["total_time_ms"] = self.total_time_ms
+            d["engine_nodes"] = [n.to_dict() for n in self.engine_nodes]
         return d

@@ -1,0 +1,357 @@
+"""Multi-object tracking: a SORT-style tracker, ByteTrack-style two-stage association, CLEAR-MOT metrics.
+
+Both trackers keep every track in one set of numpy arrays (:class:`KalmanTracks`): the
+constant-velocity Kalman filter predicts and corrects all tracks in a few batched array
+operations instead of one Python object per track, so an update with 100 objects costs well
+under a millisecond. The state of a track is SORT's ``[cx, cy, s, r, vcx, vcy, vs]``: box
+center, area ``s = w * h``, aspect ``r = w / h`` (constant) and the velocities of the first three.
+Association maximizes the total IoU over track/detection pairs whose IoU passes the threshold
+(Hungarian assignment, ``scipy.optimize.linear_sum_assignment``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from slipway.errors import UserError
+from slipway.ops._check import check_array, check_positive, check_range, check_same_len
+
+# Constant-velocity model on [cx, cy, s, r, vcx, vcy, vs]; the noise levels are SORT's.
+DIM = 7
+F = np.eye(DIM)
+F[0, 4] = F[1, 5] = F[2, 6] = 1.0
+Q = np.diag([1.0, 1.0, 1.0, 1.0, 0.01, 0.01, 0.0001])
+R = np.diag([1.0, 1.0, 10.0, 10.0])
+P0 = np.diag([10.0, 10.0, 10.0, 10.0, 1e4, 1e4, 1e4])
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` [N, 4] with every box in ``b`` [M, 4] (xyxy) -> [N, M]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0.0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def xyxy_to_z(boxes: np.ndarray) -> np.ndarray:
+    """Boxes [N, 4] xyxy -> measurements [N, 4] of [cx, cy, s, r]."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    return np.stack([boxes[:, 0] + w / 2, boxes[:, 1] + h / 2, w * h, w / np.maximum(h, 1e-12)], axis=1)
+
+
+def x_to_xyxy(x: np.ndarray) -> np.ndarray:
+    """States [N, >=4] of [cx, cy, s, r, ...] -> boxes [N, 4] xyxy."""
+    w = np.sqrt(np.clip(x[:, 2] * x[:, 3], 0.0, None))
+    h = np.where(w > 0, x[:, 2] / np.where(w > 0, w, 1.0), 0.0)
+    return np.stack([x[:, 0] - w / 2, x[:, 1] - h / 2, x[:, 0] + w / 2, x[:, 1] + h / 2], axis=1)
+
+
+def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Assign rows to columns maximizing total IoU over pairs with IoU >= ``threshold``.
+
+    Returns ``(pairs [K, 2], unmatched_rows, unmatched_cols)``. When the pairs above the
+    threshold already form a one-to-one matching, it is taken without running the solver
+    (the solver would return the same pairs).
+    """
+    n, m = iou.shape
+    if n == 0 or m == 0:
+        return np.empty((0, 2), np.intp), np.arange(n), np.arange(m)
+    ok = iou >= threshold
+    if ok.sum(axis=1).max() <= 1 and ok.sum(axis=0).max() <= 1:
+        pairs = np.stack(np.nonzero(ok), axis=1)
+    else:
+        gain = np.where(ok, iou, 0.0)
+        rows, cols = linear_sum_assignment(gain, maximize=True)
+        keep = ok[rows, cols]
+        pairs = np.stack([rows[keep], cols[keep]], axis=1)
+    row_free = np.ones(n, bool)
+    row_free[pairs[:, 0]] = False
+    col_free = np.ones(m, bool)
+    col_free[pairs[:, 1]] = False
+    return pairs, np.nonzero(row_free)[0], np.nonzero(col_free)[0]
+
+
+class KalmanTracks:
+    """All tracks of a tracker as arrays: Kalman states ``x`` [N, 7], covariances ``P`` [N, 7, 7] and counters."""
+
+    def __init__(self) -> None:
+        self.x = np.empty((0, DIM))
+        self.P = np.empty((0, DIM, DIM))
+        self.ids = np.empty(0, np.int64)
+        self.hits = np.empty(0, np.int64)
+        self.streak = np.empty(0, np.int64)  # consecutive frames with a detection
+        self.since_update = np.empty(0, np.int64)  # frames since the last detection
+        self.confirmed = np.empty(0, bool)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, boxes: np.ndarray, ids: np.ndarray, confirmed: bool | np.ndarray = False) -> None:
+        """Start one track per box [K, 4] with zero velocity and SORT's initial covariance."""
+        k = len(boxes)
+        x = np.zeros((k, DIM))
+        x[:, :4] = xyxy_to_z(boxes)
+        self.x = np.concatenate([self.x, x])
+        self.P = np.concatenate([self.P, np.broadcast_to(P0, (k, DIM, DIM))])
+        self.ids = np.concatenate([self.ids, ids])
+        self.hits = np.concatenate([self.hits, np.ones(k, np.int64)])
+        self.streak = np.concatenate([self.streak, np.ones(k, np.int64)])
+        self.since_update = np.concatenate([self.since_update, np.zeros(k, np.int64)])
+        self.confirmed = np.concatenate([self.confirmed, np.broadcast_to(confirmed, (k,))])
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Drop the tracks where ``mask`` is False."""
+        for name in ("x", "P", "ids", "hits", "streak", "since_update", "confirmed"):
+            setattr(self, name, getattr(self, name)[mask])
+
+    def predict(self) -> np.ndarray:
+        """Advance every track one frame (x = F x, P = F P F^T + Q); return the predicted boxes [N, 4]."""
+        shrink = self.x[:, 2] + self.x[:, 6] <= 0  # the area would become non-positive: stop shrinking
+        self.x[shrink, 6] = 0.0
+        self.x[:, :3] += self.x[:, 4:7]
+        self.P = F @ self.P @ F.T + Q
+        self.streak[self.since_update > 0] = 0
+        self.since_update += 1
+        return x_to_xyxy(self.x)
+
+    def update(self, idx: np.ndarray, boxes: np.ndarray) -> None:
+        """Correct the tracks ``idx`` with their detections ``boxes`` [K, 4] (standard Kalman update)."""
+        if len(idx) == 0:
+            return
+        x, P = self.x[idx], self.P[idx]
+        S = P[:, :4, :4] + R
+        K = np.linalg.solve(S, P[:, :4, :]).transpose(0, 2, 1)  # P H^T S^-1, with S and P symmetric
+        y = xyxy_to_z(boxes) - x[:, :4]
+        self.x[idx] = x + np.einsum("nij,nj->ni", K, y)
+        self.P[idx] = P - K @ P[:, :4, :]
+        self.since_update[idx] = 0
+        self.hits[idx] += 1
+        self.streak[idx] += 1
+
+    def boxes(self) -> np.ndarray:
+        """Current boxes [N, 4] xyxy."""
+        return x_to_xyxy(self.x)
+
+
+def _check_detections(boxes: object, scores: object | None) -> tuple[np.ndarray, np.ndarray]:
+    b = check_array("boxes_xyxy", boxes, dtype_kind="fiu")
+    if b.size == 0:
+        b = b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise UserError(f"boxes_xyxy: expected shape [N, 4], got {tuple(b.shape)}")
+    b = b.astype(np.float64)
+    if np.any(b[:, 2:] < b[:, :2]):
+        raise UserError("boxes_xyxy: every box needs x2 >= x1 and y2 >= y1")
+    if scores is None:
+        return b, np.ones(len(b))
+    s = check_array("scores", scores, ndim=1, dtype_kind="fiu").astype(np.float64)
+    check_same_len("boxes_xyxy", b, "scores", s)
+    return b, s
+
+
+def _result(tracks: KalmanTracks, show: np.ndarray) -> np.ndarray:
+    out = np.concatenate([tracks.boxes()[show], tracks.ids[show, None].astype(np.float64)], axis=1)
+    return out[np.argsort(out[:, 4], kind="stable")]
+
+
+class SortTracker:
+    """SORT: constant-velocity Kalman filter, IoU cost, Hungarian assignment.
+
+    Each :meth:`update` predicts every track, matches detections by IoU (pairs below
+    ``iou_threshold`` never match), corrects the matched tracks, starts a track per
+    unmatched detection with ``score >= min_score`` and drops tracks unmatched for more than
+    ``max_age`` frames. A track is reported once it has been matched in ``min_hits``
+    consecutive frames (or during the first ``min_hits`` frames of the sequence); from then
+    on it is reported in every frame it is matched, so a track that reappears after an
+    occlusion keeps its id and is reported at once. Ids start at 1.
+    """
+
+    def __init__(self, max_age: int = 1, min_hits: int = 3, iou_threshold: float = 0.3, min_score: float = 0.0) -> None:
+        self.max_age = int(check_positive("max_age", max_age, allow_zero=True))
+        self.min_hits = int(check_positive("min_hits", min_hits, allow_zero=True))
+        self.iou_threshold = check_range("iou_threshold", iou_threshold, 0.0, 1.0)
+        self.min_score = float(min_score)
+        self.tracks = KalmanTracks()
+        self.frame = 0
+        self._next_id = 1
+
+    def _new_ids(self, k: int) -> np.ndarray:
+        ids = np.arange(self._next_id, self._next_id + k, dtype=np.int64)
+        self._next_id += k
+        return ids
+
+    def update(self, boxes_xyxy: object, scores: object | None = None) -> np.ndarray:
+        """Feed one frame's detections [N, 4] (N may be 0); return the tracked boxes [K, 5] of [x1, y1, x2, y2, id]."""
+        boxes, scores = _check_detections(boxes_xyxy, scores)
+        self.frame += 1
+        t = self.tracks
+        predicted = t.predict()
+        pairs, _, free_dets = match(iou_matrix(predicted, boxes), self.iou_threshold)
+        t.update(pairs[:, 0], boxes[pairs[:, 1]])
+        new = free_dets[scores[free_dets] >= self.min_score]
+        t.add(boxes[new], self._new_ids(len(new)))
+        t.confirmed |= t.streak >= self.min_hits
+        t.keep(t.since_update <= self.max_age)
+        return _result(t, (t.since_update == 0) & (t.confirmed | (self.frame <= self.min_hits)))
+
+
+class ByteTracker:
+    """ByteTrack-style tracker: high-score detections first, then low-score ones to the remaining tracks.
+
+    Detections with ``score >= high_thresh`` are matched to all live tracks (tracked and lost),
+    with cost ``1 - IoU`` (times the score when ``fuse_score``) and pairs above
+    ``match_thresh`` rejected — ByteTrack's convention, so the default 0.8 means IoU >= 0.2.
+    Detections with ``low_thresh <= score < high_thresh`` are then matched to the tracks still
+    tracked in the previous frame and unmatched (cost limit ``low_match_thresh``, IoU >= 0.5 by
+    default); they never start tracks. Unconfirmed (one-frame) tracks get the remaining high
+    detections (cost limit ``unconfirmed_match_thresh``) or die. A remaining high detection
+    with ``score >= new_track_thresh`` (default ``high_thresh + 0.1``) starts a track, confirmed
+    at once in the first frame, otherwise when matched again the next frame. A track lost for
+    more than ``max_age`` frames is dropped. Ids start at 1.
+    """
+
+    def __init__(
+        self,
+        high_thresh: float = 0.5,
+        low_thresh: float = 0.1,
+        match_thresh: float = 0.8,
+        max_age: int = 30,
+        new_track_thresh: float | None = None,
+        low_match_thresh: float = 0.5,
+        unconfirmed_match_thresh: float = 0.7,
+        fuse_score: bool = True,
+    ) -> None:
+        self.high_thresh = check_range("high_thresh", high_thresh, 0.0, 1.0)
+        self.low_thresh = check_range("low_thresh", low_thresh, 0.0, 1.0)
+        if self.low_thresh > self.high_thresh:
+            raise UserError(f"low_thresh: must not exceed high_thresh ({low_thresh} > {high_thresh})")
+        self.match_thresh = check_range("match_thresh", match_thresh, 0.0, 1.0)
+        self.low_match_thresh = check_range("low_match_thresh", low_match_thresh, 0.0, 1.0)
+        self.unconfirmed_match_thresh = check_range("unconfirmed_match_thresh", unconfirmed_match_thresh, 0.0, 1.0)
+        self.new_track_thresh = self.high_thresh + 0.1 if new_track_thresh is None else float(new_track_thresh)
+        self.max_age = int(check_positive("max_age", max_age, allow_zero=True))
+        self.fuse_score = bool(fuse_score)
+        self.tracks = KalmanTracks()
+        self.frame = 0
+        self._next_id = 1
+
+    def _assign(self, rows: np.ndarray, dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                predicted: np.ndarray, limit: float, fuse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Match tracks ``rows`` to detections ``dets``; correct the matched tracks; return (pairs, free rows, free dets)."""
+        sim = iou_matrix(predicted[rows], boxes[dets])
+        if fuse:
+            sim = sim * scores[dets][None, :]
+        pairs, free_r, free_d = match(sim, 1.0 - limit)
+        self.tracks.update(rows[pairs[:, 0]], boxes[dets[pairs[:, 1]]])
+        return pairs, rows[free_r], dets[free_d]
+
+    def update(self, boxes_xyxy: object, scores: object) -> np.ndarray:
+        """Feed one frame's detections [N, 4] and scores [N]; return the tracked boxes [K, 5] of [x1, y1, x2, y2, id]."""
+        if scores is None:
+            raise UserError("scores: ByteTracker needs detection scores")
+        boxes, scores = _check_detections(boxes_xyxy, scores)
+        self.frame += 1
+        t = self.tracks
+        was_tracked = t.since_update == 0
+        predicted = t.predict()
+        high = np.nonzero(scores >= self.high_thresh)[0]
+        low = np.nonzero((scores >= self.low_thresh) & (scores < self.high_thresh))[0]
+        pool = np.nonzero(t.confirmed)[0]
+        _, free_trk, free_high = self._assign(pool, high, boxes, scores, predicted, self.match_thresh, self.fuse_score)
+        free_trk = free_trk[was_tracked[free_trk]]
+        self._assign(free_trk, low, boxes, scores, predicted, self.low_match_thresh, False)
+        unconf = np.nonzero(~t.confirmed)[0]
+        pairs, dead, free_high = self._assign(unconf, free_high, boxes, scores, predicted,
+                                              self.unconfirmed_match_thresh, self.fuse_score)
+        t.confirmed[unconf[pairs[:, 0]]] = True
+        alive = np.ones(len(t), bool)
+        alive[dead] = False
+        alive &= t.since_update <= self.max_age
+        t.keep(alive)
+        new = free_high[scores[free_high] >= self.new_track_thresh]
+        ids = np.arange(self._next_id, self._next_id + len(new), dtype=np.int64)
+        self._next_id += len(new)
+        t.add(boxes[new], ids, confirmed=self.frame == 1)
+        return _result(t, (t.since_update == 0) & t.confirmed)
+
+
+@dataclass
+class MotResult:
+    """CLEAR-MOT counts over a sequence: ``mota = 1 - (fn + fp + idsw) / num_gt``; ``motp`` = mean IoU of matches."""
+
+    num_gt: int
+    matches: int
+    fn: int
+    fp: int
+    idsw: int
+    mota: float
+    motp: float
+
+
+def _frame_array(name: str, a: object) -> np.ndarray:
+    arr = check_array(name, a, dtype_kind="fiu")
+    if arr.size == 0:
+        return np.empty((0, 5))
+    if arr.ndim != 2 or arr.shape[1] != 5:
+        raise UserError(f"{name}: expected shape [K, 5] of [x1, y1, x2, y2, id], got {tuple(arr.shape)}")
+    return arr.astype(np.float64)
+
+
+def clear_mot(gt: Sequence[object], hyp: Sequence[object], iou_threshold: float = 0.5) -> MotResult:
+    """CLEAR-MOT metrics of hypotheses ``hyp`` against ground truth ``gt``, per frame arrays [K, 5] of [x1, y1, x2, y2, id].
+
+    Per frame: a ground-truth object keeps its previous hypothesis when both are present and
+    their IoU is still >= ``iou_threshold``; the rest are matched by Hungarian assignment on
+    IoU (pairs below the threshold never match). A match whose hypothesis differs from the
+    object's last matched hypothesis is an ID switch. Unmatched ground truth counts as FN,
+    unmatched hypotheses as FP.
+    """
+    if len(gt) != len(hyp):
+        raise UserError(f"gt and hyp: number of frames differs ({len(gt)} vs {len(hyp)})")
+    thr = check_range("iou_threshold", iou_threshold, 0.0, 1.0)
+    last: dict[int, int] = {}  # gt id -> last matched hyp id
+    num_gt = matches = fn = fp = idsw = 0
+    iou_sum = 0.0
+    for f, (g_raw, h_raw) in enumerate(zip(gt, hyp)):
+        g, h = _frame_array(f"gt[{f}]", g_raw), _frame_array(f"hyp[{f}]", h_raw)
+        g_ids, h_ids = g[:, 4].astype(np.int64), h[:, 4].astype(np.int64)
+        iou = iou_matrix(g[:, :4], h[:, :4])
+        h_col = {int(i): c for c, i in enumerate(h_ids)}
+        kept = [(r, h_col[last[int(gid)]]) for r, gid in enumerate(g_ids) if last.get(int(gid)) in h_col]
+        kept = [(r, c) for r, c in kept if iou[r, c] >= thr]
+        g_free = np.setdiff1d(np.arange(len(g)), [r for r, _ in kept])
+        h_free = np.setdiff1d(np.arange(len(h)), [c for _, c in kept])
+        pairs, _, _ = match(iou[np.ix_(g_free, h_free)], thr)
+        new = [(int(g_free[a]), int(h_free[b])) for a, b in pairs]
+        for r, c in new:
+            gid, hid = int(g_ids[r]), int(h_ids[c])
+            idsw += int(gid in last and last[gid] != hid)
+            last[gid] = hid
+        n_match = len(kept) + len(new)
+        iou_sum += float(sum(iou[r, c] for r, c in kept + new))
+        num_gt += len(g)
+        matches += n_match
+        fn += len(g) - n_match
+        fp += len(h) - n_match
+    mota = 1.0 - (fn + fp + idsw) / num_gt if num_gt else float("nan")
+    motp = iou_sum / matches if matches else float("nan")
+    return MotResult(num_gt, matches, fn, fp, idsw, mota, motp)
+
+
+def mota(gt: Sequence[object], hyp: Sequence[object], iou_threshold: float = 0.5) -> float:
+    """MOTA = 1 - (FN + FP + IDSW) / number of ground-truth boxes (see :func:`clear_mot`)."""
+    return clear_mot(gt, hyp, iou_threshold).mota
+
+
+def id_switches(gt: Sequence[object], hyp: Sequence[object], iou_threshold: float = 0.5) -> int:
+    """Number of ID switches in the CLEAR-MOT definition (see :func:`clear_mot`)."""
+    return clear_mot(gt, hyp, iou_threshold).idsw
