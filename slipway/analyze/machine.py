@@ -31,7 +31,8 @@ FEATURE_FLAGS = (
     "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
     "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve",
 )
-BANDWIDTH_BYTES = 256 * 2**20  # each of the two streamed buffers; far above any last-level cache
+# Each of the two streamed buffers: 4x the last-level cache, within 64..256 MiB.
+MIN_STREAM_BYTES, MAX_STREAM_BYTES = 64 * 2**20, 256 * 2**20
 _MEMO: dict[str, MachinePeaks] = {}
 
 
@@ -118,6 +119,24 @@ def default_threads(text: str | None = None) -> int:
     return max(1, min(n, cpu_count()))
 
 
+def last_level_cache_bytes() -> int | None:
+    """Size of the largest CPU cache from sysfs (Linux), or None."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip().upper()
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else None
+
+
+def stream_bytes() -> int:
+    """Bytes per buffer for the bandwidth probe: 4x the last-level cache, within 64..256 MiB."""
+    llc = last_level_cache_bytes() or MAX_STREAM_BYTES
+    return max(MIN_STREAM_BYTES, min(MAX_STREAM_BYTES, 4 * llc))
+
+
 def int8_isa(features: dict[str, bool]) -> tuple[str, bool]:
     """The best INT8 dot-product instruction set the CPU has, and whether it is a native int8 dot product."""
     for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
@@ -199,11 +218,12 @@ def matmul_int8_gops(seconds: float, threads: int, n: int | None = None) -> tupl
     return 2 * n**3 / best / 1e9, method
 
 
-def bandwidth_gbs(seconds: float, threads: int, nbytes: int = BANDWIDTH_BYTES) -> tuple[float, str]:
+def bandwidth_gbs(seconds: float, threads: int, nbytes: int | None = None) -> tuple[float, str]:
     """Streaming memory bandwidth: onnxruntime Add(x, scalar) over ``nbytes`` into a second buffer.
 
     Counts the bytes read plus the bytes written, as the static analysis counts a node's traffic.
     """
+    nbytes = nbytes or stream_bytes()
     n = nbytes // 4
     c = numpy_helper.from_array(np.array([1.0], np.float32), "c")
     model = _model([helper.make_node("Add", ["X", "c"], ["Y"])],

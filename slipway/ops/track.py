@@ -20,59 +20,70 @@ from scipy.optimize import linear_sum_assignment
 from slipway.errors import UserError
 from slipway.ops._check import check_array, check_positive, check_range, check_same_len
 
-# Constant-velocity model on [cx, cy, s, r, vcx, vcy, vs]; the noise levels are SORT's.
-DIM = 7
-F = np.eye(DIM)
-F[0, 4] = F[1, 5] = F[2, 6] = 1.0
-Q = np.diag([1.0, 1.0, 1.0, 1.0, 0.01, 0.01, 0.0001])
-R = np.diag([1.0, 1.0, 10.0, 10.0])
-P0 = np.diag([10.0, 10.0, 10.0, 10.0, 1e4, 1e4, 1e4])
+# SORT's noise levels for [cx, cy, s, r] (position part) and their velocities (r has none).
+Q_POS = np.array([1.0, 1.0, 1.0, 1.0])
+Q_VEL = np.array([0.01, 0.01, 0.0001, 0.0])
+R_MEAS = np.array([1.0, 1.0, 10.0, 10.0])
+P0_POS = np.array([10.0, 10.0, 10.0, 10.0])
+P0_VEL = np.array([1e4, 1e4, 1e4, 0.0])
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` [N, 4] with every box in ``b`` [M, 4] (xyxy) -> [N, M]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    """IoU of every box in ``a`` [N, 4] with every box in ``b`` [M, 4] (xyxy) -> [N, M]; 0 where the union is empty."""
+    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T, dtype=np.float64)[:, :, None]
+    bx1, by1, bx2, by2 = np.ascontiguousarray(b.T, dtype=np.float64)[:, None, :]
+    w = np.minimum(ax2, bx2)
+    w -= np.maximum(ax1, bx1)
+    np.maximum(w, 0.0, out=w)
+    h = np.minimum(ay2, by2)
+    h -= np.maximum(ay1, by1)
+    np.maximum(h, 0.0, out=h)
+    w *= h
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - w
+    return np.divide(w, union, out=np.zeros_like(w), where=union > 0)
 
 
 def xyxy_to_z(boxes: np.ndarray) -> np.ndarray:
     """Boxes [N, 4] xyxy -> measurements [N, 4] of [cx, cy, s, r]."""
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    return np.stack([boxes[:, 0] + w / 2, boxes[:, 1] + h / 2, w * h, w / np.maximum(h, 1e-12)], axis=1)
+    z = np.empty((len(boxes), 4))
+    wh = boxes[:, 2:] - boxes[:, :2]
+    z[:, :2] = boxes[:, :2] + wh / 2
+    z[:, 2] = wh[:, 0] * wh[:, 1]
+    np.divide(wh[:, 0], wh[:, 1], out=z[:, 3], where=wh[:, 1] > 0)
+    z[wh[:, 1] <= 0, 3] = 0.0
+    return z
 
 
-def x_to_xyxy(x: np.ndarray) -> np.ndarray:
-    """States [N, >=4] of [cx, cy, s, r, ...] -> boxes [N, 4] xyxy."""
-    w = np.sqrt(np.clip(x[:, 2] * x[:, 3], 0.0, None))
-    h = np.where(w > 0, x[:, 2] / np.where(w > 0, w, 1.0), 0.0)
-    return np.stack([x[:, 0] - w / 2, x[:, 1] - h / 2, x[:, 0] + w / 2, x[:, 1] + h / 2], axis=1)
+def z_to_xyxy(z: np.ndarray) -> np.ndarray:
+    """Measurements [N, 4] of [cx, cy, s, r] -> boxes [N, 4] xyxy."""
+    half = np.empty((len(z), 2))
+    np.sqrt(np.maximum(z[:, 2] * z[:, 3], 0.0), out=half[:, 0])
+    np.divide(z[:, 2], half[:, 0], out=half[:, 1], where=half[:, 0] > 0)
+    half[half[:, 0] <= 0, 1] = 0.0
+    half /= 2
+    return np.concatenate([z[:, :2] - half, z[:, :2] + half], axis=1)
 
 
-def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Assign rows to columns maximizing total IoU over pairs with IoU >= ``threshold``.
+def match(score: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Assign rows to columns maximizing the total ``score`` over pairs with ``score >= threshold``.
 
-    Returns ``(pairs [K, 2], unmatched_rows, unmatched_cols)``. When the pairs above the
-    threshold already form a one-to-one matching, it is taken without running the solver
-    (the solver would return the same pairs).
+    Returns ``(pairs [K, 2], unmatched_rows, unmatched_cols)``. Pairs without a competitor
+    (their row and column each have one admissible entry) are taken directly; the Hungarian
+    solver runs only on the rows and columns that compete, which gives the same optimum.
     """
-    n, m = iou.shape
+    n, m = score.shape
     if n == 0 or m == 0:
         return np.empty((0, 2), np.intp), np.arange(n), np.arange(m)
-    ok = iou >= threshold
-    if ok.sum(axis=1).max() <= 1 and ok.sum(axis=0).max() <= 1:
-        pairs = np.stack(np.nonzero(ok), axis=1)
-    else:
-        gain = np.where(ok, iou, 0.0)
-        rows, cols = linear_sum_assignment(gain, maximize=True)
-        keep = ok[rows, cols]
-        pairs = np.stack([rows[keep], cols[keep]], axis=1)
+    ok = score >= threshold
+    unique = ok & (ok.sum(axis=1) == 1)[:, None] & (ok.sum(axis=0) == 1)[None, :]
+    pairs = np.stack(np.nonzero(unique), axis=1)
+    contested = ok & ~unique  # every admissible edge of a row or column that has a competitor
+    rows, cols = np.nonzero(contested.any(axis=1))[0], np.nonzero(contested.any(axis=0))[0]
+    if len(rows) and len(cols):
+        sub = ok[np.ix_(rows, cols)]
+        rr, cc = linear_sum_assignment(np.where(sub, score[np.ix_(rows, cols)], 0.0), maximize=True)
+        keep = sub[rr, cc]
+        pairs = np.concatenate([pairs, np.stack([rows[rr[keep]], cols[cc[keep]]], axis=1)])
     row_free = np.ones(n, bool)
     row_free[pairs[:, 0]] = False
     col_free = np.ones(m, bool)
@@ -81,65 +92,109 @@ def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np
 
 
 class KalmanTracks:
-    """All tracks of a tracker as arrays: Kalman states ``x`` [N, 7], covariances ``P`` [N, 7, 7] and counters."""
+    """All tracks of a tracker as arrays, with SORT's constant-velocity Kalman filter run on all at once.
+
+    SORT's 7-D state ``[cx, cy, s, r, vcx, vcy, vs]`` with F, Q, R and P0 diagonal per
+    coordinate keeps a block-diagonal covariance: each of cx, cy, s is an independent
+    (position, velocity) filter and r a position-only one. So the state is stored as ``pos``
+    [N, 4] and ``vel`` [N, 4] (``vel[:, 3]`` stays 0) and the covariance as its three distinct
+    entries per coordinate, ``p_pp``, ``p_pv``, ``p_vv`` [N, 4]; predict and update are then
+    exact elementwise formulas. :meth:`state` and :meth:`covariance` give the 7-D forms.
+    """
+
+    FIELDS = ("pos", "vel", "p_pp", "p_pv", "p_vv", "ids", "hits", "streak", "since_update", "confirmed")
 
     def __init__(self) -> None:
-        self.x = np.empty((0, DIM))
-        self.P = np.empty((0, DIM, DIM))
-        self.ids = np.empty(0, np.int64)
-        self.hits = np.empty(0, np.int64)
-        self.streak = np.empty(0, np.int64)  # consecutive frames with a detection
-        self.since_update = np.empty(0, np.int64)  # frames since the last detection
+        for name in ("pos", "vel", "p_pp", "p_pv", "p_vv"):
+            setattr(self, name, np.empty((0, 4)))
+        for name in ("ids", "hits", "streak", "since_update"):  # streak: consecutive matched frames
+            setattr(self, name, np.empty(0, np.int64))
         self.confirmed = np.empty(0, bool)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, boxes: np.ndarray, ids: np.ndarray, confirmed: bool | np.ndarray = False) -> None:
+    def add(self, boxes: np.ndarray, ids: np.ndarray, confirmed: bool = False) -> None:
         """Start one track per box [K, 4] with zero velocity and SORT's initial covariance."""
         k = len(boxes)
-        x = np.zeros((k, DIM))
-        x[:, :4] = xyxy_to_z(boxes)
-        self.x = np.concatenate([self.x, x])
-        self.P = np.concatenate([self.P, np.broadcast_to(P0, (k, DIM, DIM))])
-        self.ids = np.concatenate([self.ids, ids])
-        self.hits = np.concatenate([self.hits, np.ones(k, np.int64)])
-        self.streak = np.concatenate([self.streak, np.ones(k, np.int64)])
-        self.since_update = np.concatenate([self.since_update, np.zeros(k, np.int64)])
-        self.confirmed = np.concatenate([self.confirmed, np.broadcast_to(confirmed, (k,))])
+        if k == 0:
+            return
+        zeros = np.zeros((k, 4))
+        init = {"pos": xyxy_to_z(boxes), "vel": zeros, "p_pp": zeros + P0_POS, "p_pv": zeros, "p_vv": zeros + P0_VEL,
+                "ids": ids, "hits": np.ones(k, np.int64), "streak": np.ones(k, np.int64),
+                "since_update": np.zeros(k, np.int64), "confirmed": np.full(k, confirmed)}
+        for name in self.FIELDS:
+            setattr(self, name, np.concatenate([getattr(self, name), init[name]]))
 
     def keep(self, mask: np.ndarray) -> None:
         """Drop the tracks where ``mask`` is False."""
-        for name in ("x", "P", "ids", "hits", "streak", "since_update", "confirmed"):
-            setattr(self, name, getattr(self, name)[mask])
+        if not mask.all():
+            for name in self.FIELDS:
+                setattr(self, name, getattr(self, name)[mask])
 
     def predict(self) -> np.ndarray:
         """Advance every track one frame (x = F x, P = F P F^T + Q); return the predicted boxes [N, 4]."""
-        shrink = self.x[:, 2] + self.x[:, 6] <= 0  # the area would become non-positive: stop shrinking
-        self.x[shrink, 6] = 0.0
-        self.x[:, :3] += self.x[:, 4:7]
-        self.P = F @ self.P @ F.T + Q
+        self.vel[self.pos[:, 2] + self.vel[:, 2] <= 0, 2] = 0.0  # the area would become non-positive
+        self.pos += self.vel
+        self.p_pp += 2.0 * self.p_pv + self.p_vv + Q_POS
+        self.p_pv += self.p_vv
+        self.p_vv += Q_VEL
         self.streak[self.since_update > 0] = 0
         self.since_update += 1
-        return x_to_xyxy(self.x)
+        return z_to_xyxy(self.pos)
 
     def update(self, idx: np.ndarray, boxes: np.ndarray) -> None:
-        """Correct the tracks ``idx`` with their detections ``boxes`` [K, 4] (standard Kalman update)."""
+        """Correct the tracks ``idx`` with their detections ``boxes`` [K, 4] (K = P H^T S^-1, P = (I - K H) P)."""
         if len(idx) == 0:
             return
-        x, P = self.x[idx], self.P[idx]
-        S = P[:, :4, :4] + R
-        K = np.linalg.solve(S, P[:, :4, :]).transpose(0, 2, 1)  # P H^T S^-1, with S and P symmetric
-        y = xyxy_to_z(boxes) - x[:, :4]
-        self.x[idx] = x + np.einsum("nij,nj->ni", K, y)
-        self.P[idx] = P - K @ P[:, :4, :]
+        y = np.zeros((len(self), 4))  # innovation; rows without a detection get a zero gain below
+        y[idx] = xyxy_to_z(boxes) - self.pos[idx]
+        hit = np.zeros((len(self), 1))
+        hit[idx] = 1.0
+        gain = hit / (self.p_pp + R_MEAS)
+        k_pos, k_vel = gain * self.p_pp, gain * self.p_pv
+        self.pos += k_pos * y
+        self.vel += k_vel * y
+        self.p_vv -= k_vel * self.p_pv
+        k_pos -= 1.0
+        self.p_pp *= -k_pos
+        self.p_pv *= -k_pos
         self.since_update[idx] = 0
         self.hits[idx] += 1
         self.streak[idx] += 1
 
     def boxes(self) -> np.ndarray:
         """Current boxes [N, 4] xyxy."""
-        return x_to_xyxy(self.x)
+        return z_to_xyxy(self.pos)
+
+    def state(self) -> np.ndarray:
+        """States [N, 7] of [cx, cy, s, r, vcx, vcy, vs]."""
+        return np.concatenate([self.pos, self.vel[:, :3]], axis=1)
+
+    def covariance(self) -> np.ndarray:
+        """Covariances [N, 7, 7] of the 7-D state."""
+        n = len(self)
+        P = np.zeros((n, 7, 7))
+        i = np.arange(4)
+        v = np.arange(3)
+        P[:, i, i] = self.p_pp
+        P[:, v, v + 4] = P[:, v + 4, v] = self.p_pv[:, :3]
+        P[:, v + 4, v + 4] = self.p_vv[:, :3]
+        return P
+
+
+class _Tracker:
+    """Shared state of the trackers: the tracks, the frame counter and the id counter."""
+
+    def __init__(self) -> None:
+        self.tracks = KalmanTracks()
+        self.frame = 0
+        self._next_id = 1
+
+    def _start(self, boxes: np.ndarray, confirmed: bool) -> None:
+        ids = np.arange(self._next_id, self._next_id + len(boxes), dtype=np.int64)
+        self._next_id += len(boxes)
+        self.tracks.add(boxes, ids, confirmed)
 
 
 def _check_detections(boxes: object, scores: object | None) -> tuple[np.ndarray, np.ndarray]:
@@ -159,11 +214,14 @@ def _check_detections(boxes: object, scores: object | None) -> tuple[np.ndarray,
 
 
 def _result(tracks: KalmanTracks, show: np.ndarray) -> np.ndarray:
-    out = np.concatenate([tracks.boxes()[show], tracks.ids[show, None].astype(np.float64)], axis=1)
-    return out[np.argsort(out[:, 4], kind="stable")]
+    """Rows [x1, y1, x2, y2, id] of the tracks in ``show``, by ascending id (tracks are kept in id order)."""
+    out = np.empty((int(show.sum()), 5))
+    out[:, :4] = z_to_xyxy(tracks.pos[show])
+    out[:, 4] = tracks.ids[show]
+    return out
 
 
-class SortTracker:
+class SortTracker(_Tracker):
     """SORT: constant-velocity Kalman filter, IoU cost, Hungarian assignment.
 
     Each :meth:`update` predicts every track, matches detections by IoU (pairs below
@@ -180,14 +238,7 @@ class SortTracker:
         self.min_hits = int(check_positive("min_hits", min_hits, allow_zero=True))
         self.iou_threshold = check_range("iou_threshold", iou_threshold, 0.0, 1.0)
         self.min_score = float(min_score)
-        self.tracks = KalmanTracks()
-        self.frame = 0
-        self._next_id = 1
-
-    def _new_ids(self, k: int) -> np.ndarray:
-        ids = np.arange(self._next_id, self._next_id + k, dtype=np.int64)
-        self._next_id += k
-        return ids
+        super().__init__()
 
     def update(self, boxes_xyxy: object, scores: object | None = None) -> np.ndarray:
         """Feed one frame's detections [N, 4] (N may be 0); return the tracked boxes [K, 5] of [x1, y1, x2, y2, id]."""
@@ -198,13 +249,13 @@ class SortTracker:
         pairs, _, free_dets = match(iou_matrix(predicted, boxes), self.iou_threshold)
         t.update(pairs[:, 0], boxes[pairs[:, 1]])
         new = free_dets[scores[free_dets] >= self.min_score]
-        t.add(boxes[new], self._new_ids(len(new)))
+        self._start(boxes[new], confirmed=False)
         t.confirmed |= t.streak >= self.min_hits
         t.keep(t.since_update <= self.max_age)
         return _result(t, (t.since_update == 0) & (t.confirmed | (self.frame <= self.min_hits)))
 
 
-class ByteTracker:
+class ByteTracker(_Tracker):
     """ByteTrack-style tracker: high-score detections first, then low-score ones to the remaining tracks.
 
     Detections with ``score >= high_thresh`` are matched to all live tracks (tracked and lost),
@@ -240,9 +291,7 @@ class ByteTracker:
         self.new_track_thresh = self.high_thresh + 0.1 if new_track_thresh is None else float(new_track_thresh)
         self.max_age = int(check_positive("max_age", max_age, allow_zero=True))
         self.fuse_score = bool(fuse_score)
-        self.tracks = KalmanTracks()
-        self.frame = 0
-        self._next_id = 1
+        super().__init__()
 
     def _assign(self, rows: np.ndarray, dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
                 predicted: np.ndarray, limit: float, fuse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -278,9 +327,7 @@ class ByteTracker:
         alive &= t.since_update <= self.max_age
         t.keep(alive)
         new = free_high[scores[free_high] >= self.new_track_thresh]
-        ids = np.arange(self._next_id, self._next_id + len(new), dtype=np.int64)
-        self._next_id += len(new)
-        t.add(boxes[new], ids, confirmed=self.frame == 1)
+        self._start(boxes[new], confirmed=self.frame == 1)
         return _result(t, (t.since_update == 0) & t.confirmed)
 
 
@@ -321,7 +368,7 @@ def clear_mot(gt: Sequence[object], hyp: Sequence[object], iou_threshold: float 
     last: dict[int, int] = {}  # gt id -> last matched hyp id
     num_gt = matches = fn = fp = idsw = 0
     iou_sum = 0.0
-    for f, (g_raw, h_raw) in enumerate(zip(gt, hyp)):
+    for f, (g_raw, h_raw) in enumerate(zip(gt, hyp, strict=True)):
         g, h = _frame_array(f"gt[{f}]", g_raw), _frame_array(f"hyp[{f}]", h_raw)
         g_ids, h_ids = g[:, 4].astype(np.int64), h[:, 4].astype(np.int64)
         iou = iou_matrix(g[:, :4], h[:, :4])

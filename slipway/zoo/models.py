@@ -196,7 +196,7 @@ class TinyYolo(nn.Module):
         p5 = self.lat5(self.c5(p4))
         n4 = self.fuse4(torch.cat([self.up(p5), p4], 1))
         n3 = self.fuse3(torch.cat([self.up(self.lat4(n4)), p3], 1))
-        outs = [h(f).flatten(2) for h, f in zip(self.heads, (n3, n4, p5))]
+        outs = [h(f).flatten(2) for h, f in zip(self.heads, (n3, n4, p5), strict=True)]
         y = torch.cat(outs, 2)
         return torch.cat([y[:, :4], torch.sigmoid(y[:, 4:])], 1)
 
