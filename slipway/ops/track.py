@@ -44,24 +44,24 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def xyxy_to_z(boxes: np.ndarray) -> np.ndarray:
-    """Boxes [N, 4] xyxy -> measurements [N, 4] of [cx, cy, s, r]."""
+    """Boxes [N, 4] xyxy -> measurements [N, 4] of [cx, cy, s, r] (a box of zero height gets r = w / 1e-12)."""
     z = np.empty((len(boxes), 4))
     wh = boxes[:, 2:] - boxes[:, :2]
-    z[:, :2] = boxes[:, :2] + wh / 2
-    z[:, 2] = wh[:, 0] * wh[:, 1]
-    np.divide(wh[:, 0], wh[:, 1], out=z[:, 3], where=wh[:, 1] > 0)
-    z[wh[:, 1] <= 0, 3] = 0.0
+    np.add(boxes[:, :2], wh / 2, out=z[:, :2])
+    np.multiply(wh[:, 0], wh[:, 1], out=z[:, 2])
+    np.divide(wh[:, 0], np.maximum(wh[:, 1], 1e-12), out=z[:, 3])
     return z
 
 
 def z_to_xyxy(z: np.ndarray) -> np.ndarray:
-    """Measurements [N, 4] of [cx, cy, s, r] -> boxes [N, 4] xyxy."""
-    half = np.empty((len(z), 2))
-    np.sqrt(np.maximum(z[:, 2] * z[:, 3], 0.0), out=half[:, 0])
-    np.divide(z[:, 2], half[:, 0], out=half[:, 1], where=half[:, 0] > 0)
-    half[half[:, 0] <= 0, 1] = 0.0
-    half /= 2
-    return np.concatenate([z[:, :2] - half, z[:, :2] + half], axis=1)
+    """Measurements [N, 4] of [cx, cy, s, r] -> boxes [N, 4] xyxy (a non-positive s * r gives an empty box)."""
+    w = np.sqrt(np.maximum(z[:, 2] * z[:, 3], 0.0))
+    half = np.stack([w, z[:, 2] / np.maximum(w, 1e-12)], axis=1)
+    half *= 0.5
+    out = np.empty((len(z), 4))
+    np.subtract(z[:, :2], half, out=out[:, :2])
+    np.add(z[:, :2], half, out=out[:, 2:])
+    return out
 
 
 def match(score: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,7 +75,11 @@ def match(score: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, 
     if n == 0 or m == 0:
         return np.empty((0, 2), np.intp), np.arange(n), np.arange(m)
     ok = score >= threshold
-    unique = ok & (ok.sum(axis=1) == 1)[:, None] & (ok.sum(axis=0) == 1)[None, :]
+    row_n, col_n = ok.sum(axis=1), ok.sum(axis=0)
+    if row_n.max() <= 1 and col_n.max() <= 1:  # no competition: the admissible pairs are the matching
+        pairs = np.stack(np.nonzero(ok), axis=1)
+        return pairs, np.nonzero(row_n == 0)[0], np.nonzero(col_n == 0)[0]
+    unique = ok & (row_n == 1)[:, None] & (col_n == 1)[None, :]
     pairs = np.stack(np.nonzero(unique), axis=1)
     contested = ok & ~unique  # every admissible edge of a row or column that has a competitor
     rows, cols = np.nonzero(contested.any(axis=1))[0], np.nonzero(contested.any(axis=0))[0]

@@ -1,0 +1,302 @@
+"""Measured per-node time: run a model in onnxruntime with profiling and join it with static costs.
+
+onnxruntime runs the model as a user deploys it (all graph optimizations on), so the nodes it
+executes are often fused (Conv+Relu as one FusedConv, NCHWc convolutions with reorders around
+them, MatMul+Add as a Gemm). Each executed node is mapped back to the original ONNX nodes it
+covers by tensor names: the original nodes on the paths between the tensors it reads and the
+tensors it writes. Its measured time is split among them in proportion to their FLOPs (or bytes
+moved when FLOPs are not counted). Nodes onnxruntime added (ReorderInput/ReorderOutput, reshapes
+around a fused Gemm) are reported as engine nodes with their time, not dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from slipway.analyze import roofline
+from slipway.analyze.types import Analysis, MachinePeaks, NodeCost
+from slipway.errors import UserError
+from slipway.model import ModelLike, as_model, save
+
+# Ops that only move or relabel data. When onnxruntime adds one (a name not in the original
+# model), its output stands for the same original tensor as its input.
+LAYOUT_OPS = {"ReorderInput", "ReorderOutput", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Transpose"}
+REMOVED_NOTE = "not executed: removed by onnxruntime graph optimizations (constant-folded or eliminated)"
+ENGINE_NOTE = "added by onnxruntime (not in the original model)"
+
+
+@dataclass
+class ExecutedNode:
+    """A node of the graph onnxruntime executes (after its optimizations)."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: list[str]
+    outputs: list[str]
+
+    @property
+    def qualified_op(self) -> str:
+        return f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
+
+
+def profile(
+    model: ModelLike,
+    analysis: Analysis,
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    machine: MachinePeaks | None = None,
+) -> Analysis:
+    """Profile ``model`` in onnxruntime and return a copy of ``analysis`` with measured times.
+
+    Fills ``NodeCost.time_ms`` (mean over ``runs`` after ``warmup`` runs), ``bound`` and
+    ``roofline_fraction`` (against ``machine``, measured or cached when None), and
+    ``Analysis.profiled``, ``total_time_ms`` (mean end-to-end latency), ``machine`` and
+    ``engine_nodes``. Inputs are random, at the shapes the analysis resolved.
+    """
+    if runs < 1:
+        raise UserError(f"--runs must be at least 1, got {runs}")
+    if warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    from slipway.analyze.machine import default_threads, peaks
+
+    threads = threads or default_threads()
+    m = as_model(model)
+    result = copy.deepcopy(analysis)
+    with tempfile.TemporaryDirectory(prefix="slipway-profile-") as tmp:
+        path = _write_named(m, result, Path(tmp) / "model.onnx")
+        feeds = random_feeds(m, result.input_shapes)
+        trace, optimized = _run_profiled(path, feeds, runs + warmup, threads, Path(tmp))
+        events = json.loads(Path(trace).read_text())
+        opt = onnx.load(str(optimized), load_external_data=False)
+    executed = [ExecutedNode(n.name, n.op_type, n.domain, list(n.input), list(n.output)) for n in opt.graph.node]
+    sources = {t.name for t in opt.graph.initializer} | {v.name for v in opt.graph.input}
+    kernel_ms, run_ms = parse_trace(events, warmup)
+    attribute(result, executed, kernel_ms, sources)
+    result.profiled = True
+    result.total_time_ms = statistics.fmean(run_ms) if run_ms else sum(kernel_ms.values())
+    roofline.apply(result, machine or peaks(threads=threads))
+    return result
+
+
+def _write_named(m: ir.Model, analysis: Analysis, path: Path) -> Path:
+    """Save ``m`` with every top-level node named as in the analysis (unique, never empty)."""
+    by_output = {_first(n.outputs): n.name for n in analysis.nodes if _first(n.outputs)}
+    original: list[tuple[ir.Node, str | None]] = []
+    used: set[str] = set()
+    for i, node in enumerate(m.graph):
+        out = next((v.name for v in node.outputs if v.name), None)
+        want = by_output.get(out) or node.name or f"{node.op_type}_{i}"
+        if want in used:
+            want = f"{want}__{i}"
+        used.add(want)
+        original.append((node, node.name))
+        node.name = want
+    try:
+        return save(m, path)
+    finally:
+        for node, name in original:
+            node.name = name
+
+
+def _first(names: list[str]) -> str | None:
+    return next((t for t in names if t), None)
+
+
+def random_feeds(m: ir.Model, shapes: dict[str, list[int]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs at ``shapes`` (or the model's static dims): floats in [-1, 1), ints in [0, 4), bools."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in m.graph.inputs:
+        if v.name in m.graph.initializers:
+            continue
+        shape = shapes.get(v.name)
+        if shape is None:
+            dims = [d if isinstance(d, int) else None for d in (v.shape or [])]
+            if v.shape is None or None in dims:
+                raise UserError(f"input {v.name!r} has a dynamic shape; give it with --shape {v.name}=D0,D1,...")
+            shape = dims
+        if v.dtype is None or v.dtype == ir.DataType.STRING:
+            raise UserError(f"input {v.name!r} has dtype {v.dtype}; profiling needs numeric inputs")
+        dtype = v.dtype.numpy()
+        if np.issubdtype(dtype, np.floating):
+            arr = rng.uniform(-1.0, 1.0, shape).astype(dtype)
+        elif dtype == np.bool_:
+            arr = rng.random(shape) < 0.5
+        else:
+            arr = rng.integers(0, 4, shape).astype(dtype)
+        feeds[v.name] = arr
+    return feeds
+
+
+def _run_profiled(path: Path, feeds: dict, total_runs: int, threads: int, tmp: Path) -> tuple[str, Path]:
+    """Run ``total_runs`` times with profiling and ORT_ENABLE_ALL; return the trace and optimized model paths."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp / "trace")
+    so.optimized_model_filepath = str(tmp / "optimized.onnx")
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        for _ in range(total_runs):
+            sess.run(None, feeds)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError, ValueError) as e:
+        raise UserError(f"onnxruntime cannot run the model: {str(e).strip().splitlines()[0][:300]}") from None
+    return sess.end_profiling(), tmp / "optimized.onnx"
+
+
+def parse_trace(events: list[dict], warmup: int) -> tuple[dict[str, float], list[float]]:
+    """Mean kernel time per executed node (ms) over the runs after ``warmup``, and each run's latency (ms).
+
+    Uses the ``cat == "Node"`` events whose name ends in ``_kernel_time`` and assigns them to
+    runs by the ``model_run`` session events that enclose them.
+    """
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    kept = runs[warmup:]
+    totals: dict[str, float] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        if kept and not any(start <= e["ts"] <= end for start, end in kept):
+            continue
+        key = name[: -len("_kernel_time")]
+        totals[key] = totals.get(key, 0.0) + e["dur"] / 1000.0
+    n = max(1, len(kept))
+    return {k: v / n for k, v in totals.items()}, [(end - start) / 1000.0 for start, end in kept]
+
+
+def attribute(analysis: Analysis, executed: list[ExecutedNode], kernel_ms: dict[str, float],
+              sources: set[str] = frozenset()) -> None:
+    """Split each executed node's time among the original nodes it covers; fill engine nodes."""
+    coverage = map_executed(analysis.nodes, executed, sources)
+    index = {n.name: i for i, n in enumerate(analysis.nodes)}
+    times = [0.0] * len(analysis.nodes)
+    ran_as: list[list[str]] = [[] for _ in analysis.nodes]
+    analysis.engine_nodes = []
+    for ex in executed:
+        if ex.name not in kernel_ms:
+            continue
+        covered = [index[name] for name in coverage.get(ex.name, [])]
+        if not covered:
+            analysis.engine_nodes.append(NodeCost(
+                name=ex.name, op_type=ex.qualified_op, inputs=ex.inputs, outputs=ex.outputs, macs=None,
+                flops=None, counted=False, note=ENGINE_NOTE, time_ms=kernel_ms[ex.name]))
+            continue
+        weights = _weights([analysis.nodes[i] for i in covered])
+        for i, w in zip(covered, weights):
+            times[i] += kernel_ms[ex.name] * w / sum(weights)
+            ran_as[i].append(f"{ex.name} ({ex.qualified_op})")
+    for node, t, where in zip(analysis.nodes, times, ran_as):
+        node.time_ms = t
+        extra = "ran as " + ", ".join(where) if where else REMOVED_NOTE
+        node.note = f"{node.note}; {extra}" if node.note else extra
+
+
+def _weights(nodes: list[NodeCost]) -> list[float]:
+    flops = [n.flops for n in nodes]
+    if all(f is not None for f in flops) and sum(flops) > 0:
+        return [float(f) for f in flops]
+    moved = [float(n.bytes_read + n.bytes_written) for n in nodes]
+    if sum(moved) > 0:
+        return moved
+    return [1.0] * len(nodes)
+
+
+def map_executed(original: list[NodeCost], executed: list[ExecutedNode],
+                 sources: set[str] = frozenset()) -> dict[str, list[str]]:
+    """Which original nodes each executed node covers, by name.
+
+    An executed tensor stands for an original tensor when it has the same name, when an added
+    layout node (ReorderOutput, a reshape around a fused Gemm) links it to one, or when the
+    node's name says so (``relu_1_nchwc`` writes what ``relu_1`` held; ``MatMul_3/MatMulAddFusion``
+    what node ``MatMul_3`` wrote). An executed node covers the original nodes found walking back
+    from its outputs until a tensor that another executed node wrote, an initializer or an input.
+    """
+    producer = {t: i for i, n in enumerate(original) for t in n.outputs if t}
+    known = set(producer) | {t for n in original for t in n.inputs if t}
+    names = {n.name: i for i, n in enumerate(original)}
+    image = {t: t for ex in executed for t in ex.inputs + ex.outputs if t in known}
+    layout = [ex for ex in executed if ex.op_type in LAYOUT_OPS and ex.name not in names]
+    is_layout = {id(ex) for ex in layout}
+    _propagate(image, layout)
+    for ex in executed:
+        if ex.outputs and ex.outputs[0] not in image and id(ex) not in is_layout:
+            hint = _hint(ex.name, original, names, producer)
+            if hint:
+                image[ex.outputs[0]] = hint
+    _propagate(image, layout)
+    boundary = {image[t] for ex in executed for t in ex.outputs if t in image}
+    boundary |= {image.get(t, t) for t in sources}
+    coverage: dict[str, list[str]] = {}
+    for ex in executed:
+        if id(ex) in is_layout:
+            coverage[ex.name] = []
+            continue
+        reads = {image[t] for t in ex.inputs if t in image}
+        starts = [image[t] for t in ex.outputs if t in image and image[t] not in reads]
+        stop = boundary | reads
+        found = _walk_back(starts, stop, producer, original)
+        if not found and ex.name in names:
+            found = [names[ex.name]]
+        coverage[ex.name] = [original[i].name for i in sorted(found)]
+    return coverage
+
+
+def _propagate(image: dict[str, str], layout: list[ExecutedNode]) -> None:
+    """Layout nodes added by the engine: output and data input stand for the same original tensor."""
+    changed = True
+    while changed:
+        changed = False
+        for ex in layout:
+            if not ex.inputs or not ex.outputs:
+                continue
+            src, dst = ex.inputs[0], ex.outputs[0]
+            if src in image and dst not in image:
+                image[dst] = image[src]
+                changed = True
+            elif dst in image and src not in image:
+                image[src] = image[dst]
+                changed = True
+
+
+def _hint(name: str, original: list[NodeCost], names: dict[str, int], producer: dict[str, int]) -> str | None:
+    """The original tensor an executed node's first output stands for, read from its name."""
+    base = re.sub(r"(_token_\d+)+$", "", name)
+    for cand in (base, base.split("/")[0], re.sub(r"_nchwc$", "", base)):
+        if cand in producer:
+            return cand
+        if cand in names:
+            return _first(original[names[cand]].outputs)
+    return None
+
+
+def _walk_back(starts: list[str], stop: set[str], producer: dict[str, int], original: list[NodeCost]) -> list[int]:
+    found: set[int] = set()
+    todo = [producer[t] for t in starts if t in producer]
+    while todo:
+        i = todo.pop()
+        if i in found:
+            continue
+        found.add(i)
+        for t in original[i].inputs:
+            if t and t in producer and t not in stop:
+                todo.append(producer[t])
+    return list(found)
