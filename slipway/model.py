@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import onnx
@@ -21,7 +20,7 @@ from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
 from slipway.errors import UserError
 
-ModelLike = Union[ir.Model, onnx.ModelProto, str, os.PathLike]
+ModelLike = ir.Model | onnx.ModelProto | str | os.PathLike
 
 # Domains whose ops a runtime we support can execute (besides functions defined in the model).
 KNOWN_DOMAINS = {
@@ -161,11 +160,13 @@ WEIGHT_DTYPES = {
 
 
 def is_weight(tensor: ir.TensorProtocol | None) -> bool:
-    """True for tensors that count as parameters: float and low-bit integer data.
+    """True for tensors that count as parameters: float and low-bit integer data of rank >= 1.
 
-    int32/int64 constants (shapes, axes, indices, int32 biases aside) are not parameters.
+    int32/int64 constants (shapes, axes, indices) are not parameters, and neither are rank-0
+    floats: they are op constants the exporter moved out of attributes (Clip's bounds for
+    ReLU6, attention scales, epsilons) — PyTorch and onnx-tool do not count them either.
     """
-    return tensor is not None and tensor.dtype in WEIGHT_DTYPES
+    return tensor is not None and tensor.dtype in WEIGHT_DTYPES and tensor.shape is not None and len(tensor.shape) > 0
 
 
 def numel(tensor: ir.TensorProtocol) -> int:

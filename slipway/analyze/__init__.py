@@ -65,7 +65,7 @@ def _node_cost(node: ir.Node, index: int, table: dict[str, TensorInfo], seen_wei
     macs, flops, note = evaluate(Op(node, ins, outs))
     params = 0
     for v in node.inputs:
-        if v is None or not v.is_initializer() or v.name in seen_weights or not is_parameter(v.const_value):
+        if v is None or not v.is_initializer() or v.name in seen_weights or not is_weight(v.const_value):
             continue
         seen_weights.add(v.name)  # a shared weight counts once, at its first consumer
         params += numel(v.const_value)
@@ -87,16 +87,6 @@ def _node_cost(node: ir.Node, index: int, table: dict[str, TensorInfo], seen_wei
         counted=macs is not None,
         note=note,
     )
-
-
-def is_parameter(tensor: ir.TensorProtocol | None) -> bool:
-    """A weight initializer (see :func:`slipway.model.is_weight`) of rank 1 or more.
-
-    Rank-0 float initializers are op constants the exporter moved out of attributes (Clip's
-    bounds for ReLU6, attention scales, epsilons), not learned parameters: PyTorch does not
-    count them and neither does onnx-tool.
-    """
-    return is_weight(tensor) and tensor is not None and len(tensor.shape) > 0
 
 
 def _bytes(infos: list[TensorInfo | None]) -> tuple[int, bool]:

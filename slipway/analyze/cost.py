@@ -126,6 +126,8 @@ def evaluate(op: Op) -> tuple[int | None, int | None, str]:
         c = fn(op)
     except NotCounted as e:
         return None, None, str(e)
+    except (IndexError, ValueError, TypeError, ZeroDivisionError) as e:  # malformed attributes or shapes
+        return None, None, f"cost formula for {_qualified(node)} failed: {e}"
     return int(c.macs), int(c.flops), c.note
 
 
@@ -190,7 +192,7 @@ def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     a = (1,) * (rank - len(a)) + tuple(a)
     b = (1,) * (rank - len(b)) + tuple(b)
     out = []
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x != y and 1 not in (x, y):
             raise NotCounted(f"MatMul batch dims {a} and {b} do not broadcast")
         out.append(max(x, y))
@@ -233,7 +235,7 @@ def _einsum(op: Op) -> OpCost:
         raise NotCounted("Einsum with an ellipsis is not counted")
     sizes: dict[str, int] = {}
     for i, term in enumerate(lhs):
-        for label, dim in zip(term, op.in_shape(i)):
+        for label, dim in zip(term, op.in_shape(i), strict=False):
             sizes[label] = max(sizes.get(label, 1), dim)
     if len(lhs) == 1:
         return OpCost(0, op.in_numel(0), "single-operand Einsum counted as a reduction")
@@ -413,7 +415,7 @@ def _global_max_pool(op: Op) -> OpCost:
 @cost("Resize", "Upsample")
 def _resize(op: Op) -> OpCost:
     x, y = op.in_shape(0), op.out_shape()
-    resized = sum(1 for a, b in zip(x, y) if a != b)
+    resized = sum(1 for a, b in zip(x, y, strict=False) if a != b)
     mode = op.attr_str("mode", "nearest")
     if mode == "nearest" or resized == 0:
         return OpCost(0, 0, "nearest: data movement" if mode == "nearest" else "no axis resized")

@@ -2,8 +2,9 @@
 
 The model: nodes run one at a time in topological order. Graph inputs are allocated before
 the first node. A node allocates each of its outputs when it runs; while it runs its inputs
-and outputs are all live. After the node, every buffer whose last consumer it was is freed,
-and so is an output nobody consumes. Graph outputs are never freed. Weights (initializers
+and outputs are all live. After the node, every buffer whose last consumer it was is freed
+(graph inputs included; a value an If/Loop body reads from the outer scope is consumed by
+that If/Loop node), and so is an output nobody consumes. Graph outputs are never freed. Weights (initializers
 and Constant outputs) are not activations and never count. The peak is the largest sum of
 live buffers seen while a node runs (or before the first node). In-place execution and
 fragmentation are not modelled.

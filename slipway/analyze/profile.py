@@ -4,9 +4,12 @@ onnxruntime runs the model as a user deploys it (all graph optimizations on), so
 executes are often fused (Conv+Relu as one FusedConv, NCHWc convolutions with reorders around
 them, MatMul+Add as a Gemm). Each executed node is mapped back to the original ONNX nodes it
 covers by tensor names: the original nodes on the paths between the tensors it reads and the
-tensors it writes. Its measured time is split among them in proportion to their FLOPs (or bytes
-moved when FLOPs are not counted). Nodes onnxruntime added (ReorderInput/ReorderOutput, reshapes
-around a fused Gemm) are reported as engine nodes with their time, not dropped.
+tensors it writes. Its measured time is split among them in proportion to their roofline time,
+max(FLOPs / peak, bytes / bandwidth): by FLOPs among compute-bound nodes, by bytes among
+memory-bound ones (bytes alone where FLOPs are not counted). So every node of a fused group
+gets the group's roofline fraction, instead of a fused Relu appearing to beat its roof. Nodes
+onnxruntime added (ReorderInput/ReorderOutput, reshapes around a fused Gemm) are reported as
+engine nodes with their time, not dropped.
 """
 
 from __future__ import annotations
@@ -48,7 +51,12 @@ class ExecutedNode:
 
     @property
     def qualified_op(self) -> str:
-        return f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
+        """The op with a short domain: "Conv", "FusedConv" (com.microsoft), "nchwc::Conv"."""
+        domain = self.domain
+        for prefix in ("ai.onnx", "com.microsoft"):
+            if domain.startswith(prefix):
+                domain = domain[len(prefix):].lstrip(".")
+        return f"{domain}::{self.op_type}" if domain else self.op_type
 
 
 def profile(
@@ -74,6 +82,7 @@ def profile(
     from slipway.analyze.machine import default_threads, peaks
 
     threads = threads or default_threads()
+    machine = machine or peaks(threads=threads)
     m = as_model(model)
     result = copy.deepcopy(analysis)
     with tempfile.TemporaryDirectory(prefix="slipway-profile-") as tmp:
@@ -85,10 +94,10 @@ def profile(
     executed = [ExecutedNode(n.name, n.op_type, n.domain, list(n.input), list(n.output)) for n in opt.graph.node]
     sources = {t.name for t in opt.graph.initializer} | {v.name for v in opt.graph.input}
     kernel_ms, run_ms = parse_trace(events, warmup)
-    attribute(result, executed, kernel_ms, sources)
+    attribute(result, executed, kernel_ms, machine, sources)
     result.profiled = True
     result.total_time_ms = statistics.fmean(run_ms) if run_ms else sum(kernel_ms.values())
-    roofline.apply(result, machine or peaks(threads=threads))
+    roofline.apply(result, machine)
     return result
 
 
@@ -106,7 +115,7 @@ def _write_named(m: ir.Model, analysis: Analysis, path: Path) -> Path:
         original.append((node, node.name))
         node.name = want
     try:
-        return save(m, path)
+        return save(m, path, external_data=True)
     finally:
         for node, name in original:
             node.name = name
@@ -184,7 +193,7 @@ def parse_trace(events: list[dict], warmup: int) -> tuple[dict[str, float], list
 
 
 def attribute(analysis: Analysis, executed: list[ExecutedNode], kernel_ms: dict[str, float],
-              sources: set[str] = frozenset()) -> None:
+              machine: MachinePeaks, sources: set[str] = frozenset()) -> None:
     """Split each executed node's time among the original nodes it covers; fill engine nodes."""
     coverage = map_executed(analysis.nodes, executed, sources)
     index = {n.name: i for i, n in enumerate(analysis.nodes)}
@@ -197,27 +206,28 @@ def attribute(analysis: Analysis, executed: list[ExecutedNode], kernel_ms: dict[
         covered = [index[name] for name in coverage.get(ex.name, [])]
         if not covered:
             analysis.engine_nodes.append(NodeCost(
-                name=ex.name, op_type=ex.qualified_op, inputs=ex.inputs, outputs=ex.outputs, macs=None,
-                flops=None, counted=False, note=ENGINE_NOTE, time_ms=kernel_ms[ex.name]))
+                name=ex.name, op_type=ex.op_type, inputs=ex.inputs, outputs=ex.outputs, macs=None,
+                flops=None, counted=False, note=f"{ENGINE_NOTE}: {ex.qualified_op}", time_ms=kernel_ms[ex.name]))
             continue
-        weights = _weights([analysis.nodes[i] for i in covered])
-        for i, w in zip(covered, weights):
+        weights = split_weights([analysis.nodes[i] for i in covered], machine)
+        for i, w in zip(covered, weights, strict=True):
             times[i] += kernel_ms[ex.name] * w / sum(weights)
             ran_as[i].append(f"{ex.name} ({ex.qualified_op})")
-    for node, t, where in zip(analysis.nodes, times, ran_as):
+    for node, t, where in zip(analysis.nodes, times, ran_as, strict=True):
         node.time_ms = t
         extra = "ran as " + ", ".join(where) if where else REMOVED_NOTE
         node.note = f"{node.note}; {extra}" if node.note else extra
 
 
-def _weights(nodes: list[NodeCost]) -> list[float]:
-    flops = [n.flops for n in nodes]
-    if all(f is not None for f in flops) and sum(flops) > 0:
-        return [float(f) for f in flops]
-    moved = [float(n.bytes_read + n.bytes_written) for n in nodes]
-    if sum(moved) > 0:
-        return moved
-    return [1.0] * len(nodes)
+def split_weights(nodes: list[NodeCost], machine: MachinePeaks) -> list[float]:
+    """Each node's roofline time in seconds, max(FLOPs / peak, bytes / bandwidth); equal when all are 0."""
+    bandwidth = machine.mem_bandwidth_gbs * 1e9
+    est = []
+    for n in nodes:
+        memory = (n.bytes_read + n.bytes_written) / bandwidth
+        compute = (n.flops or 0) / (roofline.peak_for(n, machine) * 1e9)
+        est.append(max(memory, compute))
+    return est if sum(est) > 0 else [1.0] * len(nodes)
 
 
 def map_executed(original: list[NodeCost], executed: list[ExecutedNode],

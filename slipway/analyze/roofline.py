@@ -30,7 +30,7 @@ def bound(intensity: float, ridge_point: float) -> str:
 
 def peak_for(node: NodeCost, machine: MachinePeaks) -> float:
     """The compute roof that applies to a node: INT8 for integer kernels when measured, else FP32."""
-    if node.op_type in INT8_OPS and machine.int8_gops:
+    if node.op_type.split("::")[-1] in INT8_OPS and machine.int8_gops:
         return machine.int8_gops
     return machine.fp32_gflops
 

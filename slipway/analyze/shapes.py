@@ -82,7 +82,7 @@ def _resolve_one(value: ir.Value, given: list[int] | None) -> list[int]:
                 f"--shape for input {value.name!r} has rank {len(given)}, the model's input has rank "
                 f"{len(declared)} ({_dims_text(declared)})"
             )
-        for axis, (g, d) in enumerate(zip(given, declared)):
+        for axis, (g, d) in enumerate(zip(given, declared, strict=True)):
             if isinstance(d, int) and d != g:
                 raise UserError(
                     f"--shape for input {value.name!r} sets axis {axis} to {g}, but the model fixes it at {d}"
@@ -112,7 +112,9 @@ def infer_static_shapes(model: ir.Model, input_shapes: dict[str, list[int]]) -> 
     """Run ONNX shape inference (with data propagation) at ``input_shapes``.
 
     Returns a map from value name to :class:`TensorInfo` for every value of the main graph
-    (inputs, initializers, node outputs). The model is left unchanged. Raises
+    (inputs, initializers, node outputs). Values that inference cannot reach (outputs of ops
+    from other domains) take the shape the model declares for them, when it is static at
+    these inputs, and inference runs again from there. The model is left unchanged. Raises
     :class:`UserError` when the shapes are inconsistent with the model.
     """
     proto = _light_proto(model)
@@ -123,21 +125,65 @@ def infer_static_shapes(model: ir.Model, input_shapes: dict[str, list[int]]) -> 
     del proto.graph.value_info[:]
     for vi in proto.graph.output:
         vi.type.tensor_type.ClearField("shape")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in input_shapes.items())
-        raise UserError(f"shape inference failed at input shapes {shown}: {first}") from None
-    table: dict[str, TensorInfo] = {}
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        table[vi.name] = _info_from_proto(vi)
+    shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in input_shapes.items())
+    table = _infer(proto, shown)
+    declared = _declared_shapes(model, input_shapes)
+    missing = {n: info for n, info in declared.items() if n not in table or table[n].shape is None}
+    if missing:
+        for name, info in missing.items():
+            elem = int(info.dtype) if info.dtype is not None else 0
+            proto.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(info.shape or ())))
+        table = _infer(proto, shown)
+        for name, info in missing.items():
+            if name not in table or table[name].shape is None:
+                table[name] = info
     for init in model.graph.initializers.values():
         t = init.const_value
         if t is not None:
             table[init.name] = TensorInfo(tuple(int(d) for d in t.shape.numpy()), t.dtype)
     return table
+
+
+def _infer(proto: onnx.ModelProto, shown: str) -> dict[str, TensorInfo]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f"shape inference failed at input shapes {shown}: {first}") from None
+    table: dict[str, TensorInfo] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        if any(d < 0 for d in dims):
+            raise UserError(
+                f"at input shapes {shown} value {vi.name!r} would get a negative dim {dims}: the input is too "
+                "small for the model"
+            )
+        table[vi.name] = _info_from_proto(vi)
+    return table
+
+
+def _declared_shapes(model: ir.Model, input_shapes: dict[str, list[int]]) -> dict[str, TensorInfo]:
+    """Shapes the model itself declares for node outputs, with input dim names substituted.
+
+    The fallback for values ONNX inference cannot reach (outputs of ops from other domains,
+    such as com.microsoft fused ops). A symbolic dim is used only if it names an input dim;
+    a value with any other symbolic dim stays unknown.
+    """
+    names: dict[str, int] = {}
+    for v in graph_inputs(model):
+        for d, size in zip(v.shape or [], input_shapes[v.name], strict=False):
+            if not isinstance(d, int) and d.value:
+                names[d.value] = size
+    out: dict[str, TensorInfo] = {}
+    for node in model.graph:
+        for v in node.outputs:
+            if v.shape is None:
+                continue
+            dims = [d if isinstance(d, int) else names.get(d.value or "") for d in v.shape]
+            if all(isinstance(d, int) for d in dims):
+                out[v.name] = TensorInfo(tuple(dims), v.dtype)
+    return out
 
 
 def _set_dims(vi: onnx.ValueInfoProto, dims: list[int]) -> None:

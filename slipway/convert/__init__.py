@@ -1,0 +1,219 @@
+"""Conversion to ONNX with verification.
+
+* :func:`from_torch` - an ``nn.Module``, ``ExportedProgram`` or TorchScript module;
+* :func:`from_sklearn` - a fitted scikit-learn estimator or pipeline;
+* :func:`from_file` - a file holding either (what ``slipway convert`` runs).
+
+Each exports, verifies the ONNX model against the source framework in onnxruntime at two or
+more batch sizes (see :mod:`slipway.convert.verify`), records the errors in the model's
+``metadata_props`` and only then writes it atomically; a failed verification raises
+``VerificationError`` and writes nothing. Each returns a :class:`VerifiedModel` (``model``,
+``report``, ``path``). torch, scikit-learn and skl2onnx are imported only when used.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slipway.convert.sklearn import from_sklearn
+from slipway.convert.torch import DynamicDims, from_torch, require_torch
+from slipway.convert.verify import DEFAULT_BATCH_SIZES, VerifiedModel, VerifyReport
+from slipway.errors import UserError
+
+__all__ = ["from_torch", "from_sklearn", "from_file", "detect_format", "VerifiedModel", "VerifyReport", "FORMATS"]
+
+FORMATS = {
+    "exported_program": "torch.export ExportedProgram",
+    "torchscript": "TorchScript module",
+    "sklearn": "pickled scikit-learn estimator",
+}
+_PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib"}
+_COMPRESSED = (b"\x1f\x8b", b"x\x01", b"x\x5e", b"x\x9c", b"x\xda", b"BZh", b"\xfd7zXZ", b"\x5d\x00\x00")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The kind of model file, told by its content: a key of :data:`FORMATS`.
+
+    Raises ``UserError`` for a missing, empty or unreadable file, an ONNX model, a state dict
+    or a whole pickled torch module (``torch.save``), and anything else.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"model file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"expected a model file, got a directory: {p}")
+    try:
+        head = p.open("rb").read(8)
+    except OSError as e:
+        raise UserError(f"cannot read {p}: {e.strerror or e}") from None
+    if not head:
+        raise UserError(f"{p} is empty, not a model")
+    if zipfile.is_zipfile(p):
+        return _zip_format(p)
+    if head.startswith(b"\x80") or (p.suffix in _PICKLE_SUFFIXES and head.startswith(_COMPRESSED)):
+        return "sklearn"
+    if head[:1] == b"\x08":
+        raise UserError(f"{p} is already an ONNX model; see it with: slipway info {p}")
+    raise UserError(f"{p} is not a model slipway can convert: expected a torch.export program (.pt2), "
+                    "a TorchScript file (.pt) or a pickled scikit-learn estimator (.pkl/.joblib)")
+
+
+def _zip_format(p: Path) -> str:
+    try:
+        names = zipfile.ZipFile(p).namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{p} is a damaged zip archive: {e}") from None
+    if any(n.endswith("/archive_format") or (n.count("/") == 2 and "/models/" in n) for n in names):
+        return "exported_program"
+    if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("/data.pkl") for n in names):
+        _reject_torch_pickle(p)
+    raise UserError(f"{p} is a zip archive but not a torch.export program or a TorchScript file")
+
+
+def _reject_torch_pickle(p: Path) -> None:
+    """A ``torch.save`` checkpoint: explain why it cannot be converted."""
+    torch = require_torch()
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        raise UserError(f"{p} is a pickled Python object (torch.save of a whole module?); slipway converts "
+                        "torch.export.save (.pt2) and torch.jit.save (.pt) files, or an nn.Module in Python "
+                        "with slipway.convert.from_torch") from None
+    what = "a state dict (weights only)" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    raise UserError(f"{p} holds {what}: a state dict has no graph to convert; load it into your nn.Module in "
+                    "Python and call slipway.convert.from_torch(module, example_inputs), or save the model with "
+                    "torch.export.save / torch.jit.save")
+
+
+def from_file(
+    path: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    dtypes: Mapping[str, str] | None = None,
+    dynamic_dims: DynamicDims | None = None,
+    dim_sizes: Mapping[str, Sequence[int]] | None = None,
+    sample: Any = None,
+    opset: int | None = None,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    seed: int = 0,
+) -> VerifiedModel:
+    """Convert a model file (see :func:`detect_format`) to ONNX with verification.
+
+    ``shapes`` give example input shapes (``{"x": [1, 3, 224, 224]}``): required for
+    TorchScript, optional for an ExportedProgram (default: the inputs saved in it); for
+    scikit-learn, the last number is the feature count. ``dtypes`` set TorchScript input dtypes
+    (default float32). ``sample`` (an array or a ``.npy`` path) holds the rows a scikit-learn
+    model is verified on; without it, random normal rows are used. Unpickling a scikit-learn
+    file runs code from it: only convert files you trust. The input file is never overwritten.
+    """
+    p = Path(path)
+    fmt = detect_format(p)
+    if output_path is not None and Path(output_path).resolve() == p.resolve():
+        raise UserError(f"refusing to overwrite the input file {p}; choose another output path")
+    common = {"atol": atol, "rtol": rtol, "batch_sizes": batch_sizes, "opset": opset, "seed": seed}
+    if fmt == "sklearn":
+        estimator = _load_pickle(p)
+        X = _sklearn_sample(estimator, shapes, sample, seed)
+        return from_sklearn(estimator, X, output_path, source=p.name, **common)
+    torch = require_torch()
+    model = _load_torch(p, fmt, torch)
+    args = _torch_inputs(p, model, fmt, shapes or {}, dtypes or {}, seed, torch)
+    return from_torch(model, args, output_path, dynamic_dims=dynamic_dims, dim_sizes=dim_sizes,
+                      source=p.name, **common)
+
+
+def _load_torch(p: Path, fmt: str, torch: Any) -> Any:
+    try:
+        if fmt == "exported_program":
+            return torch.export.load(str(p))
+        return torch.jit.load(str(p), map_location="cpu")
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"cannot load {p} as a {FORMATS[fmt]}: {first}") from None
+
+
+def _torch_inputs(p: Path, model: Any, fmt: str, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str],
+                  seed: int, torch: Any) -> tuple | None:
+    """Example inputs: the program's own, with any ``shapes`` replaced by random tensors."""
+    from slipway.convert.torch import input_names_of
+
+    kind = "ExportedProgram" if fmt == "exported_program" else "TorchScript"
+    names = input_names_of(model, kind)
+    stored = None
+    if fmt == "exported_program" and model.example_inputs is not None:
+        stored = model.example_inputs[0]
+    unknown = sorted(set(shapes) - set(names)) + sorted(set(dtypes) - set(names))
+    if unknown:
+        raise UserError(f"no model input named {unknown[0]!r}; the inputs are {names}")
+    rng = np.random.default_rng(seed)
+    args = []
+    for i, name in enumerate(names):
+        if name not in shapes:
+            if stored is None:
+                raise UserError(f"give the shape of input {name!r} with --shape {name}=D0,D1,... "
+                                f"({p.name} keeps no example inputs)")
+            args.append(stored[i])
+            continue
+        dtype = _torch_dtype(dtypes.get(name), stored[i].dtype if stored is not None else None, torch)
+        args.append(_random_tensor(list(shapes[name]), dtype, rng, torch))
+    return tuple(args)
+
+
+def _torch_dtype(name: str | None, default: Any, torch: Any) -> Any:
+    if name is None:
+        return default if default is not None else torch.float32
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UserError(f"unknown dtype {name!r} (for example float32, float16, int64, bool)")
+    return dtype
+
+
+def _random_tensor(shape: list[int], dtype: Any, rng: np.random.Generator, torch: Any) -> Any:
+    if dtype == torch.bool:
+        return torch.from_numpy(rng.random(shape) < 0.5)
+    if dtype.is_floating_point:
+        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(dtype)
+    return torch.from_numpy(rng.integers(0, 10, size=shape)).to(dtype)
+
+
+def _load_pickle(p: Path) -> Any:
+    try:
+        import joblib
+    except ImportError:
+        from slipway.errors import MissingDependencyError
+
+        raise MissingDependencyError("joblib", "sklearn") from None
+    try:
+        obj = joblib.load(p)
+    except Exception as e:
+        raise UserError(f"cannot unpickle {p}: {type(e).__name__}: {str(e)[:200]}") from None
+    if not (hasattr(obj, "fit") and hasattr(obj, "get_params")):
+        raise UserError(f"{p} holds a {type(obj).__name__}, not a scikit-learn estimator or pipeline")
+    return obj
+
+
+def _sklearn_sample(estimator: Any, shapes: Mapping[str, Sequence[int]] | None, sample: Any, seed: int) -> np.ndarray:
+    if sample is not None:
+        if isinstance(sample, (str, os.PathLike)):
+            try:
+                sample = np.load(sample, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read the sample {sample}: {e}") from None
+        return np.asarray(sample)
+    dims = list(next(iter(shapes.values()))) if shapes else []
+    features = dims[-1] if dims else getattr(estimator, "n_features_in_", None)
+    if features is None:
+        raise UserError("give the feature count with --shape X=N_FEATURES (the estimator does not record it)")
+    rows = dims[0] if len(dims) >= 2 and dims[0] > 1 else 64
+    return np.random.default_rng(seed).standard_normal((rows, features)).astype(np.float32)
