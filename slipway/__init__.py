@@ -5,6 +5,9 @@ Public API, grouped by stage.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from slipway.errors import MissingDependencyError, ServeError, SlipwayError, UserError, VerificationError
 from slipway.model import load, save, summary
 
@@ -22,3 +25,13 @@ __all__ = [
     "save",
     "summary",
 ]
+
+# Stage subpackages load on first use (`slipway.convert.from_torch(...)`), so that
+# `import slipway` stays light and optional extras (torch, openvino) are imported lazily.
+_SUBPACKAGES = ("analyze", "convert", "ops", "zoo")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"slipway.{name}")
+    raise AttributeError(f"module 'slipway' has no attribute {name!r}")

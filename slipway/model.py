@@ -202,6 +202,9 @@ def save(
     if external_data is None:
         external_data = weight_bytes(m) > EXTERNAL_THRESHOLD
     data_name = out.name + ".data" if external_data else None
+    if not external_data:
+        # Weights loaded lazily from another file must travel inside the new one.
+        ir.external_data.load_to_model(m)
     tmpdir = Path(tempfile.mkdtemp(prefix=".slipway-tmp-", dir=out.parent))
     try:
         ir.save(m, tmpdir / out.name, external_data=data_name)
@@ -213,6 +216,12 @@ def save(
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file so that it appears complete or not at all."""
     out = Path(path)
@@ -221,6 +230,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open() does
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -95,6 +95,17 @@ def test_external_data_roundtrip(tmp_path: Path) -> None:
     assert slipway.summary(back)["file_bytes"] > w.nbytes
 
 
+def test_external_model_saved_inline_elsewhere_is_self_contained(tmp_path: Path) -> None:
+    w = np.random.default_rng(2).standard_normal((30, 40)).astype(np.float32)
+    (tmp_path / "a").mkdir()
+    ext = slipway.save(slipway.load(write(tmp_path / "a", tiny_model(weight=w))), tmp_path / "a" / "ext.onnx",
+                       external_data=True)
+    inline = slipway.save(slipway.load(ext), tmp_path / "b" / "inline.onnx", external_data=False)
+    (tmp_path / "a" / "ext.onnx.data").unlink()
+    assert not (tmp_path / "b" / "inline.onnx.data").exists()
+    np.testing.assert_array_equal(slipway.load(inline).graph.initializers["w"].const_value.numpy(), w)
+
+
 def test_big_weights_go_external_automatically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model_mod, "EXTERNAL_THRESHOLD", 16)
     m = slipway.load(write(tmp_path, tiny_model(weight=np.ones((32, 32), np.float32))))

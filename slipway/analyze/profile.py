@@ -4,12 +4,11 @@ onnxruntime runs the model as a user deploys it (all graph optimizations on), so
 executes are often fused (Conv+Relu as one FusedConv, NCHWc convolutions with reorders around
 them, MatMul+Add as a Gemm). Each executed node is mapped back to the original ONNX nodes it
 covers by tensor names: the original nodes on the paths between the tensors it reads and the
-tensors it writes. Its measured time is split among them in proportion to their roofline time,
-max(FLOPs / peak, bytes / bandwidth): by FLOPs among compute-bound nodes, by bytes among
-memory-bound ones (bytes alone where FLOPs are not counted). So every node of a fused group
-gets the group's roofline fraction, instead of a fused Relu appearing to beat its roof. Nodes
-onnxruntime added (ReorderInput/ReorderOutput, reshapes around a fused Gemm) are reported as
-engine nodes with their time, not dropped.
+tensors it writes. Its measured time is split among them in proportion to their FLOPs (bytes
+moved when some FLOPs are not counted): a Relu fused into a Conv costs almost nothing, and gets
+almost none of the time. On the roofline the fused nodes are one point, the kernel's (see
+:mod:`slipway.analyze.roofline`). Nodes onnxruntime added (ReorderInput/ReorderOutput, reshapes
+around a fused Gemm) are reported as engine nodes with their time, not dropped.
 """
 
 from __future__ import annotations
@@ -94,7 +93,7 @@ def profile(
     executed = [ExecutedNode(n.name, n.op_type, n.domain, list(n.input), list(n.output)) for n in opt.graph.node]
     sources = {t.name for t in opt.graph.initializer} | {v.name for v in opt.graph.input}
     kernel_ms, run_ms = parse_trace(events, warmup)
-    attribute(result, executed, kernel_ms, machine, sources)
+    attribute(result, executed, kernel_ms, sources)
     result.profiled = True
     result.total_time_ms = statistics.fmean(run_ms) if run_ms else sum(kernel_ms.values())
     roofline.apply(result, machine)
@@ -193,12 +192,12 @@ def parse_trace(events: list[dict], warmup: int) -> tuple[dict[str, float], list
 
 
 def attribute(analysis: Analysis, executed: list[ExecutedNode], kernel_ms: dict[str, float],
-              machine: MachinePeaks, sources: set[str] = frozenset()) -> None:
-    """Split each executed node's time among the original nodes it covers; fill engine nodes."""
+              sources: set[str] = frozenset()) -> None:
+    """Split each executed node's time among the original nodes it covers; fill ``ran_as`` and engine nodes."""
     coverage = map_executed(analysis.nodes, executed, sources)
     index = {n.name: i for i, n in enumerate(analysis.nodes)}
     times = [0.0] * len(analysis.nodes)
-    ran_as: list[list[str]] = [[] for _ in analysis.nodes]
+    ran_as: list[list[ExecutedNode]] = [[] for _ in analysis.nodes]
     analysis.engine_nodes = []
     for ex in executed:
         if ex.name not in kernel_ms:
@@ -209,25 +208,26 @@ def attribute(analysis: Analysis, executed: list[ExecutedNode], kernel_ms: dict[
                 name=ex.name, op_type=ex.op_type, inputs=ex.inputs, outputs=ex.outputs, macs=None,
                 flops=None, counted=False, note=f"{ENGINE_NOTE}: {ex.qualified_op}", time_ms=kernel_ms[ex.name]))
             continue
-        weights = split_weights([analysis.nodes[i] for i in covered], machine)
+        weights = split_weights([analysis.nodes[i] for i in covered])
         for i, w in zip(covered, weights, strict=True):
             times[i] += kernel_ms[ex.name] * w / sum(weights)
-            ran_as[i].append(f"{ex.name} ({ex.qualified_op})")
-    for node, t, where in zip(analysis.nodes, times, ran_as, strict=True):
+            ran_as[i].append(ex)
+    for node, t, kernels in zip(analysis.nodes, times, ran_as, strict=True):
         node.time_ms = t
-        extra = "ran as " + ", ".join(where) if where else REMOVED_NOTE
+        node.ran_as = [e.name for e in kernels]
+        extra = ("ran as " + ", ".join(f"{e.name} ({e.qualified_op})" for e in kernels)) if kernels else REMOVED_NOTE
         node.note = f"{node.note}; {extra}" if node.note else extra
 
 
-def split_weights(nodes: list[NodeCost], machine: MachinePeaks) -> list[float]:
-    """Each node's roofline time in seconds, max(FLOPs / peak, bytes / bandwidth); equal when all are 0."""
-    bandwidth = machine.mem_bandwidth_gbs * 1e9
-    est = []
-    for n in nodes:
-        memory = (n.bytes_read + n.bytes_written) / bandwidth
-        compute = (n.flops or 0) / (roofline.peak_for(n, machine) * 1e9)
-        est.append(max(memory, compute))
-    return est if sum(est) > 0 else [1.0] * len(nodes)
+def split_weights(nodes: list[NodeCost]) -> list[float]:
+    """How a kernel's time is shared among the nodes it ran: by FLOPs, else by bytes moved, else evenly."""
+    flops = [n.flops for n in nodes]
+    if all(f is not None for f in flops) and sum(flops) > 0:
+        return [float(f) for f in flops]
+    moved = [float(n.bytes_read + n.bytes_written) for n in nodes]
+    if sum(moved) > 0:
+        return moved
+    return [1.0] * len(nodes)
 
 
 def map_executed(original: list[NodeCost], executed: list[ExecutedNode],
@@ -236,23 +236,31 @@ def map_executed(original: list[NodeCost], executed: list[ExecutedNode],
 
     An executed tensor stands for an original tensor when it has the same name, when an added
     layout node (ReorderOutput, a reshape around a fused Gemm) links it to one, or when the
-    node's name says so (``relu_1_nchwc`` writes what ``relu_1`` held; ``MatMul_3/MatMulAddFusion``
-    what node ``MatMul_3`` wrote). An executed node covers the original nodes found walking back
-    from its outputs until a tensor that another executed node wrote, an initializer or an input.
+    node's name says so (``relu_1_nchwc`` wrote what ``relu_1`` held; ``MatMul_3/MatMulAddFusion``
+    what node ``MatMul_3`` wrote), extended forward over the elementwise ops it fused (a
+    convolution's ``Sum`` input and activation). An executed node covers the original nodes
+    found walking back from its outputs until a tensor another executed node wrote, an
+    initializer or an input.
     """
-    producer = {t: i for i, n in enumerate(original) for t in n.outputs if t}
-    known = set(producer) | {t for n in original for t in n.inputs if t}
-    names = {n.name: i for i, n in enumerate(original)}
-    image = {t: t for ex in executed for t in ex.inputs + ex.outputs if t in known}
-    layout = [ex for ex in executed if ex.op_type in LAYOUT_OPS and ex.name not in names]
+    g = _Graph(original)
+    image = {t: t for ex in executed for t in ex.inputs + ex.outputs if t in g.known}
+    layout = [ex for ex in executed if ex.op_type in LAYOUT_OPS and ex.name not in g.names]
     is_layout = {id(ex) for ex in layout}
     _propagate(image, layout)
-    for ex in executed:
+    hints = {}
+    for k, ex in enumerate(executed):
         if ex.outputs and ex.outputs[0] not in image and id(ex) not in is_layout:
-            hint = _hint(ex.name, original, names, producer)
+            hint = _hint(ex.name, g)
             if hint:
-                image[ex.outputs[0]] = hint
-    _propagate(image, layout)
+                hints[k] = hint
+    claimed = {g.names[ex.name] for ex in executed if ex.name in g.names}
+    claimed |= {g.producer[image[t]] for ex in executed for t in ex.outputs if image.get(t) in g.producer}
+    claimed |= {g.producer[h] for h in hints.values()}
+    for k, ex in enumerate(executed):  # topological order: a fused Sum input is resolved before its reader
+        if k in hints:
+            reads = {image[t] for t in ex.inputs if t in image}
+            image[ex.outputs[0]] = _extend(hints[k], reads, claimed, g)
+            _propagate(image, layout)
     boundary = {image[t] for ex in executed for t in ex.outputs if t in image}
     boundary |= {image.get(t, t) for t in sources}
     coverage: dict[str, list[str]] = {}
@@ -262,12 +270,48 @@ def map_executed(original: list[NodeCost], executed: list[ExecutedNode],
             continue
         reads = {image[t] for t in ex.inputs if t in image}
         starts = [image[t] for t in ex.outputs if t in image and image[t] not in reads]
-        stop = boundary | reads
-        found = _walk_back(starts, stop, producer, original)
-        if not found and ex.name in names:
-            found = [names[ex.name]]
+        found = _walk_back(starts, boundary | reads, g)
+        if not found and ex.name in g.names:
+            found = [g.names[ex.name]]
         coverage[ex.name] = [original[i].name for i in sorted(found)]
     return coverage
+
+
+# Ops an engine folds into the node before them (a convolution's Sum input, its activation).
+FUSABLE_OPS = {
+    "Add", "Sum", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid",
+    "HardSwish", "Gelu", "Elu", "Selu", "Softplus", "PRelu", "BatchNormalization", "Identity",
+}
+
+
+class _Graph:
+    """Producer/consumer index of the original nodes."""
+
+    def __init__(self, original: list[NodeCost]) -> None:
+        self.nodes = original
+        self.producer = {t: i for i, n in enumerate(original) for t in n.outputs if t}
+        self.consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(original):
+            for t in dict.fromkeys(t for t in n.inputs if t):
+                self.consumers.setdefault(t, []).append(i)
+        self.known = set(self.producer) | set(self.consumers)
+        self.names = {n.name: i for i, n in enumerate(original)}
+
+
+def _extend(tensor: str, reads: set[str], claimed: set[int], g: _Graph) -> str:
+    """Follow ``tensor`` forward through single-consumer elementwise ops whose other inputs the node read."""
+    while True:
+        users = g.consumers.get(tensor, [])
+        if len(users) != 1 or users[0] in claimed:
+            return tensor
+        q = g.nodes[users[0]]
+        if q.op_type not in FUSABLE_OPS:
+            return tensor
+        others = [t for t in q.inputs if t and t != tensor]
+        out = _first(q.outputs)
+        if out is None or any(t in g.producer and t not in reads for t in others):
+            return tensor
+        tensor = out
 
 
 def _propagate(image: dict[str, str], layout: list[ExecutedNode]) -> None:
@@ -287,26 +331,33 @@ def _propagate(image: dict[str, str], layout: list[ExecutedNode]) -> None:
                 changed = True
 
 
-def _hint(name: str, original: list[NodeCost], names: dict[str, int], producer: dict[str, int]) -> str | None:
-    """The original tensor an executed node's first output stands for, read from its name."""
+def _hint(name: str, g: _Graph) -> str | None:
+    """The original tensor an executed node's first output stands for, read from its name.
+
+    Tries the name, its part before "/", then the name with trailing "_word" parts dropped one
+    at a time (``getitem_12_bn_nchwc`` -> ``getitem_12_bn`` -> ``getitem_12``).
+    """
     base = re.sub(r"(_token_\d+)+$", "", name)
-    for cand in (base, base.split("/")[0], re.sub(r"_nchwc$", "", base)):
-        if cand in producer:
+    parts = base.split("_")
+    candidates = [base, base.split("/")[0]] + ["_".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
+    for cand in candidates:
+        if cand in g.producer:
             return cand
-        if cand in names:
-            return _first(original[names[cand]].outputs)
+        if cand in g.names:
+            return _first(g.nodes[g.names[cand]].outputs)
     return None
 
 
-def _walk_back(starts: list[str], stop: set[str], producer: dict[str, int], original: list[NodeCost]) -> list[int]:
+def _walk_back(starts: list[str], stop: set[str], g: _Graph) -> list[int]:
+    """Original nodes reached walking back from ``starts``, not crossing tensors in ``stop``."""
     found: set[int] = set()
-    todo = [producer[t] for t in starts if t in producer]
+    todo = [g.producer[t] for t in starts if t in g.producer]
     while todo:
         i = todo.pop()
         if i in found:
             continue
         found.add(i)
-        for t in original[i].inputs:
-            if t and t in producer and t not in stop:
-                todo.append(producer[t])
+        for t in g.nodes[i].inputs:
+            if t and t in g.producer and t not in stop:
+                todo.append(g.producer[t])
     return list(found)

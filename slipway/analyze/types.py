@@ -28,6 +28,8 @@ class NodeCost:
     time_ms: float | None = None
     bound: str | None = None  # "memory" | "compute"
     roofline_fraction: float | None = None
+    # Names of the onnxruntime nodes this node executed in (one shared name = fused with others).
+    ran_as: list[str] = field(default_factory=list)
 
     @property
     def intensity(self) -> float | None:

@@ -74,13 +74,13 @@ def convert(
     """Convert MODEL to ONNX, verify it against its framework at several batch sizes, write OUTPUT."""
     from slipway.convert import FORMATS, detect_format, from_file
 
+    options = {"shapes": parse_shapes(shape), "dtypes": parse_dtypes(dtype), "dynamic_dims": parse_dynamic(dynamic),
+               "batch_sizes": parse_sizes(batch_sizes)}
     fmt = detect_format(model)
     if fmt == "sklearn":
         err_console.print("[yellow]warning:[/] unpickling runs code from the file; only convert files you trust")
     with err_console.status(f"converting {model.name} ({FORMATS[fmt]}) and verifying it"):
-        result = from_file(model, output, shapes=parse_shapes(shape), dtypes=parse_dtypes(dtype),
-                           dynamic_dims=parse_dynamic(dynamic), sample=sample, opset=opset,
-                           batch_sizes=parse_sizes(batch_sizes), atol=atol, rtol=rtol)
+        result = from_file(model, output, sample=sample, opset=opset, atol=atol, rtol=rtol, **options)
     data = _result_dict(model, fmt, result)
     if as_json:
         print_json(data)

@@ -123,9 +123,18 @@ def from_file(
         raise UserError(f"refusing to overwrite the input file {p}; choose another output path")
     common = {"atol": atol, "rtol": rtol, "batch_sizes": batch_sizes, "opset": opset, "seed": seed}
     if fmt == "sklearn":
+        if dynamic_dims or dtypes:
+            raise UserError("dynamic dims and dtypes do not apply to scikit-learn models (input X is float32 "
+                            "[batch, n_features])")
         estimator = _load_pickle(p)
         X = _sklearn_sample(estimator, shapes, sample, seed)
-        return from_sklearn(estimator, X, output_path, source=p.name, **common)
+        result = from_sklearn(estimator, X, output_path, source=p.name, **common)
+        if sample is None:
+            result.report.notes.append("verified on random normal rows; give real rows (sample, --sample) "
+                                       "for a check on the data the model sees")
+        return result
+    if sample is not None:
+        raise UserError("a sample (--sample) applies to scikit-learn models only; torch models take --shape")
     torch = require_torch()
     model = _load_torch(p, fmt, torch)
     args = _torch_inputs(p, model, fmt, shapes or {}, dtypes or {}, seed, torch)

@@ -17,6 +17,7 @@ such allowance: every label must match.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,7 +47,7 @@ def require_sklearn() -> tuple[Any, Any]:
 def from_sklearn(
     estimator: Any,
     X_sample: Any,
-    output_path: str | None = None,
+    output_path: str | os.PathLike | None = None,
     *,
     atol: float = 1e-4,
     rtol: float = 1e-3,
@@ -108,10 +109,10 @@ def _sample(X_sample: Any, estimator: Any) -> np.ndarray:
 
 def _convert(estimator: Any, n_features: int, options: Mapping[str, Any] | None, opset: int | None,
              input_name: str) -> ir.Model:
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
 
     try:
         check_is_fitted(estimator)
@@ -144,7 +145,7 @@ def _runner(estimator: Any, input_name: str, names: list[str], ranks: Mapping[st
         X = feeds[input_name].astype(np.float64)  # float32 values, exactly; some estimators need float64
         methods = _methods(estimator, len(names))
         out = {}
-        for name, method in zip(names, methods):
+        for name, method in zip(names, methods, strict=True):
             try:
                 value = np.asarray(getattr(estimator, method)(X))
             except Exception as e:
@@ -163,7 +164,7 @@ def _methods(estimator: Any, n_outputs: int) -> list[str]:
     if n_outputs == 1:
         return ["predict" if hasattr(estimator, "predict") else "transform"]
     for second in ("predict_proba", "decision_function", "transform"):
-        if hasattr(estimator, second):
+        if n_outputs == 2 and hasattr(estimator, second):
             return ["predict", second]
     raise UserError(f"cannot tell which scikit-learn method gives the outputs of {describe(estimator)}")
 

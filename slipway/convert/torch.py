@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
-import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -46,7 +46,7 @@ def require_torch() -> Any:
 def from_torch(
     model: Any,
     example_inputs: Any = None,
-    output_path: str | None = None,
+    output_path: str | os.PathLike | None = None,
     *,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
@@ -78,30 +78,46 @@ def from_torch(
     names = list(input_names) if input_names is not None else _default_input_names(model, kind, len(args))
     if len(names) != len(args):
         raise UserError(f"{len(names)} input names for {len(args)} example inputs")
-    was_training = getattr(model, "training", False)
-    if kind == "nn.Module":
-        model.eval()
-    try:
+    with _eval_mode(model, kind):
         fn = model.module() if kind == "ExportedProgram" else model
-        first = _call(fn, args, torch, "on the example inputs")
-        outs = list(output_names) if output_names is not None else _default_output_names(first, torch)
-        reference = _torch_runner(fn, names, outs, torch)
+        outs = _output_names(_call(fn, args, torch, "on the example inputs"), output_names, torch)
+        reference = _torch_runner(fn, names, outs, torch, args[0].device if args else None)
         per_input = _dims_per_input(names, args, dynamic_dims)
         with _quiet():
             onnx_model, ranges, notes = _export(model, kind, args, names, outs, per_input, opset, dynamo, torch)
         check(onnx_model, where="exported model")
-        examples = {n: _to_numpy(a) for n, a in zip(names, args)}
+        examples = {n: _to_numpy(a) for n, a in zip(names, args, strict=True)}
         report = verify(reference, onnx_model, input_specs(onnx_model, examples), atol=atol, rtol=rtol,
                         batch_sizes=batch_sizes, dim_sizes=dim_sizes, ranges=ranges, extra_feeds=[examples],
                         seed=seed, reference_name=f"torch {_version(torch)} eager (eval, no_grad)")
-    finally:
-        if kind == "nn.Module" and was_training:
-            model.train()
     report.notes.extend(notes)
     exporter = "dynamo" if (dynamo and kind != "TorchScript") else "legacy TorchScript exporter"
     label = source or _label(model, kind)
     meta = {CONVERTED_FROM: f"torch {_version(torch)} {kind} {label} (torch.onnx.export, {exporter})"}
     return commit(onnx_model, report, output_path, metadata=meta)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any, kind: str) -> Iterator[None]:
+    """Put an nn.Module in eval mode for export and verification; restore its flag after."""
+    was_training = kind == "nn.Module" and model.training
+    if kind == "nn.Module":
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _output_names(first: Any, output_names: Sequence[str] | None, torch: Any) -> list[str]:
+    count = len(_tensor_leaves(first, torch))
+    names = list(output_names) if output_names is not None else _default_output_names(first, torch)
+    if len(names) != count:
+        raise UserError(f"{len(names)} output names for {count} output tensors")
+    if len(set(names)) != len(names):
+        raise UserError(f"output names must be unique, got {names}")
+    return names
 
 
 def _version(torch: Any) -> str:
@@ -192,23 +208,28 @@ def _to_numpy(t: Any) -> np.ndarray:
     return t.numpy().copy()
 
 
-def _call(fn: Any, args: Sequence[Any], torch: Any, what: str) -> Any:
+def _call(fn: Any, args: Sequence[Any], torch: Any, what: str, hint: str = "") -> Any:
     try:
         with torch.no_grad():
             return fn(*args)
     except Exception as e:
         shapes = " ".join(f"[{','.join(str(d) for d in a.shape)}]" for a in args)
-        raise UserError(f"PyTorch failed to run the model {what} {shapes}: {type(e).__name__}: {_first_line(e)}") from None
+        raise UserError(f"PyTorch failed to run the model {what} {shapes}: {type(e).__name__}: "
+                        f"{_first_line(e)}{hint}") from None
 
 
-def _torch_runner(fn: Any, input_names: Sequence[str], output_names: Sequence[str] | None, torch: Any) -> Runner:
+def _torch_runner(fn: Any, input_names: Sequence[str], output_names: Sequence[str], torch: Any,
+                  device: Any = None) -> Runner:
+    """Run the PyTorch model on numpy feeds (moved to ``device``, the example inputs' device)."""
+
     def run(feeds: Feeds) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in input_names]
-        leaves = _tensor_leaves(_call(fn, args, torch, "on inputs"), torch)
-        names = output_names or [f"output_{i}" for i in range(len(leaves))]
-        if len(leaves) != len(names):
-            raise UserError(f"the model returned {len(leaves)} tensors but {len(names)} output names are known")
-        return {n: _to_numpy(t) for n, t in zip(names, leaves)}
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(device) for n in input_names]
+        hint = ("; if the model does not accept these sizes, choose others (batch_sizes, dim_sizes) or keep the "
+                "dim static (dynamic_dims={'x': {0: None}}, --dynamic x:0=static)")
+        leaves = _tensor_leaves(_call(fn, args, torch, "while verifying, on inputs", hint), torch)
+        if len(leaves) != len(output_names):
+            raise UserError(f"the model returned {len(leaves)} tensors but has {len(output_names)} output names")
+        return {n: _to_numpy(t) for n, t in zip(output_names, leaves, strict=True)}
 
     return run
 
@@ -219,7 +240,7 @@ def _dims_per_input(names: Sequence[str], args: Sequence[Any], dynamic_dims: Dyn
     if unknown:
         raise UserError(f"dynamic_dims names unknown input {unknown[0]!r}; the inputs are {list(names)}")
     result = []
-    for name, a in zip(names, args):
+    for name, a in zip(names, args, strict=True):
         dims: dict[int, str | None] = {0: "batch"} if a.dim() > 0 else {}
         for axis, dim_name in (dynamic_dims or {}).get(name, {}).items():
             ax = int(axis) + a.dim() if int(axis) < 0 else int(axis)
@@ -234,16 +255,20 @@ def _dims_per_input(names: Sequence[str], args: Sequence[Any], dynamic_dims: Dyn
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Keep the exporter's log lines and warnings off stdout (``--json`` stays clean)."""
-    logger = logging.getLogger("torch.onnx")
-    old = logger.level
-    logger.setLevel(logging.ERROR)
+    """Keep the exporter's prints, log lines and warnings out of the user's terminal.
+
+    The exporter prints partial graphs and logs warnings for things slipway reports itself
+    (an export failure becomes one ``UserError`` line); ``--json`` output stays clean.
+    """
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(old)
+        logging.disable(previous)
 
 
 def _export(model: Any, kind: str, args: tuple, names: list[str], outs: list[str],
@@ -270,7 +295,7 @@ def _export_legacy(model: Any, args: tuple, names: list[str], outs: list[str],
     import onnx
 
     buf = io.BytesIO()
-    axes = {n: dict(d) for n, d in zip(names, per_input) if d}
+    axes = {n: dict(d) for n, d in zip(names, per_input, strict=True) if d}
     kwargs = {"opset_version": opset} if opset else {}
     torch.onnx.export(model, args, buf, dynamo=False, input_names=names, output_names=outs,
                       dynamic_axes=axes, **kwargs)
@@ -310,7 +335,7 @@ def _program_ranges(ep: Any, model: ir.Model) -> dict[str, tuple[int | None, int
     if ep is None:
         return ranges
     inputs = [v for v in model.graph.inputs if v.name not in model.graph.initializers]
-    for value, syms in zip(inputs, _program_symbols(ep)):
+    for value, syms in zip(inputs, _program_symbols(ep), strict=False):
         for axis, sym in syms.items():
             dim = value.shape[axis] if value.shape is not None and axis < len(value.shape) else None
             if isinstance(dim, ir.SymbolicDim) and dim.value:
@@ -326,7 +351,7 @@ def _export_program(ep: Any, names: list[str], outs: list[str], per_input: list[
     rename: dict[str, str] = {}
     owner: dict[str, str] = {}
     notes: list[str] = []
-    for name, wanted, syms in zip(names, per_input, symbols):
+    for name, wanted, syms in zip(names, per_input, symbols, strict=False):
         for axis, dim_name in wanted.items():
             if axis not in syms:
                 if axis == 0 and dim_name == "batch":

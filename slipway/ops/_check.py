@@ -55,9 +55,7 @@ def check_array(
     if last_dim is not None and arr.ndim >= 1:
         allowed_last = (last_dim,) if isinstance(last_dim, int) else tuple(last_dim)
         if arr.shape[-1] not in allowed_last:
-            raise UserError(
-                f"{name}: expected last dimension {_fmt_ndim(last_dim)}, got shape {tuple(arr.shape)}"
-            )
+            raise UserError(f"{name}: expected last dimension {_fmt_ndim(last_dim)}, got shape {tuple(arr.shape)}")
     if not allow_empty and arr.size == 0:
         raise UserError(f"{name}: is empty (shape {tuple(arr.shape)})")
     if finite and arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():

@@ -167,7 +167,7 @@ def sort_boxes(boxes: object, line_tolerance: float = 10.0) -> np.ndarray:
 
     ``boxes`` is [K, 4, 2] quads or [K, 4] xyxy. Boxes are taken by their top (smallest y);
     a box whose top is within ``line_tolerance`` pixels of the top of the first box of the
-    current line joins that line; lines are ordered by x of their boxes' left edge.
+    current line joins that line; within a line, boxes go by their left edge (smallest x).
     """
     b = check_array("boxes", boxes, ndim=(2, 3), dtype_kind="fiu")
     if b.ndim == 3 and b.shape[1:] != (4, 2) or b.ndim == 2 and b.shape[1] != 4:

@@ -30,7 +30,6 @@ need neither library. Images are HWC or HW, batches NHWC; ``size`` is ``(height,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import cv2
@@ -51,6 +50,7 @@ PIL_METHODS = ("pil_nearest", "pil_box", "pil_bilinear", "pil_hamming", "pil_bic
 TORCH_METHODS = ("torch_nearest", "torch_nearest_exact", "torch_bilinear", "torch_bicubic", "torch_area")
 METHODS = (*CV2_METHODS, *PIL_METHODS, *TORCH_METHODS)
 
+_CV_MAX_CHANNELS = 128  # OpenCV 5 maps at most 128 trailing channels (CV_CN_MAX)
 _CV2_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 _PIL_PRECISION_BITS = 32 - 8 - 2
 
@@ -93,7 +93,7 @@ def resize(
 
 
 def _resize_cv2(arr: np.ndarray, oh: int, ow: int, flag: int) -> np.ndarray:
-    """cv2.resize per image, converting dtypes OpenCV lacks and chunking channels > 512."""
+    """cv2.resize per image, converting dtypes OpenCV lacks and chunking channels > 128."""
     dtype = arr.dtype
     work = arr
     if dtype == np.bool_:
@@ -110,8 +110,11 @@ def _resize_cv2(arr: np.ndarray, oh: int, ow: int, flag: int) -> np.ndarray:
 
 
 def _resize_cv2_one(im: np.ndarray, oh: int, ow: int, flag: int) -> np.ndarray:
-    if im.ndim == 3 and im.shape[2] > 512:
-        parts = [_resize_cv2_one(im[..., c : c + 512], oh, ow, flag) for c in range(0, im.shape[2], 512)]
+    if im.ndim == 3 and im.shape[2] > _CV_MAX_CHANNELS:
+        parts = [
+            _resize_cv2_one(im[..., c : c + _CV_MAX_CHANNELS], oh, ow, flag)
+            for c in range(0, im.shape[2], _CV_MAX_CHANNELS)
+        ]
         return np.concatenate([p if p.ndim == 3 else p[..., None] for p in parts], axis=2)
     out = cv2.resize(np.ascontiguousarray(im), (ow, oh), interpolation=flag)
     if im.ndim == 3 and out.ndim == 2:

@@ -2,11 +2,12 @@
 
 Both trackers keep every track in one set of numpy arrays (:class:`KalmanTracks`): the
 constant-velocity Kalman filter predicts and corrects all tracks in a few batched array
-operations instead of one Python object per track, so an update with 100 objects costs well
+operations instead of one Python object per track, so an update with 100 objects costs
 under a millisecond. The state of a track is SORT's ``[cx, cy, s, r, vcx, vcy, vs]``: box
 center, area ``s = w * h``, aspect ``r = w / h`` (constant) and the velocities of the first three.
-Association maximizes the total IoU over track/detection pairs whose IoU passes the threshold
-(Hungarian assignment, ``scipy.optimize.linear_sum_assignment``).
+Association maximizes the total IoU over the overlapping track/detection pairs whose IoU passes
+the threshold (Hungarian assignment, ``scipy.optimize.linear_sum_assignment``, run only on
+the pairs that compete); boxes that do not overlap never match.
 """
 
 from __future__ import annotations
@@ -64,35 +65,70 @@ def z_to_xyxy(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def match(score: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Assign rows to columns maximizing the total ``score`` over pairs with ``score >= threshold``.
+def overlap_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of boxes of ``a`` [N, 4] and ``b`` [M, 4] (xyxy) that overlap: ``(rows, cols, iou)``, IoU > 0.
 
-    Returns ``(pairs [K, 2], unmatched_rows, unmatched_cols)``. Pairs without a competitor
-    (their row and column each have one admissible entry) are taken directly; the Hungarian
-    solver runs only on the rows and columns that compete, which gives the same optimum.
+    A sweep over ``b`` sorted by x1 finds, for each box of ``a``, the boxes whose x1 lies in
+    ``(a.x1 - widest b, a.x2)``; the IoU is computed only for those candidates, so the cost
+    grows with the number of nearby pairs rather than with N * M.
     """
-    n, m = score.shape
-    if n == 0 or m == 0:
-        return np.empty((0, 2), np.intp), np.arange(n), np.arange(m)
+    if len(a) == 0 or len(b) == 0:
+        return np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0)
+    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T, dtype=np.float64)
+    bx1, by1, bx2, by2 = np.ascontiguousarray(b.T, dtype=np.float64)
+    order = np.argsort(bx1, kind="stable")
+    sorted_x1, bw = bx1[order], bx2 - bx1
+    lo = np.searchsorted(sorted_x1, ax1 - bw.max())
+    counts = np.searchsorted(sorted_x1, ax2) - lo
+    np.maximum(counts, 0, out=counts)
+    rows = np.repeat(np.arange(len(a)), counts)
+    cols = order[np.arange(len(rows)) + np.repeat(lo - (np.cumsum(counts) - counts), counts)]
+    iw = np.minimum(ax2[rows], bx2[cols]) - np.maximum(ax1[rows], bx1[cols])
+    ih = np.minimum(ay2[rows], by2[cols]) - np.maximum(ay1[rows], by1[cols])
+    keep = np.nonzero((iw > 0) & (ih > 0))[0]
+    rows, cols = rows[keep], cols[keep]
+    inter = iw[keep] * ih[keep]
+    union = ((ax2 - ax1) * (ay2 - ay1))[rows] + (bw * (by2 - by1))[cols] - inter
+    return rows, cols, inter / union
+
+
+def match_pairs(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, n: int, m: int,
+                threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Assign rows to columns maximizing the total score over the candidate pairs with ``score >= threshold``.
+
+    The candidates are given as parallel arrays ``rows``, ``cols``, ``score`` (each pair at
+    most once) over an ``n x m`` problem. Returns ``(pairs [K, 2], unmatched_rows,
+    unmatched_cols)``. A pair whose row and column have no other candidate is taken
+    directly; the Hungarian solver runs only on the rows and columns that compete, which
+    gives the same optimum.
+    """
     ok = score >= threshold
-    row_n, col_n = ok.sum(axis=1), ok.sum(axis=0)
-    if row_n.max() <= 1 and col_n.max() <= 1:  # no competition: the admissible pairs are the matching
-        pairs = np.stack(np.nonzero(ok), axis=1)
-        return pairs, np.nonzero(row_n == 0)[0], np.nonzero(col_n == 0)[0]
-    unique = ok & (row_n == 1)[:, None] & (col_n == 1)[None, :]
-    pairs = np.stack(np.nonzero(unique), axis=1)
-    contested = ok & ~unique  # every admissible edge of a row or column that has a competitor
-    rows, cols = np.nonzero(contested.any(axis=1))[0], np.nonzero(contested.any(axis=0))[0]
-    if len(rows) and len(cols):
-        sub = ok[np.ix_(rows, cols)]
-        rr, cc = linear_sum_assignment(np.where(sub, score[np.ix_(rows, cols)], 0.0), maximize=True)
-        keep = sub[rr, cc]
-        pairs = np.concatenate([pairs, np.stack([rows[rr[keep]], cols[cc[keep]]], axis=1)])
+    r, c, s = rows[ok], cols[ok], score[ok]
+    row_n, col_n = np.bincount(r, minlength=n), np.bincount(c, minlength=m)
+    alone = (row_n[r] == 1) & (col_n[c] == 1)
+    pairs = np.stack([r[alone], c[alone]], axis=1)
+    if not alone.all():
+        r, c, s = r[~alone], c[~alone], s[~alone]
+        sub_rows, ri = np.unique(r, return_inverse=True)
+        sub_cols, ci = np.unique(c, return_inverse=True)
+        gain = np.zeros((len(sub_rows), len(sub_cols)))
+        has = np.zeros(gain.shape, bool)
+        gain[ri, ci], has[ri, ci] = s, True
+        rr, cc = linear_sum_assignment(gain, maximize=True)
+        good = has[rr, cc]
+        pairs = np.concatenate([pairs, np.stack([sub_rows[rr[good]], sub_cols[cc[good]]], axis=1)])
     row_free = np.ones(n, bool)
     row_free[pairs[:, 0]] = False
     col_free = np.ones(m, bool)
     col_free[pairs[:, 1]] = False
     return pairs, np.nonzero(row_free)[0], np.nonzero(col_free)[0]
+
+
+def match(score: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`match_pairs` on a dense score matrix [N, M]: every entry is a candidate."""
+    n, m = score.shape
+    rows, cols = np.nonzero(np.ones((n, m), bool))
+    return match_pairs(rows, cols, score.ravel(), n, m, threshold)
 
 
 class KalmanTracks:
@@ -250,7 +286,8 @@ class SortTracker(_Tracker):
         self.frame += 1
         t = self.tracks
         predicted = t.predict()
-        pairs, _, free_dets = match(iou_matrix(predicted, boxes), self.iou_threshold)
+        rows, cols, iou = overlap_pairs(predicted, boxes)
+        pairs, _, free_dets = match_pairs(rows, cols, iou, len(t), len(boxes), self.iou_threshold)
         t.update(pairs[:, 0], boxes[pairs[:, 1]])
         new = free_dets[scores[free_dets] >= self.min_score]
         self._start(boxes[new], confirmed=False)
@@ -300,10 +337,10 @@ class ByteTracker(_Tracker):
     def _assign(self, rows: np.ndarray, dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
                 predicted: np.ndarray, limit: float, fuse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Match tracks ``rows`` to detections ``dets``; correct the matched tracks; return (pairs, free rows, free dets)."""
-        sim = iou_matrix(predicted[rows], boxes[dets])
+        r, c, sim = overlap_pairs(predicted[rows], boxes[dets])
         if fuse:
-            sim = sim * scores[dets][None, :]
-        pairs, free_r, free_d = match(sim, 1.0 - limit)
+            sim = sim * scores[dets[c]]
+        pairs, free_r, free_d = match_pairs(r, c, sim, len(rows), len(dets), 1.0 - limit)
         self.tracks.update(rows[pairs[:, 0]], boxes[dets[pairs[:, 1]]])
         return pairs, rows[free_r], dets[free_d]
 
