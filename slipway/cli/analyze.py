@@ -46,7 +46,7 @@ def analyze(
     if as_json:
         print_json(result.to_dict())
         return
-    _print(result, top)
+    print_analysis(result, top)
 
 
 def _check_options(runs: int, warmup: int, threads: int | None, top: int, report: Path | None) -> None:
@@ -62,7 +62,7 @@ def _check_options(runs: int, warmup: int, threads: int | None, top: int, report
         raise UserError(f"--report must be a file path, got a directory: {report}")
 
 
-def _print(a: Analysis, top: int) -> None:
+def print_analysis(a: Analysis, top: int) -> None:
     t = a.totals
     shapes = ", ".join(f"{k}={v}" for k, v in a.input_shapes.items())
     console.print(f"[bold]{a.model_path or 'model'}[/]  inputs: {shapes}")

@@ -1,9 +1,84 @@
-"""``slipway demo``: placeholder, replaced by its real implementation."""
+"""``slipway demo``: the whole front half of the job on a zoo model, start to finish.
+
+Build a reference network in PyTorch, convert it to ONNX with verification, summarize it,
+measure this machine's peaks, analyze and profile it against the roofline, and write the
+HTML report.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import typer
+
+from slipway.cli.common import console, human
+
+
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="folder for the ONNX model and the report"),
+    model: str = typer.Option("resnet18", "--model", help="zoo model: resnet18, mobilenetv2, repvgg, yolo, unet, pose"),
+    runs: int = typer.Option(20, "--runs", help="profiled runs"),
+) -> None:
+    """Build a zoo model, convert it with verification, analyze and profile it, write the report."""
+    import slipway
+    from slipway.analyze import analyze
+    from slipway.analyze.machine import peaks
+    from slipway.analyze.profile import profile
+    from slipway.analyze.report import write_report
+    from slipway.cli.analyze import print_analysis
+    from slipway.convert import from_torch
+    from slipway.zoo import build
+
+    t0 = time.perf_counter()
+    console.rule(f"1/5  build {model} in PyTorch")
+    module, x = build(model)
+    n_torch = sum(p.numel() for p in module.parameters())
+    console.print(f"{type(module).__name__}: {n_torch:,} parameters (PyTorch), example input {list(x.shape)}")
+
+    console.rule("2/5  convert to ONNX and verify against PyTorch")
+    path = out / f"{model}.onnx"
+    with console.status("torch.onnx.export (dynamo) + verification at several batch sizes..."):
+        result = from_torch(module, (x,), path)
+    rep = result.report
+    for o in rep.outputs:
+        console.print(f"output {o.name!r}: max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g} "
+                      f"(atol {rep.atol:g}, rtol {rep.rtol:g}) over batch sizes {rep.batch_sizes} -> "
+                      + ("[green]ok[/]" if o.ok else "[red]FAILED[/]"))
+    console.print(f"wrote {path} (errors recorded in its metadata_props)")
+
+    console.rule("3/5  summary")
+    m = slipway.load(path)
+    s = slipway.summary(m)
+    ops = ", ".join(f"{k} {v}" for k, v in list(s["op_histogram"].items())[:8])
+    console.print(f"inputs {[(i['name'], i['shape']) for i in s['inputs']]}  outputs "
+                  f"{[(o['name'], o['shape']) for o in s['outputs']]}")
+    console.print(f"{s['nodes']} nodes ({ops}), {s['params']:,} parameters ({human(s['param_bytes'], 'B')}), "
+                  f"file {human(s['file_bytes'], 'B')}; BatchNorm folded by the exporter: "
+                  f"{n_torch - s['params']:,} fewer parameters than PyTorch")
+
+    console.rule("4/5  this machine (measured once, then cached)")
+    with console.status("measuring FP32/INT8 matmul peaks and memory bandwidth..."):
+        machine = peaks()
+    console.print(f"{machine.cpu}, {machine.threads} threads; FP32 {machine.fp32_gflops:,.1f} GFLOP/s, "
+                  + (f"INT8 {machine.int8_gops:,.1f} GOP/s, " if machine.int8_gops else "")
+                  + f"memory {machine.mem_bandwidth_gbs:,.1f} GB/s, ridge point {machine.ridge_point:.1f} FLOP/B")
+    features = [k for k, v in machine.features.items() if v]
+    console.print("CPU features: " + (", ".join(features) or "none detected"))
+
+    console.rule("5/5  analyze + profile in onnxruntime")
+    shapes = {"x": list(x.shape)}
+    with console.status(f"static costs, then {runs} profiled runs..."):
+        a = profile(m, analyze(m, shapes), runs=runs, machine=machine)
+    print_analysis(a, top=10)
+    report = write_report(a, out / "report.html")
+    memory = sum(1 for n in a.nodes if n.bound == "memory")
+    compute = sum(1 for n in a.nodes if n.bound == "compute")
+    console.print(f"\n[bold]{model}[/]: {a.totals['macs'] / 1e9:.2f} GMACs, {a.totals['params']:,} params, "
+                  f"{a.total_time_ms:.2f} ms/inference at batch 1 on {machine.threads} threads; "
+                  f"{memory} memory-bound and {compute} compute-bound nodes")
+    console.print(f"report: {report.resolve()}   (demo took {time.perf_counter() - t0:.0f} s)")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("demo")(demo)
