@@ -16,7 +16,14 @@ class UserError(SlipwayError):
 
 
 class VerificationError(SlipwayError):
-    """A transformed model disagrees with its reference past tolerance."""
+    """A transformed model disagrees with its reference past tolerance.
+
+    ``report`` carries the full verification report (per-output errors) when one exists.
+    """
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class ServeError(SlipwayError):

@@ -13,6 +13,7 @@ around a fused Gemm) are reported as engine nodes with their time, not dropped.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import re
@@ -69,9 +70,9 @@ def profile(
 ) -> Analysis:
     """Profile ``model`` in onnxruntime and return a copy of ``analysis`` with measured times.
 
-    Fills ``NodeCost.time_ms`` (mean over ``runs`` after ``warmup`` runs), ``bound`` and
+    Fills ``NodeCost.time_ms`` (median over ``runs`` after ``warmup`` runs), ``bound`` and
     ``roofline_fraction`` (against ``machine``, measured or cached when None), and
-    ``Analysis.profiled``, ``total_time_ms`` (mean end-to-end latency), ``machine`` and
+    ``Analysis.profiled``, ``total_time_ms`` (median end-to-end latency), ``machine`` and
     ``engine_nodes``. Inputs are random, at the shapes the analysis resolved.
     """
     if runs < 1:
@@ -95,7 +96,7 @@ def profile(
     kernel_ms, run_ms = parse_trace(events, warmup)
     attribute(result, executed, kernel_ms, sources)
     result.profiled = True
-    result.total_time_ms = statistics.fmean(run_ms) if run_ms else sum(kernel_ms.values())
+    result.total_time_ms = statistics.median(run_ms) if run_ms else sum(kernel_ms.values())
     roofline.apply(result, machine)
     return result
 
@@ -170,25 +171,29 @@ def _run_profiled(path: Path, feeds: dict, total_runs: int, threads: int, tmp: P
 
 
 def parse_trace(events: list[dict], warmup: int) -> tuple[dict[str, float], list[float]]:
-    """Mean kernel time per executed node (ms) over the runs after ``warmup``, and each run's latency (ms).
+    """Median kernel time per executed node (ms) over the runs after ``warmup``, and each run's latency (ms).
 
     Uses the ``cat == "Node"`` events whose name ends in ``_kernel_time`` and assigns them to
-    runs by the ``model_run`` session events that enclose them.
+    runs by the ``model_run`` session events that enclose them. Medians, not means: one run
+    stalled by another process must not inflate a node's time.
     """
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")
-    kept = runs[warmup:]
-    totals: dict[str, float] = {}
+    kept = runs[warmup:] or [(float("-inf"), float("inf"))]
+    per_run: list[dict[str, float]] = [{} for _ in kept]
+    starts = [start for start, _ in kept]
     for e in events:
         name = e.get("name", "")
         if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
             continue
-        if kept and not any(start <= e["ts"] <= end for start, end in kept):
+        i = bisect.bisect_right(starts, e["ts"]) - 1
+        if i < 0 or e["ts"] > kept[i][1]:
             continue
         key = name[: -len("_kernel_time")]
-        totals[key] = totals.get(key, 0.0) + e["dur"] / 1000.0
-    n = max(1, len(kept))
-    return {k: v / n for k, v in totals.items()}, [(end - start) / 1000.0 for start, end in kept]
+        per_run[i][key] = per_run[i].get(key, 0.0) + e["dur"] / 1000.0
+    names = {k for run in per_run for k in run}
+    kernel_ms = {k: statistics.median(run.get(k, 0.0) for run in per_run) for k in names}
+    return kernel_ms, [(end - start) / 1000.0 for start, end in kept if end != float("inf")]
 
 
 def attribute(analysis: Analysis, executed: list[ExecutedNode], kernel_ms: dict[str, float],

@@ -125,7 +125,7 @@ def _profile_cards(a: Analysis) -> list[str]:
     node_ms = sum(n.time_ms or 0.0 for n in a.nodes)
     engine_ms = sum(n.time_ms or 0.0 for n in a.engine_nodes)
     memory_ms = sum(n.time_ms or 0.0 for n in a.nodes if n.bound == "memory")
-    cards = [_kv("Measured latency", f"{a.total_time_ms:.3f} ms", "mean end-to-end onnxruntime run")]
+    cards = [_kv("Measured latency", f"{a.total_time_ms:.3f} ms", "median end-to-end onnxruntime run")]
     cards.append(_kv("Sum of node times", f"{node_ms:.3f} ms", f"+ {engine_ms:.3f} ms in engine-added nodes"))
     if a.total_time_ms:
         cards.append(_kv("Achieved", si(total / (a.total_time_ms * 1e-3), "FLOP/s"), "counted FLOPs / latency"))

@@ -140,9 +140,7 @@ class VerifyReport:
         if self.ok:
             return
         message = self.failure or next(o.note for o in self.outputs if not o.ok)
-        err = VerificationError(message)
-        err.report = self  # type: ignore[attr-defined]
-        raise err
+        raise VerificationError(message, report=self)
 
 
 @dataclass

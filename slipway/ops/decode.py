@@ -120,7 +120,7 @@ def decode_yolo_anchor_free(
     in stride units around the grid-cell centers, the rest are class logits (sigmoid).
     Returns one :class:`Detections` per image, mapped through ``transform`` when given.
     """
-    out = check_array("outputs", outputs, ndim=(2, 3), dtype_kind="f")
+    out = check_array("outputs", outputs, ndim=(2, 3), dtype_kind="f", finite=False)  # checked per stage below
     out = out[None] if out.ndim == 2 else out
     nbox = 4 if decoded else 4 * int(reg_max)
     if out.shape[1] <= nbox:
@@ -143,17 +143,21 @@ def decode_yolo_anchor_free(
         if not decoded:
             sc = sigmoid(sc)
         boxes = _af_boxes(pred, cand, decoded, anchors, int(reg_max))
+        if not np.isfinite(boxes).all():
+            raise UserError("outputs: contains NaN or inf box values")
         results.append(_finish(boxes, sc, ci, iou_threshold, max_detections, class_agnostic, transform))
     return results
 
 
 def _candidates(cls: np.ndarray, thr: float, multi_label: bool, limit: int) -> tuple[np.ndarray, ...]:
     """Anchors (and classes) passing ``thr`` from a [C, A] score block, capped at ``limit``."""
+    best = cls.max(axis=0)  # NaN propagates through max: one cheap check covers all scores
+    if np.isnan(best).any() or np.isposinf(best).any():
+        raise UserError("outputs: contains NaN or inf scores")
     if multi_label:
         ci, cand = np.nonzero(cls >= thr)
         sc = cls[ci, cand]
     else:
-        best = cls.max(axis=0)
         cand = np.flatnonzero(best >= thr)
         sub = cls[:, cand]
         ci = sub.argmax(axis=0)

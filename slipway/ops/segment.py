@@ -89,13 +89,14 @@ def mask_to_polygons(
     min_area: float = 0.0,
     holes: bool = False,
 ) -> list[np.ndarray]:
-    """Outlines of a binary mask ``[H, W]`` as polygons ``[K, 2]`` (x, y; float32).
+    """Outlines of a binary mask ``[H, W]`` (nonzero = foreground) as polygons ``[K, 2]``
+    (x, y; float32).
 
     ``cv2.findContours`` (outer contours; with ``holes`` also the inner ones) simplified
     by ``cv2.approxPolyDP`` with ``epsilon`` pixels (0 keeps every contour point);
     polygons whose area is below ``min_area`` are dropped. Largest first.
     """
-    m = check_array("mask", mask, ndim=2, dtype_kind="iub", allow_empty=False)
+    m = check_array("mask", mask, ndim=2, dtype_kind="fiub", allow_empty=False)
     if epsilon < 0:
         raise UserError(f"epsilon: expected >= 0, got {epsilon!r}")
     binary = (m != 0).astype(np.uint8)

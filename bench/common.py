@@ -1,0 +1,164 @@
+"""Shared bench helpers: machine and versions header, a median-of-repeats timer, result writing.
+
+Every bench writes ``bench/results/NAME.md`` (a header naming the machine and the versions,
+then its tables) and ``bench/results/NAME.json`` (the same numbers, machine-readable), each
+atomically, and prints its tables to stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from slipway.analyze.machine import cpu_count, cpu_model, default_threads
+from slipway.model import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("numpy", "onnx", "onnx-ir", "onnxruntime", "torch", "onnx-tool", "slipway")
+
+
+@dataclass
+class Timing:
+    """Wall times of repeated calls, in seconds."""
+
+    median: float
+    best: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:
+    """Median and best wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return Timing(statistics.median(times), min(times), len(times))
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int = 20, warmup: int = 5) -> dict[str, Timing]:
+    """Median and best wall time of each function, calling them in turn within each repeat.
+
+    Alternating the calls exposes every function to the same background load, so a ratio of
+    two medians stays fair on a busy machine.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(statistics.median(t), min(t), len(t)) for name, t in times.items()}
+
+
+def versions() -> dict[str, str]:
+    """Python and the versions of the packages the benches compare ("-" when not installed)."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "-"
+    return found
+
+
+def machine() -> dict[str, Any]:
+    """CPU model (from /proc/cpuinfo), logical CPUs, physical cores and the load when the bench started."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": cpu_count(),
+        "physical_cores": default_threads(),
+        "os": f"{platform.system()} {platform.release()}",
+        "load_average_1_5_15m": load,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def header(title: str, host: dict[str, Any], found: dict[str, str]) -> str:
+    """The markdown header of a result file: title, machine line, versions line."""
+    load = ", ".join(str(x) for x in host["load_average_1_5_15m"]) or "unknown"
+    vers = ", ".join(f"{k} {v}" for k, v in found.items())
+    return (
+        f"# {title}\n\n"
+        f"Machine: {host['cpu']}, {host['physical_cores']} cores / {host['logical_cpus']} logical CPUs, "
+        f"{host['os']}; load average at start {load}; {host['date']}.\n\n"
+        f"Versions: {vers}.\n"
+    )
+
+
+def fmt(x: float | int | None, digits: int = 3) -> str:
+    """A number for a table: "-" for None, ints with thousands separators, floats to ``digits`` significant."""
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.{digits}g}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print a table to stdout (rich when installed, plain markdown otherwise)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(f"\n{title}\n{markdown_table(headers, rows)}")
+        return
+    table = Table(title=title, show_lines=False)
+    for h in headers:
+        table.add_column(h, overflow="fold")
+    for row in rows:
+        table.add_row(*[str(c) for c in row])
+    Console(width=max(160, len(headers) * 14)).print(table)
+
+
+def write_results(name: str, markdown: str, data: dict[str, Any], out_dir: Path = RESULTS) -> tuple[Path, Path]:
+    """Write ``out_dir/NAME.md`` and ``out_dir/NAME.json`` atomically; returns both paths."""
+    md = atomic_write_text(out_dir / f"{name}.md", markdown)
+    js = atomic_write_text(out_dir / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
+    return md, js
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence prints, log lines and warnings (the torch exporter is chatty)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
