@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         got = bench(ctx)
         for r in got:
             print(f"{r['group']:>16} | {r['case']:<48} | {r['slipway_ms']:9.3f} ms | {r['baseline']:<26} "
-                  f"| {r['baseline_ms']:9.3f} ms | {r['speedup']}x | {r['note']}")  # fmt: skip
+                  f"| {r['baseline_ms']:9.3f} ms | {r['speedup'] or '-'}x | {r['note']}")  # fmt: skip
         rows += got
     from bench.common import write_results
 

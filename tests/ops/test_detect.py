@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-import slipway.ops.detect as detect
+import slipway.ops._nms as engine_mod
 from slipway.errors import UserError
 from slipway.ops import batched_nms, box_area, box_convert, box_iou, clip_boxes, nms, soft_nms
 
@@ -76,7 +76,7 @@ def test_nms_matches_opencv_and_oracle(monkeypatch: pytest.MonkeyPatch, engine: 
     # exact kept indices and order. OpenCV's NMSBoxes on float boxes uses the same +1-free
     # IoU (w*h) and "suppress when IoU > thr"; random float scores have no ties
     if engine != "auto":
-        monkeypatch.setattr(detect, "_prefer_sparse", lambda *a: engine == "sparse")
+        monkeypatch.setattr(engine_mod, "_prefer_sparse", lambda *a: engine == "sparse")
     boxes, scores = gen(700, RNG)
     keep = nms(boxes, scores, thr)
     xywh = box_convert(boxes, "xyxy", "xywh")
@@ -104,12 +104,12 @@ def test_nms_score_threshold_max_detections_and_empty() -> None:
 @pytest.mark.parametrize("engine", ["blocks", "sparse"])
 def test_nms_long_suppression_chain(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
     # 10-px boxes shifted 2 px each: IoU(i, i+1) = 0.67, IoU(i, i+2) = 0.43, so every other box is
-    # kept; in the sparse engine this is a 236-long dependency chain (> 64 vectorized rounds,
+    # kept; in the sparse engine this is a 236-long dependency chain (> 12 vectorized rounds,
     # finished by the sequential fallback)
-    monkeypatch.setattr(detect, "_prefer_sparse", lambda *a: engine == "sparse")
+    monkeypatch.setattr(engine_mod, "_prefer_sparse", lambda *a: engine == "sparse")
     calls = []
-    original = detect._resolve_sequential
-    monkeypatch.setattr(detect, "_resolve_sequential", lambda *a: calls.append(1) or original(*a))
+    original = engine_mod._resolve_sequential
+    monkeypatch.setattr(engine_mod, "_resolve_sequential", lambda *a: calls.append(1) or original(*a))
     n = 300
     x = np.arange(n, dtype=np.float64) * 2.0
     boxes = np.stack([x, np.zeros(n), x + 10, np.full(n, 10.0)], 1)
