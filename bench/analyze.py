@@ -22,7 +22,7 @@ import math
 import time
 from typing import Any
 
-from bench.common import fmt, header, interleaved_times, machine, markdown_table, print_table, versions, write_results
+from bench.common import alternating_blocks, fmt, header, machine, markdown_table, print_table, versions, write_results
 from slipway.analyze import Analysis, analyze
 from slipway.analyze.machine import peaks
 from slipway.analyze.profile import profile
@@ -120,7 +120,7 @@ def bench_model(name: str, repeats: int, profile_runs: int) -> dict[str, Any]:
     ours = analyze(path, shapes)
     graph, non_weight = onnx_tool_graph(path, shapes)
     t_flops = torch_flops(module, x)
-    times = interleaved_times({
+    times = alternating_blocks({
         "slipway": lambda: analyze(path, shapes),
         "onnx_tool": lambda: onnx_tool_graph(path, shapes),
         "torch_flop_counter": lambda: torch_flops(module, x),
@@ -169,8 +169,8 @@ def tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[s
 
 NOTES = """
 Notes:
-- Timings are medians of {repeats} runs after one warm-up run, the three tools called in turn
-  within each repeat so that all see the same background load. slipway and onnx-tool start from the
+- Timings are medians of {repeats} runs, timed in 2 alternating
+  blocks per tool, each after one warm-up call, so that all see the same background load. slipway and onnx-tool start from the
   ONNX file (load, shape inference, per-node costs); onnx-tool's input is first rewritten so that
   Shape(start, end) (opset 15), which onnx-tool 1.0 ignores, becomes Shape + Slice (its params
   then include the 2 int64 elements per rewritten Shape). The torch counter runs one eager forward
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     for title, heads, body in tables(rows):
         print_table(title, heads, body)
         md += f"\n## {title}\n\n" + markdown_table(heads, body)
-    md += NOTES.format(repeats=max(5, args.repeats), threads=THREADS, profile_runs=args.profile_runs)
+    md += NOTES.format(repeats=rows[0]["times_s"]["slipway"]["runs"], threads=THREADS, profile_runs=args.profile_runs)
     md += f"\nTotal bench time: {time.perf_counter() - start:.0f} s.\n"
     data = {"machine": host, "versions": found, "threads": THREADS, "models": rows}
     for p in write_results("analyze", md, data):

@@ -7,16 +7,12 @@ atomically, and prints its tables to stdout.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 import platform
 import statistics
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -54,21 +50,27 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Tim
     return Timing(statistics.median(times), min(times), len(times))
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int = 20, warmup: int = 5) -> dict[str, Timing]:
-    """Median and best wall time of each function, calling them in turn within each repeat.
+def alternating_blocks(fns: dict[str, Callable[[], Any]], repeats: int = 20, warmup: int = 5,
+                       rounds: int = 2) -> dict[str, Timing]:
+    """Median and best wall time of each function, timed in alternating blocks.
 
-    Alternating the calls exposes every function to the same background load, so a ratio of
-    two medians stays fair on a busy machine.
+    Each of ``rounds`` rounds runs every function in turn: ``warmup`` untimed calls, then its
+    share of the ``repeats`` timed calls (at least ``repeats`` in all). Spreading every function
+    over the same stretch of time exposes them to the same background load, and the warm-up at
+    the start of each block keeps one engine's spinning worker threads (onnxruntime's and
+    OpenMP's keep busy-waiting after a call) from being charged to the next; calling two engines
+    alternately call by call does charge them, by up to 10x on two cores.
     """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+    per_round = -(-max(1, repeats) // max(1, rounds))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, repeats)):
+    for _ in range(max(1, rounds)):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(warmup):
+                fn()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
     return {name: Timing(statistics.median(t), min(t), len(t)) for name, t in times.items()}
 
 
@@ -148,17 +150,3 @@ def write_results(name: str, markdown: str, data: dict[str, Any], out_dir: Path 
     md = atomic_write_text(out_dir / f"{name}.md", markdown)
     js = atomic_write_text(out_dir / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
     return md, js
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence prints, log lines and warnings (the torch exporter is chatty)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)

@@ -26,17 +26,17 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.common import (
+    alternating_blocks,
     fmt,
     header,
-    interleaved_times,
     machine,
     markdown_table,
     print_table,
-    quiet,
     versions,
     write_results,
 )
 from slipway.convert import from_torch
+from slipway.convert.torch import quiet
 from slipway.zoo import ZOO, build
 
 MODELS = ["resnet18", "mobilenetv2", "yolo", "unet", "transformer"]
@@ -112,7 +112,7 @@ def latency(name: str, path: Path, runs: int) -> dict[str, Any]:
     feeds = {sess.get_inputs()[0].name: x.numpy()}
     with torch.inference_mode():
         expected = module(x).numpy()
-        t = interleaved_times({"torch": lambda: module(x), "ort": lambda: sess.run(None, feeds)}, runs, WARMUP)
+        t = alternating_blocks({"torch": lambda: module(x), "ort": lambda: sess.run(None, feeds)}, runs, WARMUP)
     got = sess.run(None, feeds)[0]
     return {
         "torch_ms": t["torch"].median * 1e3,
@@ -151,8 +151,8 @@ Notes:
 - Latency: PyTorch eager under `torch.inference_mode()` with `torch.set_num_threads({threads})`;
   onnxruntime CPU with its default graph optimizations (ORT_ENABLE_ALL) and {threads} intra-op
   threads on the model from_torch wrote; median of {runs} runs after {warmup} warm-up runs each,
-  the two engines called in turn (so both see the same background load), seeded batch-1 example
-  input. The last column compares the optimized onnxruntime output with
+  timed in 2 alternating blocks per engine, each after its own warm-up (so both see the same
+  background load and neither pays for the other's spinning threads), seeded batch-1 example input. The last column compares the optimized onnxruntime output with
   PyTorch's on that input.
 """
 

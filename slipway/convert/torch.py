@@ -83,7 +83,7 @@ def from_torch(
         outs = _output_names(_call(fn, args, torch, "on the example inputs"), output_names, torch)
         reference = _torch_runner(fn, names, outs, torch, args[0].device if args else None)
         per_input = _dims_per_input(names, args, dynamic_dims)
-        with _quiet():
+        with quiet():
             onnx_model, ranges, notes = _export(model, kind, args, names, outs, per_input, opset, dynamo, torch)
         check(onnx_model, where="exported model")
         examples = {n: _to_numpy(a) for n, a in zip(names, args, strict=True)}
@@ -254,7 +254,7 @@ def _dims_per_input(names: Sequence[str], args: Sequence[Any], dynamic_dims: Dyn
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Keep the exporter's prints, log lines and warnings out of the user's terminal.
 
     The exporter prints partial graphs and logs warnings for things slipway reports itself
