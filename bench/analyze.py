@@ -169,8 +169,8 @@ def tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[s
 
 NOTES = """
 Notes:
-- Timings are medians of {repeats} runs, timed in 2 alternating
-  blocks per tool, each after one warm-up call, so that all see the same background load. slipway and onnx-tool start from the
+- Timings are medians of {repeats} runs, timed in 2 alternating blocks per tool, each after one
+  warm-up call, so that all see the same background load. slipway and onnx-tool start from the
   ONNX file (load, shape inference, per-node costs); onnx-tool's input is first rewritten so that
   Shape(start, end) (opset 15), which onnx-tool 1.0 ignores, becomes Shape + Slice (its params
   then include the 2 int64 elements per rewritten Shape). The torch counter runs one eager forward
@@ -182,11 +182,13 @@ Notes:
   ConvTranspose formula (output elements x W[1:]) is wrong; slipway uses input elements x
   C_out/group x kernel, which PyTorch's counter confirms. Its parameter count includes int64
   initializers (Reshape shapes, reduction axes).
-- Coverage is the sum of the measured per-node times (original nodes plus nodes onnxruntime adds)
-  over the mean end-to-end latency of the same profiled runs ({profile_runs} runs after 3 warm-up).
+- Coverage is the sum of the per-node times (each node's median; original nodes plus nodes
+  onnxruntime adds) over the median end-to-end latency of the same profiled runs ({profile_runs}
+  runs after 3 warm-up).
   Every kernel's time goes to an original node or an engine-added node, so the gap under 100% is
   time onnxruntime spends between kernels (dispatch, allocation, input/output copies): large for
-  models of many tiny nodes (transformer), small for models dominated by convolutions.
+  models of many tiny nodes (transformer), small for models dominated by convolutions. On a busy
+  machine it also holds the time a run waited for a core, so coverage drops there.
 """
 
 

@@ -59,7 +59,7 @@ def alternating_blocks(fns: dict[str, Callable[[], Any]], repeats: int = 20, war
     over the same stretch of time exposes them to the same background load, and the warm-up at
     the start of each block keeps one engine's spinning worker threads (onnxruntime's and
     OpenMP's keep busy-waiting after a call) from being charged to the next; calling two engines
-    alternately call by call does charge them, by up to 10x on two cores.
+    alternately call by call does charge them (2x or more on two cores).
     """
     per_round = -(-max(1, repeats) // max(1, rounds))
     times: dict[str, list[float]] = {name: [] for name in fns}
