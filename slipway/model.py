@@ -133,7 +133,7 @@ def check(model: ir.Model, where: str = "model") -> None:
         raise UserError(f"{where}: invalid ONNX model (shape inference failed): {_one_line(e)}") from None
 
 
-def as_model(model: ModelLike, *, validate: bool = False) -> ir.Model:
+def as_model(model: ModelLike, *, validate: bool = False, infer_shapes: bool = True) -> ir.Model:
     """Coerce a path, a ``ModelProto`` or an ``ir.Model`` to an ``ir.Model``."""
     if isinstance(model, ir.Model):
         return model
@@ -142,7 +142,7 @@ def as_model(model: ModelLike, *, validate: bool = False) -> ir.Model:
         if validate:
             check(m)
         return m
-    return load(model, validate=validate)
+    return load(model, validate=validate, infer_shapes=infer_shapes)
 
 
 def to_proto(model: ModelLike) -> onnx.ModelProto:

@@ -25,7 +25,7 @@ def analyze(model: ModelLike, shapes: dict[str, list[int]] | None = None) -> Ana
     Raises :class:`slipway.errors.UserError` for a shape naming an unknown input, one of the
     wrong rank, or a dynamic dim left unresolved. The model is not modified.
     """
-    m = as_model(model)
+    m = as_model(model, infer_shapes=False)  # infer_static_shapes below does it at the resolved shapes
     input_shapes = resolve_input_shapes(m, shapes)
     table = infer_static_shapes(m, input_shapes)
     order = topological_order(m.graph)
