@@ -23,19 +23,12 @@ from slipway.errors import UserError
 ModelLike = ir.Model | onnx.ModelProto | str | os.PathLike
 
 # Domains whose ops a runtime we support can execute (besides functions defined in the model).
-KNOWN_DOMAINS = {
-    "": "ai.onnx",
-    "ai.onnx": "ai.onnx",
-    "ai.onnx.ml": "ai.onnx.ml",
-    "ai.onnx.preview.training": "ai.onnx.preview.training",
-    "com.microsoft": "com.microsoft",
-    "com.microsoft.nchwc": "com.microsoft.nchwc",
-    "com.microsoft.experimental": "com.microsoft.experimental",
-    "org.pytorch.aten": "org.pytorch.aten",
-}
+KNOWN_DOMAINS = frozenset({
+    "", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training",
+    "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental", "org.pytorch.aten",
+})
 MIN_OPSET = 7
 # Protobuf cannot serialize a single message over 2 GiB; above this, weights go to a side file.
-PROTO_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = 1_800_000_000
 SOURCE_KEY = "slipway.source_path"
 
@@ -143,13 +136,6 @@ def as_model(model: ModelLike, *, validate: bool = False, infer_shapes: bool = T
             check(m)
         return m
     return load(model, validate=validate, infer_shapes=infer_shapes)
-
-
-def to_proto(model: ModelLike) -> onnx.ModelProto:
-    """Serialize to an ``onnx.ModelProto`` (external tensors are loaded into memory)."""
-    if isinstance(model, onnx.ModelProto):
-        return model
-    return ir.to_proto(as_model(model))
 
 
 WEIGHT_DTYPES = {
