@@ -33,10 +33,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import onnx_ir as ir
+from typing import TYPE_CHECKING
 
 from slipway.analyze.shapes import TensorInfo
+
+if TYPE_CHECKING:
+    from slipway.analyze._proto import NodeView
 
 
 class NotCounted(Exception):
@@ -47,7 +49,7 @@ class NotCounted(Exception):
 class Op:
     """What a formula sees: the node and the static info of its inputs and outputs."""
 
-    node: ir.Node
+    node: NodeView
     inputs: list[TensorInfo | None]  # None for an absent optional input
     outputs: list[TensorInfo | None]
 
@@ -117,7 +119,7 @@ def registered_ops(domain: str = "") -> list[str]:
 def evaluate(op: Op) -> tuple[int | None, int | None, str]:
     """(MACs, FLOPs, note) of one node; MACs/FLOPs are None when it is not counted."""
     node = op.node
-    if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+    if node.has_subgraph:
         return None, None, f"control flow ({node.op_type}): ops inside its subgraphs are not counted"
     fn = formula_for(node.op_type, node.domain)
     if fn is None:
@@ -131,7 +133,7 @@ def evaluate(op: Op) -> tuple[int | None, int | None, str]:
     return int(c.macs), int(c.flops), c.note
 
 
-def _qualified(node: ir.Node) -> str:
+def _qualified(node: NodeView) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
 
 

@@ -5,19 +5,45 @@ symbolic dim on axis 0 (the batch) becomes 1; any other symbolic dim must be giv
 Then ONNX shape inference with data propagation runs on a light copy of the model (large
 initializers are replaced by typed graph inputs, so multi-GB models stay cheap) and every
 value gets a static shape where inference can tell it. The model itself is not changed.
+The functions here read the model through a :class:`slipway.analyze._proto.ModelView`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_ir as ir
 
 from slipway.errors import UserError
 
-# Initializers above this size are detached before serializing the model for inference.
-_BIG_TENSOR_BYTES = 1024
+if TYPE_CHECKING:
+    from slipway.analyze._proto import ModelView
+
+_DTYPES: dict[int, ir.DataType] = {}
+_BITS: dict[ir.DataType, int | None] = {}
+
+
+def dtype_of(code: int) -> ir.DataType:
+    """The ``onnx_ir`` data type of an ONNX element type code (ValueError for an unknown one)."""
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        dtype = _DTYPES[code] = ir.DataType(code)
+    return dtype
+
+
+def _bits(dtype: ir.DataType) -> int | None:
+    try:
+        return _BITS[dtype]
+    except KeyError:
+        pass
+    try:
+        bits = dtype.bitwidth
+    except TypeError:  # strings and other types without a fixed width
+        bits = None
+    _BITS[dtype] = bits
+    return bits
 
 
 @dataclass(frozen=True)
@@ -39,13 +65,14 @@ class TensorInfo:
     @property
     def nbytes(self) -> int | None:
         """Bytes the tensor occupies (sub-byte types rounded up); None if unknown."""
-        n = self.numel
-        if n is None or self.dtype is None:
+        if self.shape is None or self.dtype is None:
             return None
-        try:
-            bits = self.dtype.bitwidth
-        except TypeError:  # strings and other types without a fixed width
+        bits = _bits(self.dtype)
+        if bits is None:
             return None
+        n = 1
+        for d in self.shape:
+            n *= d
         return (n * bits + 7) // 8
 
 
@@ -54,42 +81,41 @@ def graph_inputs(model: ir.Model) -> list[ir.Value]:
     return [v for v in model.graph.inputs if v.name not in model.graph.initializers]
 
 
-def resolve_input_shapes(model: ir.Model, shapes: dict[str, list[int]] | None) -> dict[str, list[int]]:
+def resolve_input_shapes(view: ModelView, shapes: dict[str, list[int]] | None) -> dict[str, list[int]]:
     """Static shape of every graph input: from ``shapes``, else the model's, batch dim defaulting to 1.
 
     Raises :class:`UserError` for a name that is not an input, a wrong rank, a dim that
     contradicts a fixed one in the model, or a dynamic non-batch dim left unset.
     """
     shapes = dict(shapes or {})
-    inputs = graph_inputs(model)
-    names = [v.name for v in inputs]
+    names = [name for name, _ in view.inputs]
     for name in shapes:
         if name not in names:
             raise UserError(f"--shape names unknown input {name!r}; the model's inputs are: {', '.join(names)}")
-    return {v.name: _resolve_one(v, shapes.get(v.name)) for v in inputs}
+    return {name: _resolve_one(name, shape, shapes.get(name)) for name, shape in view.inputs}
 
 
-def _resolve_one(value: ir.Value, given: list[int] | None) -> list[int]:
-    declared = list(value.shape) if value.shape is not None else None
+def _resolve_one(name: str, shape: ir.Shape | None, given: list[int] | None) -> list[int]:
+    declared = list(shape) if shape is not None else None
     if given is not None:
         given = [int(d) for d in given]
         if any(d <= 0 for d in given):
-            raise UserError(f"--shape for input {value.name!r} must have positive dims, got {given}")
+            raise UserError(f"--shape for input {name!r} must have positive dims, got {given}")
         if declared is None:
             return given
         if len(given) != len(declared):
             raise UserError(
-                f"--shape for input {value.name!r} has rank {len(given)}, the model's input has rank "
+                f"--shape for input {name!r} has rank {len(given)}, the model's input has rank "
                 f"{len(declared)} ({_dims_text(declared)})"
             )
         for axis, (g, d) in enumerate(zip(given, declared, strict=True)):
             if isinstance(d, int) and d != g:
                 raise UserError(
-                    f"--shape for input {value.name!r} sets axis {axis} to {g}, but the model fixes it at {d}"
+                    f"--shape for input {name!r} sets axis {axis} to {g}, but the model fixes it at {d}"
                 )
         return given
     if declared is None:
-        raise UserError(f"input {value.name!r} has no declared shape; give one with --shape {value.name}=D0,D1,...")
+        raise UserError(f"input {name!r} has no declared shape; give one with --shape {name}=D0,D1,...")
     out = []
     for axis, d in enumerate(declared):
         if isinstance(d, int):
@@ -98,8 +124,8 @@ def _resolve_one(value: ir.Value, given: list[int] | None) -> list[int]:
             out.append(1)
         else:
             raise UserError(
-                f"input {value.name!r} has dynamic dim {getattr(d, 'value', None) or '?'!s} at axis {axis}; "
-                f"give its size with --shape {value.name}=D0,D1,..."
+                f"input {name!r} has dynamic dim {getattr(d, 'value', None) or '?'!s} at axis {axis}; "
+                f"give its size with --shape {name}=D0,D1,..."
             )
     return out
 
@@ -108,7 +134,7 @@ def _dims_text(dims: list) -> str:
     return "x".join(str(d if isinstance(d, int) else (d.value or "?")) for d in dims)
 
 
-def infer_static_shapes(model: ir.Model, input_shapes: dict[str, list[int]]) -> dict[str, TensorInfo]:
+def infer_static_shapes(view: ModelView, input_shapes: dict[str, list[int]]) -> dict[str, TensorInfo]:
     """Run ONNX shape inference (with data propagation) at ``input_shapes``.
 
     Returns a map from value name to :class:`TensorInfo` for every value of the main graph
@@ -117,7 +143,7 @@ def infer_static_shapes(model: ir.Model, input_shapes: dict[str, list[int]]) -> 
     these inputs, and inference runs again from there. The model is left unchanged. Raises
     :class:`UserError` when the shapes are inconsistent with the model.
     """
-    proto = _light_proto(model)
+    proto = view.light
     for vi in proto.graph.input:
         if vi.name in input_shapes:
             _set_dims(vi, input_shapes[vi.name])
@@ -126,25 +152,25 @@ def infer_static_shapes(model: ir.Model, input_shapes: dict[str, list[int]]) -> 
     for vi in proto.graph.output:
         vi.type.tensor_type.ClearField("shape")
     shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in input_shapes.items())
-    table = _infer(proto, shown)
-    declared = _declared_shapes(model, input_shapes)
-    missing = {n: info for n, info in declared.items() if n not in table or table[n].shape is None}
+    # Initializers get their own dims below: skip reading what inference says of them.
+    known = {n for n, info in view.weights.items() if info is not None and all(d >= 0 for d in info.shape)}
+    table = _infer(proto, shown, known)
+    missing = _declared_shapes(view, input_shapes, table)
     if missing:
         for name, info in missing.items():
             elem = int(info.dtype) if info.dtype is not None else 0
             proto.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(info.shape or ())))
-        table = _infer(proto, shown)
+        table = _infer(proto, shown, known)
         for name, info in missing.items():
             if name not in table or table[name].shape is None:
                 table[name] = info
-    for init in model.graph.initializers.values():
-        t = init.const_value
-        if t is not None:
-            table[init.name] = TensorInfo(tuple(int(d) for d in t.shape.numpy()), t.dtype)
+    for name, info in view.weights.items():
+        if info is not None:
+            table[name] = info
     return table
 
 
-def _infer(proto: onnx.ModelProto, shown: str) -> dict[str, TensorInfo]:
+def _infer(proto: onnx.ModelProto, shown: str, skip: set[str]) -> dict[str, TensorInfo]:
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError) as e:
@@ -153,36 +179,36 @@ def _infer(proto: onnx.ModelProto, shown: str) -> dict[str, TensorInfo]:
     table: dict[str, TensorInfo] = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
-        if any(d < 0 for d in dims):
-            raise UserError(
-                f"at input shapes {shown} value {vi.name!r} would get a negative dim {dims}: the input is too "
-                "small for the model"
-            )
-        table[vi.name] = _info_from_proto(vi)
+        name = vi.name
+        if name not in skip:
+            table[name] = _info_from_proto(vi, shown)
     return table
 
 
-def _declared_shapes(model: ir.Model, input_shapes: dict[str, list[int]]) -> dict[str, TensorInfo]:
-    """Shapes the model itself declares for node outputs, with input dim names substituted.
+def _declared_shapes(
+    view: ModelView, input_shapes: dict[str, list[int]], table: dict[str, TensorInfo]
+) -> dict[str, TensorInfo]:
+    """Shapes the model itself declares for node outputs inference left unknown, input dim names substituted.
 
     The fallback for values ONNX inference cannot reach (outputs of ops from other domains,
     such as com.microsoft fused ops). A symbolic dim is used only if it names an input dim;
     a value with any other symbolic dim stays unknown.
     """
+    unknown = [o for node in view.nodes for o in node.outputs if o and (o not in table or table[o].shape is None)]
+    if not unknown:
+        return {}
     names: dict[str, int] = {}
-    for v in graph_inputs(model):
-        for d, size in zip(v.shape or [], input_shapes[v.name], strict=False):
+    for name, shape in view.inputs:
+        for d, size in zip(shape or [], input_shapes[name], strict=False):
             if not isinstance(d, int) and d.value:
                 names[d.value] = size
     out: dict[str, TensorInfo] = {}
-    for node in model.graph:
-        for v in node.outputs:
-            if v.shape is None:
-                continue
-            dims = [d if isinstance(d, int) else names.get(d.value or "") for d in v.shape]
-            if all(isinstance(d, int) for d in dims):
-                out[v.name] = TensorInfo(tuple(dims), v.dtype)
+    for name, (shape, dtype) in view.declared(unknown).items():
+        if shape is None:
+            continue
+        dims = [d if isinstance(d, int) else names.get(d.value or "") for d in shape]
+        if all(isinstance(d, int) for d in dims):
+            out[name] = TensorInfo(tuple(dims), dtype)
     return out
 
 
@@ -193,45 +219,20 @@ def _set_dims(vi: onnx.ValueInfoProto, dims: list[int]) -> None:
         shape.dim.add().dim_value = int(d)
 
 
-def _info_from_proto(vi: onnx.ValueInfoProto) -> TensorInfo:
+def _info_from_proto(vi: onnx.ValueInfoProto, shown: str) -> TensorInfo:
+    """Static info of an inferred value; raises UserError for a negative dim."""
     t = vi.type.tensor_type
-    dtype = ir.DataType(t.elem_type) if t.elem_type else None
+    dtype = dtype_of(t.elem_type) if t.elem_type else None
     if not t.HasField("shape"):
         return TensorInfo(None, dtype)
-    dims = []
-    for d in t.shape.dim:
-        if not d.HasField("dim_value") or d.dim_value < 0:
-            return TensorInfo(None, dtype)
-        dims.append(int(d.dim_value))
-    return TensorInfo(tuple(dims), dtype)
-
-
-def _light_proto(model: ir.Model) -> onnx.ModelProto:
-    """Serialize ``model`` with its large initializers turned into typed graph inputs.
-
-    The initializers are detached only for the serialization and restored afterwards.
-    """
-    graph = model.graph
-    order = list(graph.initializers.values())
-    detached = [v for v in order if v.const_value is None or v.const_value.nbytes > _BIG_TENSOR_BYTES]
-    n_inputs = len(graph.inputs)
-    saved = {v.name: (v.const_value, v.shape, v.dtype) for v in detached}
-    try:
-        for v in detached:
-            if v.const_value is not None:
-                v.shape = v.shape or ir.Shape(v.const_value.shape)
-                v.dtype = v.dtype or v.const_value.dtype
-            graph.initializers.pop(v.name)
-            if v not in graph.inputs:
-                graph.inputs.append(v)
-        return ir.serde.serialize_model(model)
-    finally:
-        keep = list(graph.inputs[:n_inputs])
-        graph.inputs.clear()
-        graph.inputs.extend(keep)
-        for v in detached:
-            v.const_value, v.shape, v.dtype = saved[v.name]
-        for v in list(graph.initializers.values()):
-            graph.initializers.pop(v.name)
-        for v in order:  # restore the original order too
-            graph.initializers.add(v)
+    dim_protos = t.shape.dim
+    values = [d.dim_value for d in dim_protos]
+    if all(v > 0 for v in values):  # the common case: every dim a known size (an unset one reads 0)
+        return TensorInfo(tuple(values), dtype)
+    dims = [d.dim_value for d in dim_protos if d.HasField("dim_value")]
+    if any(d < 0 for d in dims):
+        raise UserError(
+            f"at input shapes {shown} value {vi.name!r} would get a negative dim {dims}: the input is too "
+            "small for the model"
+        )
+    return TensorInfo(tuple(dims) if len(dims) == len(values) else None, dtype)
