@@ -12,7 +12,12 @@ than the threshold), vectorized two ways and switched adaptively by a cost model
   order is resolved on that sparse graph in vectorized rounds. Fast when most boxes survive.
 
 Class-aware NMS adds a class-equality test to the IoU test; the sweep key shifts each class
-along x (float64) so windows never mix classes.
+along x (float64) so windows never mix classes. With many classes (<= 32 boxes per class on
+average) it first runs **class rounds**: boxes grouped by class, each round keeps the best
+remaining box of every class and drops what it suppresses (one vectorized pass over the
+survivors); detector output (a few objects per class) finishes in a handful of rounds, the
+last <= 64 survivors in one block. Rounds that stop paying off hand the survivors to the
+two phases above.
 """
 
 from __future__ import annotations
@@ -23,11 +28,19 @@ _BLOCK = 64
 _PAIR_CHUNK = 1 << 17
 _CACHE_ELEMS = 1 << 16  # IoU tiles small enough to stay in L2
 _MAX_ROUNDS = 12
+_PER_CLASS = 32  # class rounds only with at most this many boxes per class on average
 _UPPER = np.triu(np.ones((_BLOCK, _BLOCK), dtype=bool), 1)
 
 
 def nms_sorted(b: np.ndarray, thr: float, limit: int, classes: np.ndarray | None = None) -> np.ndarray:
     """Positions kept by greedy NMS of boxes already sorted by descending score."""
+    if classes is not None and b.shape[0] > _BLOCK:
+        return _class_rounds(b, thr, limit, classes)
+    return _blocks_then_sparse(b, thr, limit, classes)
+
+
+def _blocks_then_sparse(b: np.ndarray, thr: float, limit: int, classes: np.ndarray | None) -> np.ndarray:
+    """The block phase, switching to the sparse phase when the cost model prefers it."""
     n = b.shape[0]
     ctx = _Boxes(b, thr, classes)
     kept: list[np.ndarray] = []
@@ -54,6 +67,88 @@ def nms_sorted(b: np.ndarray, thr: float, limit: int, classes: np.ndarray | None
             kept.append(_sparse_nms(ctx, alive))
             break
     out = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    return out[:limit]
+
+
+def _class_rounds(b: np.ndarray, thr: float, limit: int, classes: np.ndarray) -> np.ndarray:
+    """Class-aware greedy NMS by rounds over boxes grouped by class (stable: score order kept
+    inside each class, which is all greedy NMS needs when classes never interact).
+
+    Each round keeps the first survivor of every class, tests the class's other survivors
+    against it and drops the suppressed ones. <= 64 survivors finish in one block; when a
+    round removes under an eighth of the survivors (few boxes per class kept per round is
+    too slow) the survivors go, in score order, to the block/sparse engine.
+    """
+    group = np.argsort(classes, kind="stable")
+    live_cls = classes[group]
+    if b.shape[0] > _PER_CLASS * (np.count_nonzero(live_cls[1:] != live_cls[:-1]) + 1):
+        return _blocks_then_sparse(b, thr, limit, classes)  # too few classes for rounds to pay
+    dt = np.float64 if b.dtype == np.float64 else np.float32
+    live_cols = np.empty((5, b.shape[0]), dtype=dt)  # x1, y1, x2, y2, area (as _Boxes)
+    live_cols[:4] = b[group].T
+    x1, y1, x2, y2, area = live_cols
+    np.multiply(np.maximum(x2 - x1, 0), np.maximum(y2 - y1, 0), out=area)
+    dthr = dt(thr)
+    alive = np.arange(b.shape[0])
+    kept: list[np.ndarray] = []
+    while alive.size > _BLOCK:
+        starts, gone = _class_round(live_cols, live_cls, dthr)
+        kept.append(alive[starts])
+        stay = ~gone
+        alive, live_cols, live_cls = alive[stay], live_cols[:, stay], live_cls[stay]
+        if alive.size * 8 > gone.size * 7 and alive.size > _BLOCK:
+            rest = np.sort(group[alive])
+            sub = _blocks_then_sparse(b[rest], thr, limit, classes[rest])
+            return _merge([group[np.concatenate(kept)], rest[sub]], limit)
+    if alive.size:
+        kept.append(alive[_resolve_small(live_cols, live_cls, dthr)])
+    return _merge([group[np.concatenate(kept)]], limit)
+
+
+def _class_round(cols: np.ndarray, cls: np.ndarray, thr: np.floating) -> tuple[np.ndarray, np.ndarray]:
+    """One round over class-grouped survivors: the first of each class (indices) and which
+    survivors are now decided (kept or suppressed by their class's first)."""
+    first = np.empty(cls.size, dtype=bool)
+    first[0] = True
+    np.not_equal(cls[1:], cls[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    runs = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=runs[:-1])
+    runs[-1] = cls.size - starts[-1]
+    ref = cols[:, starts].repeat(runs, axis=1)
+    # the IoU test of _over, term for term: intersection > thr * (area_i + area_j - intersection)
+    side = np.minimum(cols[2:4], ref[2:4])
+    side -= np.maximum(cols[0:2], ref[0:2])
+    np.maximum(side, 0, out=side)
+    inter = side[0] * side[1]
+    union = cols[4] + ref[4]
+    union -= inter
+    union *= thr
+    gone = inter > union
+    gone[starts] = True
+    return starts, gone
+
+
+def _resolve_small(cols: np.ndarray, cls: np.ndarray, thr: np.floating) -> np.ndarray:
+    """Greedy NMS of <= 64 score-ordered boxes given as [5, m] columns and class ids: the
+    IoU test of _over on the dense m x m tile, then the bit-row loop of _resolve_block."""
+    a, b = cols[:, :, None], cols[:, None, :]
+    side = np.minimum(a[2:4], b[2:4])
+    side -= np.maximum(a[0:2], b[0:2])
+    np.maximum(side, 0, out=side)
+    inter = side[0] * side[1]
+    union = a[4] + b[4]
+    union -= inter
+    union *= thr
+    m = inter > union
+    m &= cls[:, None] == cls[None, :]
+    return _greedy_rows(m)
+
+
+def _merge(parts: list[np.ndarray], limit: int) -> np.ndarray:
+    """Kept positions from several parts, in score order, capped at ``limit``."""
+    out = np.concatenate(parts)
+    out.sort()
     return out[:limit]
 
 
@@ -105,10 +200,15 @@ def _over(ctx: _Boxes, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 def _resolve_block(ctx: _Boxes, blk: np.ndarray) -> np.ndarray:
     """Greedy NMS inside one block (sequential over bit rows of its IoU matrix)."""
-    m = _over(ctx, blk[:, None], blk[None, :])
-    m &= _UPPER[: blk.size, : blk.size]
+    return _greedy_rows(_over(ctx, blk[:, None], blk[None, :]))
+
+
+def _greedy_rows(m: np.ndarray) -> np.ndarray:
+    """Rows kept by greedy order over a <= 64 x 64 "i suppresses j" matrix (only j > i
+    counts), each row packed into one uint64 of bits."""
+    m &= _UPPER[: m.shape[0], : m.shape[1]]
     if not m.any():
-        return np.arange(blk.size)
+        return np.arange(m.shape[0])
     rows = np.zeros((m.shape[0], 8), dtype=np.uint8)  # _BLOCK <= 64: one uint64 per row
     rows[:, : (m.shape[1] + 7) // 8] = np.packbits(m, axis=1, bitorder="little")
     masks = rows.view("<u8")[:, 0].tolist()

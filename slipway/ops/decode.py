@@ -17,7 +17,7 @@ import numpy as np
 from slipway.errors import UserError
 from slipway.ops._check import check_array, check_size
 from slipway.ops.classify import logit, sigmoid, softmax
-from slipway.ops.detect import batched_nms, nms
+from slipway.ops.detect import batched_nms, batched_nms_prechecked, nms
 from slipway.ops.geometry import Transform
 
 YOLOV5_ANCHORS = ((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326))
@@ -52,13 +52,21 @@ def _finish(
     max_detections: int,
     class_agnostic: bool,
     transform: Transform | None,
+    prechecked: bool = False,
 ) -> Detections:
-    """NMS (class-aware unless agnostic), cap, map back."""
+    """NMS (class-aware unless agnostic), cap, map back. ``prechecked``: the arrays are
+    known finite float boxes, finite scores and int64 classes (skip re-validating them)."""
     if class_agnostic:
         keep = nms(boxes, scores, iou_threshold, max_detections=max_detections)
+    elif prechecked:
+        keep = batched_nms_prechecked(boxes, scores, classes, iou_threshold, max_detections)
     else:
         keep = batched_nms(boxes, scores, classes, iou_threshold, max_detections=max_detections)
-    det = Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), classes[keep].astype(np.int64))
+    det = Detections(
+        boxes[keep].astype(np.float32, copy=False),
+        scores[keep].astype(np.float32, copy=False),
+        classes[keep].astype(np.int64, copy=False),
+    )
     return det.to_original(transform) if transform is not None else det
 
 
@@ -145,30 +153,36 @@ def decode_yolo_anchor_free(
         boxes = _af_boxes(pred, cand, decoded, anchors, int(reg_max))
         if not np.isfinite(boxes).all():
             raise UserError("outputs: contains NaN or inf box values")
-        results.append(_finish(boxes, sc, ci, iou_threshold, max_detections, class_agnostic, transform))
+        results.append(_finish(boxes, sc, ci, iou_threshold, max_detections, class_agnostic, transform, True))
     return results
 
 
 def _candidates(cls: np.ndarray, thr: float, multi_label: bool, limit: int) -> tuple[np.ndarray, ...]:
     """Anchors (and classes) passing ``thr`` from a [C, A] score block, capped at ``limit``."""
     best = cls.max(axis=0)  # NaN propagates through max: one cheap check covers all scores
-    if np.isnan(best).any() or np.isposinf(best).any():
+    if best.size and not best.max() < np.inf:  # NaN or +inf somewhere
         raise UserError("outputs: contains NaN or inf scores")
     if multi_label:
         ci, cand = np.nonzero(cls >= thr)
         sc = cls[ci, cand]
     else:
         cand = np.flatnonzero(best >= thr)
-        sub = cls[:, cand]
-        ci = sub.argmax(axis=0)
+        ci = cls[:, cand].argmax(axis=0)
         sc = best[cand]
-    keep = _cap(np.arange(cand.size), sc, limit)
-    return cand[keep], ci[keep].astype(np.int64), sc[keep]
+    if cand.size > limit:
+        keep = _cap(np.arange(cand.size), sc, limit)
+        cand, ci, sc = cand[keep], ci[keep], sc[keep]
+    return cand, ci.astype(np.int64, copy=False), sc
 
 
 def _af_boxes(pred: np.ndarray, cand: np.ndarray, decoded: bool, anchors: Any, reg_max: int) -> np.ndarray:
-    if decoded:
-        return _cxcywh_to_xyxy(pred[:4, cand].T.astype(np.float32))
+    if decoded:  # cx, cy, w, h rows -> xyxy columns, in float32 as _cxcywh_to_xyxy
+        rows = pred[:4].take(cand, axis=1).astype(np.float32, copy=False)
+        half = rows[2:4] / 2
+        xyxy = np.empty_like(rows)
+        np.subtract(rows[0:2], half, out=xyxy[0:2])
+        np.add(rows[0:2], half, out=xyxy[2:4])
+        return xyxy.T
     points, stride = anchors[0][cand], anchors[1][cand]
     reg = pred[: 4 * reg_max, cand].T.reshape(-1, 4, reg_max)
     dist = dfl_expectation(reg) if reg_max > 1 else reg[..., 0]

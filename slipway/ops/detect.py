@@ -116,20 +116,40 @@ def batched_nms(
     b, s, thr, limit = _nms_args(boxes_xyxy, scores, iou_threshold, score_threshold, max_detections)
     c = check_array("class_ids", class_ids, ndim=1, dtype_kind="iu")
     check_same_len("boxes_xyxy", b, "class_ids", c)
+    return _batched(b, s, c, thr, score_threshold, limit)
+
+
+def batched_nms_prechecked(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float, max_detections: int | None
+) -> np.ndarray:
+    """:func:`batched_nms` (score threshold 0) for arrays the caller has already checked:
+    finite float boxes [N, 4], finite real scores [N], int class ids [N]. Only the scalar
+    arguments are validated, with the same messages."""
+    thr, limit = _nms_scalars(len(scores), iou_threshold, 0.0, max_detections)
+    return _batched(boxes, scores, class_ids, thr, 0.0, limit)
+
+
+def _batched(b: np.ndarray, s: np.ndarray, c: np.ndarray, thr: float, score_thr: float, limit: int) -> np.ndarray:
     if b.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    cand = np.nonzero(s >= score_threshold)[0]
+    cand = np.flatnonzero(s >= score_thr)
     if cand.size == 0 or limit == 0:
         return np.zeros(0, dtype=np.int64)
-    order = cand[np.argsort(-s[cand], kind="stable")]
-    keep = nms_sorted(b[order], thr, limit, c[order].astype(np.int64))
-    return order[keep].astype(np.int64)
+    order = np.argsort(-s, kind="stable") if cand.size == s.size else cand[np.argsort(-s[cand], kind="stable")]
+    keep = nms_sorted(b[order], thr, limit, c[order].astype(np.int64, copy=False))
+    return order[keep].astype(np.int64, copy=False)
 
 
 def _nms_args(boxes: Any, scores: Any, iou: float, score_thr: float, max_det: int | None) -> tuple:
     b = _boxes("boxes_xyxy", boxes)
     s = check_array("scores", scores, ndim=1, dtype_kind="fiu")
     check_same_len("boxes_xyxy", b, "scores", s)
+    thr, limit = _nms_scalars(len(s), iou, score_thr, max_det)
+    return b, s, thr, limit
+
+
+def _nms_scalars(n: int, iou: float, score_thr: float, max_det: int | None) -> tuple[float, int]:
+    """Checked IoU threshold and detection cap (``n`` when ``max_det`` is None)."""
     thr = check_range("iou_threshold", iou, 0.0, 1.0)
     try:
         st = float(score_thr)
@@ -139,8 +159,8 @@ def _nms_args(boxes: Any, scores: Any, iou: float, score_thr: float, max_det: in
         raise UserError(f"score_threshold: expected a finite number or -inf, got {score_thr!r}")
     if max_det is not None and (not isinstance(max_det, (int, np.integer)) or max_det < 0):
         raise UserError(f"max_detections: expected a non-negative int or None, got {max_det!r}")
-    limit = len(s) if max_det is None else int(max_det)
-    return b, s, thr, limit
+    limit = n if max_det is None else int(max_det)
+    return thr, limit
 
 
 # ---------------------------------------------------------------------------------- soft-NMS
