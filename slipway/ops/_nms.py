@@ -116,15 +116,7 @@ def _class_round(cols: np.ndarray, cls: np.ndarray, thr: np.floating) -> tuple[n
     np.subtract(starts[1:], starts[:-1], out=runs[:-1])
     runs[-1] = cls.size - starts[-1]
     ref = cols[:, starts].repeat(runs, axis=1)
-    # the IoU test of _over, term for term: intersection > thr * (area_i + area_j - intersection)
-    side = np.minimum(cols[2:4], ref[2:4])
-    side -= np.maximum(cols[0:2], ref[0:2])
-    np.maximum(side, 0, out=side)
-    inter = side[0] * side[1]
-    union = cols[4] + ref[4]
-    union -= inter
-    union *= thr
-    gone = inter > union
+    gone = _columns_over(cols, ref, thr)
     gone[starts] = True
     return starts, gone
 
@@ -132,7 +124,14 @@ def _class_round(cols: np.ndarray, cls: np.ndarray, thr: np.floating) -> tuple[n
 def _resolve_small(cols: np.ndarray, cls: np.ndarray, thr: np.floating) -> np.ndarray:
     """Greedy NMS of <= 64 score-ordered boxes given as [5, m] columns and class ids: the
     IoU test of _over on the dense m x m tile, then the bit-row loop of _resolve_block."""
-    a, b = cols[:, :, None], cols[:, None, :]
+    m = _columns_over(cols[:, :, None], cols[:, None, :], thr)
+    m &= cls[:, None] == cls[None, :]
+    return _greedy_rows(m)
+
+
+def _columns_over(a: np.ndarray, b: np.ndarray, thr: np.floating) -> np.ndarray:
+    """The IoU test of _over, term for term, on broadcastable [x1, y1, x2, y2, area] columns:
+    intersection > thr * (area_a + area_b - intersection)."""
     side = np.minimum(a[2:4], b[2:4])
     side -= np.maximum(a[0:2], b[0:2])
     np.maximum(side, 0, out=side)
@@ -140,9 +139,7 @@ def _resolve_small(cols: np.ndarray, cls: np.ndarray, thr: np.floating) -> np.nd
     union = a[4] + b[4]
     union -= inter
     union *= thr
-    m = inter > union
-    m &= cls[:, None] == cls[None, :]
-    return _greedy_rows(m)
+    return inter > union
 
 
 def _merge(parts: list[np.ndarray], limit: int) -> np.ndarray:
