@@ -22,7 +22,7 @@ import math
 import time
 from typing import Any
 
-from bench.common import alternating_blocks, fmt, header, machine, markdown_table, print_table, versions, write_results
+from bench.common import alternating_blocks, fmt, machine, publish, versions
 from slipway.analyze import Analysis, analyze
 from slipway.analyze.machine import peaks
 from slipway.analyze.profile import profile
@@ -207,15 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         rows.append(bench_model(name, max(5, args.repeats), args.profile_runs))
         print(f"{name}: done ({time.perf_counter() - start:.0f} s)", flush=True)
-    md = header("Static analysis: slipway vs onnx-tool vs PyTorch flop counter", host, found)
-    for title, heads, body in tables(rows):
-        print_table(title, heads, body)
-        md += f"\n## {title}\n\n" + markdown_table(heads, body)
-    md += NOTES.format(repeats=rows[0]["times_s"]["slipway"]["runs"], threads=THREADS, profile_runs=args.profile_runs)
-    md += f"\nTotal bench time: {time.perf_counter() - start:.0f} s.\n"
     data = {"machine": host, "versions": found, "threads": THREADS, "models": rows}
-    for p in write_results("analyze", md, data):
-        print(f"wrote {p}")
+    publish("analyze", "Static analysis: slipway vs onnx-tool vs PyTorch flop counter", host, found, tables(rows),
+            NOTES.format(repeats=rows[0]["times_s"]["slipway"]["runs"], threads=THREADS,
+                         profile_runs=args.profile_runs),
+            time.perf_counter() - start, data)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -150,3 +150,17 @@ def write_results(name: str, markdown: str, data: dict[str, Any], out_dir: Path 
     md = atomic_write_text(out_dir / f"{name}.md", markdown)
     js = atomic_write_text(out_dir / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
     return md, js
+
+
+def publish(name: str, title: str, host: dict[str, Any], found: dict[str, str],
+            sections: Iterable[tuple[str, Sequence[str], Sequence[Sequence[str]]]], notes: str,
+            elapsed_s: float, data: dict[str, Any]) -> None:
+    """Print each (title, headers, rows) table, and write them with the header and notes to
+    ``results/NAME.md`` (+ ``NAME.json`` from ``data``)."""
+    md = header(title, host, found)
+    for section, heads, body in sections:
+        print_table(section, heads, body)
+        md += f"\n## {section}\n\n" + markdown_table(heads, body)
+    md += notes + f"\nTotal bench time: {elapsed_s:.0f} s.\n"
+    for p in write_results(name, md, data):
+        print(f"wrote {p}")

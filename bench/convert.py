@@ -28,12 +28,9 @@ import onnxruntime as ort
 from bench.common import (
     alternating_blocks,
     fmt,
-    header,
     machine,
-    markdown_table,
-    print_table,
+    publish,
     versions,
-    write_results,
 )
 from slipway.convert import from_torch
 from slipway.convert.torch import quiet
@@ -182,15 +179,10 @@ def main(argv: list[str] | None = None) -> None:
             conv, path = conversion(name, Path(tmp), repeats)
             rows.append({"model": name, "convert": conv, "latency": latency(name, path, runs)})
             print(f"{name}: done ({time.perf_counter() - start:.0f} s)", flush=True)
-    md = header("Conversion: torch.onnx.export vs slipway from_torch; PyTorch eager vs onnxruntime", host, found)
-    for title, heads, body in tables(rows):
-        print_table(title, heads, body)
-        md += f"\n## {title}\n\n" + markdown_table(heads, body)
-    md += NOTES.format(repeats=repeats, threads=THREADS, runs=runs, warmup=WARMUP)
-    md += f"\nTotal bench time: {time.perf_counter() - start:.0f} s.\n"
     data = {"machine": host, "versions": found, "threads": THREADS, "models": rows}
-    for p in write_results("convert", md, data):
-        print(f"wrote {p}")
+    publish("convert", "Conversion: torch.onnx.export vs slipway from_torch; PyTorch eager vs onnxruntime", host, found, tables(rows),
+            NOTES.format(repeats=repeats, threads=THREADS, runs=runs, warmup=WARMUP),
+            time.perf_counter() - start, data)
 
 
 if __name__ == "__main__":
