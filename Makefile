@@ -27,5 +27,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check slipway tests bench
 
+# side-by-side benchmarks against the peer tools (installs the pinned peers first)
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	for b in analyze convert ops optimize; do PYTHONPATH=. $(PY) -m bench.$$b || exit 1; done
+
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

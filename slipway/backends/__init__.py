@@ -1,0 +1,51 @@
+"""Engines behind one small interface (see :mod:`slipway.backends.base`).
+
+``get("ort")`` returns a backend object; the table maps names to ``module:attribute`` strings so
+an engine's library (OpenVINO, CUDA, TensorRT) is imported only when that engine is chosen.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from slipway.backends.base import Backend, Options, Session, TensorInfo
+from slipway.errors import UserError
+
+__all__ = ["Backend", "Options", "Session", "TensorInfo", "BACKENDS", "get", "load", "available"]
+
+BACKENDS: dict[str, str] = {
+    "ort": "slipway.backends.ort:CPU",
+    "ort-cuda": "slipway.backends.ort:CUDA",
+    "ort-tensorrt": "slipway.backends.ort:TENSORRT",
+    "openvino": "slipway.backends.openvino:CPU",
+    "openvino-gpu": "slipway.backends.openvino:GPU",
+}
+
+
+def get(name: str) -> Backend:
+    """The backend called ``name`` (a key of :data:`BACKENDS`)."""
+    target = BACKENDS.get(name)
+    if target is None:
+        raise UserError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    module, attr = target.split(":")
+    return getattr(import_module(module), attr)
+
+
+def load(model, backend: str = "ort", options: Options | None = None) -> Session:
+    """One session of ``model`` on ``backend``; raises a one-line UserError if it cannot run here."""
+    b = get(backend)
+    why = b.available()
+    if why:
+        raise UserError(f"backend {backend!r} is not available: {why}")
+    return b.load(model, options)[0]
+
+
+def available() -> dict[str, str | None]:
+    """Every backend name -> None if usable here, else why not."""
+    out: dict[str, str | None] = {}
+    for name in BACKENDS:
+        try:
+            out[name] = get(name).available()
+        except ImportError as e:
+            out[name] = str(e)
+    return out

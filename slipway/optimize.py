@@ -1,0 +1,228 @@
+"""``optimize()``: verified graph optimization that is never slower on the target engine.
+
+The pipeline, in order:
+
+1. **passes** - the chosen passes (:data:`slipway.passes.manager.DEFAULT_ORDER` by default) run
+   to a fixed point under a :class:`PassManager`; with ``verify_each`` every modifying pass is
+   checked against the model before it, which names the pass that broke the numbers;
+2. **verify** - the result is compared with the input in onnxruntime (its optimizations off) at
+   two or more batch sizes when dims are dynamic; a mismatch raises and nothing is written;
+3. **never slower** - the result and the input are timed alternately on the target engine with
+   its own optimizations on. If the result is slower, it is rebuilt without the "risky" passes
+   (layout and op-choice rewrites whose effect depends on the engine); if that is still slower,
+   the input is kept. The latencies and the decision are reported;
+4. **write** - the verification and the pass counts go into ``metadata_props`` and the model is
+   written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from slipway.convert import verify as v
+from slipway.errors import UserError
+from slipway.model import ModelLike, as_model
+from slipway.passes import manager as pm
+
+__all__ = ["OptimizeResult", "optimize", "latency_ratio", "TARGETS"]
+
+TARGETS = {"ort": "ort", "openvino": "openvino"}  # --target -> backend table name
+
+
+@dataclass
+class OptimizeResult:
+    model: ir.Model
+    path: os.PathLike | None
+    nodes_before: int
+    nodes_after: int
+    verification: v.VerifyReport | None
+    passes: pm.ManagerReport
+    latency_before_ms: float | None = None
+    latency_after_ms: float | None = None
+    decision: str = ""  # what the never-slower check kept, in words
+    dropped: list[str] = field(default_factory=list)  # passes dropped because they made it slower
+    explain: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.passes.warnings
+
+    def to_dict(self) -> dict[str, Any]:
+        ver = self.verification
+        worst_abs = max((o.max_abs for o in ver.outputs), default=0.0) if ver else None
+        worst_rel = max((o.max_rel for o in ver.outputs), default=0.0) if ver else None
+        return {
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "verification": {"ok": ver.ok if ver else None, "max_abs": worst_abs, "max_rel": worst_rel,
+                             "batch_sizes": ver.batch_sizes if ver else [],
+                             "failure": ver.failure if ver else ""},
+            "latency_before_ms": _round(self.latency_before_ms),
+            "latency_after_ms": _round(self.latency_after_ms),
+            "decision": self.decision,
+            "dropped": self.dropped,
+            "passes": {name: r.total for name, r in self.passes.records.items()},
+            "pass_details": self.passes.to_dict(),
+            "iterations": self.passes.iterations,
+            "warnings": self.warnings,
+            "explain": self.explain,
+            "output": os.fspath(self.path) if self.path else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def count_nodes(model: ir.Model) -> int:
+    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+def optimize(
+    model: ModelLike,
+    output: str | os.PathLike | None = None,
+    *,
+    passes: Sequence[str] | None = None,
+    skip: Sequence[str] = (),
+    target: str = "ort",
+    target_opset: int | None = None,
+    verify_each: bool = False,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    batch_sizes: Sequence[int] = v.DEFAULT_BATCH_SIZES,
+    allow_growth: bool = False,
+    speed_check: bool = True,
+    speed_tolerance: float = 0.01,
+    speed_budget_s: float = 2.0,
+    explain: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> OptimizeResult:
+    """Optimize ``model`` (a path, ModelProto or ir.Model; the input is not modified)."""
+    t0 = time.perf_counter()
+    if target not in TARGETS:
+        raise UserError(f"unknown --target {target!r} (choose from {', '.join(TARGETS)})")
+    source = as_model(model, validate=True)
+    original = pm.snapshot(source)
+    options = {"target": target, "target_opset": target_opset, "allow_growth": allow_growth}
+    chosen = pm.make_passes(passes, skip, **options)
+
+    def check(before: ir.Model, after: ir.Model) -> str:
+        report = v.verify_onnx(before, after, atol=atol, rtol=rtol, batch_sizes=batch_sizes)
+        return "" if report.ok else (report.failure or next(o.note for o in report.outputs if not o.ok))
+
+    def run(selected: list) -> tuple[ir.Model, pm.ManagerReport]:
+        manager = pm.PassManager(selected, check=check if verify_each else None, progress=progress)
+        return manager(pm.restore(original))
+
+    candidate, report = run(chosen)
+    why = pm.PassManager(chosen).explain(pm.restore(original)) if explain else []
+    if progress:
+        progress("verifying")
+    verification = v.verify_onnx(source, candidate, atol=atol, rtol=rtol, batch_sizes=batch_sizes)
+    verification.raise_if_failed()
+
+    result = OptimizeResult(candidate, None, count_nodes(source), count_nodes(candidate), verification, report,
+                            explain=why)
+    if speed_check:
+        _never_slower(result, source, chosen, run, target, speed_tolerance, speed_budget_s, progress)
+        if result.model is source:
+            result.model = pm.restore(original)
+        if result.model is not candidate:
+            result.verification = v.verify_onnx(source, result.model, atol=atol, rtol=rtol,
+                                                batch_sizes=batch_sizes)
+            result.verification.raise_if_failed()
+    result.nodes_after = count_nodes(result.model)
+    meta = _metadata(result, target)
+    committed = v.commit(result.model, result.verification, output, prefix="slipway.optimize", metadata=meta)
+    result.path = committed.path
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _never_slower(result: OptimizeResult, source: ir.Model, chosen: list, run: Callable, target: str,
+                  tolerance: float, budget: float, progress: Callable[[str], None] | None) -> None:
+    if progress:
+        progress(f"timing on {target}")
+    before, after = latency_pair(source, result.model, target, budget)
+    result.latency_before_ms, result.latency_after_ms = before, after
+    if after <= before * (1 + tolerance):
+        result.decision = "optimized model kept"
+        return
+    risky = [p for p in chosen if p.risky and result.passes.records[p.name].total]
+    if risky:
+        safe = [p for p in chosen if p not in risky]
+        candidate, report = run(safe)
+        if progress:
+            progress(f"timing without {', '.join(p.name for p in risky)}")
+        before2, after2 = latency_pair(source, candidate, target, budget)
+        if after2 <= before2 * (1 + tolerance):
+            result.model, result.passes = candidate, report
+            result.latency_before_ms, result.latency_after_ms = before2, after2
+            result.dropped = [p.name for p in risky]
+            result.decision = f"dropped {', '.join(result.dropped)}: they made the model slower on {target}"
+            return
+    result.model = source
+    result.latency_after_ms = result.latency_before_ms
+    result.dropped = [name for name, r in result.passes.records.items() if r.total]
+    result.decision = f"input kept: the optimized model was slower on {target} ({after:.3f} ms vs {before:.3f} ms)"
+
+
+def latency_pair(a: ir.Model, b: ir.Model, target: str = "ort", budget_s: float = 2.0) -> tuple[float, float]:
+    """Median latency (ms) of ``a`` and ``b`` at batch 1 on ``target``, timed in alternating rounds
+    so that drift in machine load hits both alike."""
+    from slipway import backends
+
+    specs = v.input_specs(a)
+    sizes = v.plan_sizes(specs, [1])[0]
+    feeds = v.random_feeds(specs, sizes, np.random.default_rng(0))
+    sa = backends.load(a, TARGETS[target])
+    sb = backends.load(b, TARGETS[target])
+    try:
+        return latency_ratio(lambda: sa.run(feeds), lambda: sb.run(feeds), budget_s)
+    finally:
+        sa.close()
+        sb.close()
+
+
+def latency_ratio(fa: Callable[[], object], fb: Callable[[], object], budget_s: float) -> tuple[float, float]:
+    """Alternate rounds of ``fa`` and ``fb``; returns the median of per-round medians, in ms."""
+    for f in (fa, fb, fa, fb):  # warm-up
+        f()
+    t = time.perf_counter()
+    fa()
+    once = max(time.perf_counter() - t, 1e-6)
+    per_round = max(3, min(50, int(0.05 / once)))
+    rounds = max(5, int(budget_s / (2 * per_round * once)))
+    ma: list[float] = []
+    mb: list[float] = []
+    for r in range(rounds):
+        order = (fa, fb) if r % 2 == 0 else (fb, fa)
+        for f in order:
+            samples = []
+            for _ in range(per_round):
+                t = time.perf_counter()
+                f()
+                samples.append(time.perf_counter() - t)
+            (ma if f is fa else mb).append(float(np.median(samples)))
+    return float(np.median(ma)) * 1e3, float(np.median(mb)) * 1e3
+
+
+def _metadata(result: OptimizeResult, target: str) -> dict[str, str]:
+    meta = {
+        "slipway.optimize.target": target,
+        "slipway.optimize.nodes": f"{result.nodes_before} -> {result.nodes_after}",
+        "slipway.optimize.passes": ", ".join(f"{n}={r.total}" for n, r in result.passes.records.items() if r.total),
+    }
+    if result.latency_before_ms is not None:
+        meta["slipway.optimize.latency_ms"] = f"{result.latency_before_ms:.4f} -> {result.latency_after_ms:.4f}"
+        meta["slipway.optimize.decision"] = result.decision
+    return meta
