@@ -1,8 +1,8 @@
 """``slipway demo``: the whole front half of the job on a zoo model, start to finish.
 
 Build a reference network in PyTorch, convert it to ONNX with verification, summarize it,
-measure this machine's peaks, analyze and profile it against the roofline, and write the
-HTML report.
+optimize it (verified, never slower), measure this machine's peaks, analyze and profile the
+optimized model against the roofline, and write the HTML report.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def demo(
     from slipway.zoo import build
 
     t0 = time.perf_counter()
-    console.rule(f"1/5  build {model} in PyTorch")
+    console.rule(f"1/6  build {model} in PyTorch")
     module, x = build(model)
     n_torch = sum(p.numel() for p in module.parameters())
     console.print(f"{type(module).__name__}: {n_torch:,} parameters (PyTorch), example input {list(x.shape)}")
 
-    console.rule("2/5  convert to ONNX and verify against PyTorch")
+    console.rule("2/6  convert to ONNX and verify against PyTorch")
     path = out / f"{model}.onnx"
     with console.status("torch.onnx.export (dynamo) + verification at several batch sizes..."):
         result = from_torch(module, (x,), path)
@@ -47,7 +47,7 @@ def demo(
                       + ("[green]ok[/]" if o.ok else "[red]FAILED[/]"))
     console.print(f"wrote {path} (errors recorded in its metadata_props)")
 
-    console.rule("3/5  summary")
+    console.rule("3/6  summary")
     m = slipway.load(path)
     s = slipway.summary(m)
     ops = ", ".join(f"{k} {v}" for k, v in list(s["op_histogram"].items())[:8])
@@ -57,7 +57,21 @@ def demo(
                   f"file {human(s['file_bytes'], 'B')}; BatchNorm folded by the exporter: "
                   f"{n_torch - s['params']:,} fewer parameters than PyTorch")
 
-    console.rule("4/5  this machine (measured once, then cached)")
+    console.rule("4/6  optimize: fold, eliminate, fuse; verified and never slower")
+    from slipway.optimize import optimize
+
+    opt_path = out / f"{model}.opt.onnx"
+    with console.status("optimizing...") as status:
+        opt = optimize(path, opt_path, progress=lambda text: status.update(f"optimizing: {text}"))
+    changed = ", ".join(f"{k} {v}" for k, v in opt.to_dict()["passes"].items() if v) or "nothing to change"
+    d = opt.to_dict()["verification"]
+    console.print(f"nodes {opt.nodes_before} -> {opt.nodes_after} ({changed}); verified at batch "
+                  f"{opt.verification.batch_sizes}: max abs {d['max_abs']:.3g}")
+    console.print(f"latency {opt.latency_before_ms:.2f} ms -> {opt.latency_after_ms:.2f} ms: {opt.decision}")
+    console.print(f"wrote {opt_path}")
+    m = slipway.load(opt_path)
+
+    console.rule("5/6  this machine (measured once, then cached)")
     with console.status("measuring FP32/INT8 matmul peaks and memory bandwidth..."):
         machine = peaks()
     console.print(f"{machine.cpu}, {machine.threads} threads; FP32 {machine.fp32_gflops:,.1f} GFLOP/s, "
@@ -66,7 +80,7 @@ def demo(
     features = [k for k, v in machine.features.items() if v]
     console.print("CPU features: " + (", ".join(features) or "none detected"))
 
-    console.rule("5/5  analyze + profile in onnxruntime")
+    console.rule("6/6  analyze + profile in onnxruntime")
     shapes = {"x": list(x.shape)}
     with console.status(f"static costs, then {runs} profiled runs..."):
         a = profile(m, analyze(m, shapes), runs=runs, machine=machine)

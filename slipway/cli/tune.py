@@ -1,0 +1,96 @@
+"""``slipway tune MODEL``: search engine configurations, write the winner beside the model."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from slipway.cli.common import console, err_console, print_json
+from slipway.errors import UserError
+
+
+def _load_metric(spec: str | None):
+    if not spec:
+        return None
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise UserError(f"bad --metric {spec!r}: expected MODULE:FUNCTION (for example mymetrics:top1_drop)")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"cannot load --metric {spec!r}: {e}") from None
+    if not callable(fn):
+        raise UserError(f"--metric {spec!r} is not a function")
+    return fn
+
+
+def tune(
+    model: Path = typer.Argument(..., help="ONNX model file; the winner is written beside it as MODEL.tune.json"),
+    objective: str = typer.Option("latency", "--objective", help="latency | throughput"),
+    backend: str | None = typer.Option(None, "--backend", help="comma-separated backends (default: all available)"),
+    precision: str | None = typer.Option(None, "--precision", help="comma-separated precisions (default: all)"),
+    max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="p90 latency limit per request"),
+    max_error: float = typer.Option(1e-2, "--max-error", help="accuracy budget: max relative output error vs FP32"),
+    metric: str | None = typer.Option(None, "--metric", help="MODULE:FUNCTION(outputs, reference) -> drop"),
+    max_drop: float | None = typer.Option(None, "--max-drop", help="budget for --metric's drop"),
+    max_batch: int = typer.Option(32, "--max-batch", help="largest batch tried for --objective throughput"),
+    inputs: Path | None = typer.Option(None, "--inputs", help=".npz of inputs (default: random)"),
+    seconds: float = typer.Option(0.4, "--time", help="seconds per configuration (finalists get 3x)"),
+    no_write: bool = typer.Option(False, "--no-write", help="do not write MODEL.tune.json"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Search backend x precision x threads x batch x engine settings, coarse to fine, within an accuracy budget."""
+    from slipway.tune import tune as run_tune
+
+    names = [s.strip() for s in (backend or "").split(",") if s.strip()] or None
+    precs = [s.strip() for s in (precision or "").split(",") if s.strip()] or None
+    if seconds <= 0:
+        raise UserError(f"--time must be positive, got {seconds}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} configs"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("tuning", total=None)
+        result = run_tune(model, objective=objective, backends=names, precisions=precs, max_latency_ms=max_latency_ms,
+                          max_error=max_error, metric=_load_metric(metric), max_drop=max_drop, max_batch=max_batch,
+                          inputs=inputs, time_per_config_s=seconds, write=not no_write,
+                          progress=lambda done, _total, what: bar.update(task, completed=done,
+                                                                         description=f"tuning: {what}"))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    _print(result)
+
+
+def _print(result) -> None:
+    front = {id(c) for c in result.pareto()}
+    table = Table(title="measured configurations (* = Pareto-optimal: latency vs throughput)", title_justify="left")
+    for col in ("", "backend", "prec", "batch", "threads", "conc", "settings", "p50 ms", "p90 ms", "inf/s",
+                "error", "stage"):
+        table.add_column(col, justify="right" if col in ("batch", "threads", "conc", "p50 ms", "p90 ms", "inf/s")
+                         else "left", overflow="fold")
+    for c in sorted(result.candidates, key=lambda c: (c.p50_ms is None, c.p50_ms or 0)):
+        mark = "*" if id(c) in front else ""
+        style = "bold green" if c is result.winner else ("dim" if not c.feasible else "")
+        table.add_row(mark, c.backend, c.precision, str(c.batch), str(c.threads or "auto"), str(c.concurrency),
+                      ", ".join(f"{k}={v}" for k, v in c.settings.items()) or "-",
+                      _f(c.p50_ms), _f(c.p90_ms), _f(c.throughput, 1), _f(c.error, 3, "e"),
+                      c.stage + (f" ({c.note})" if c.note else ""), style=style)
+    console.print(table)
+    for key, why in result.skipped.items():
+        err_console.print(f"[yellow]skipped {key}:[/] {why}")
+    w = result.winner
+    console.print(f"[bold]winner[/]: {w.key} - p50 {_f(w.p50_ms)} ms, p90 {_f(w.p90_ms)} ms, "
+                  f"{_f(w.throughput, 1)} inferences/s")
+    if result.path:
+        console.print(f"settings written to {result.path} (applied by slipway.backends.load and the server)")
+
+
+def _f(x: float | None, digits: int = 3, kind: str = "g") -> str:
+    return "-" if x is None else f"{x:.{digits}{kind}}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune)
