@@ -1,0 +1,172 @@
+"""``slipway compare A [B]``: layer-by-layer differences of two runs and the first node that diverges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from slipway.cli.common import console, err_console, print_json
+from slipway.errors import UserError
+
+HELP = """Compare two runs layer by layer and name the first node whose output diverges.
+
+Runs model A (the reference) and B on the same inputs and compares every intermediate float
+tensor (matched by name, or through Cast and QuantizeLinear/DequantizeLinear pairs). Three uses:
+two models on one backend (`compare fp32.onnx int8.onnx`), one model on two backends
+(`compare m.onnx --backend-b openvino`), one model under two option sets
+(`compare m.onnx --set-a graph_optimization_level=disabled --set-b graph_optimization_level=all`).
+
+A tensor diverges when max_abs > atol + rtol * max|A|. Exit code: 0 when the comparison ran,
+whether or not the runs diverge (with --fail: 2 when they diverge); 1 on bad input.
+"""
+
+
+def compare(
+    model_a: Path = typer.Argument(..., help="model A (the reference), an ONNX file"),
+    model_b: Path | None = typer.Argument(None, help="model B (default: model A again, on --backend-b / --set-b)"),
+    backend: str = typer.Option("ort", "--backend", help="backend that runs A (ort, openvino, ...)"),
+    backend_b: str | None = typer.Option(None, "--backend-b", help="backend that runs B (default: --backend)"),
+    set_a: list[str] = typer.Option(None, "--set-a", help="backend setting for A, KEY=VALUE (repeatable)"),
+    set_b: list[str] = typer.Option(None, "--set-b", help="backend setting for B, KEY=VALUE; B takes A's otherwise"),
+    precision: str = typer.Option("fp32", "--precision", help="precision the engine runs A in (fp32, fp16, bf16)"),
+    precision_b: str | None = typer.Option(None, "--precision-b", help="precision for B (default: --precision)"),
+    inputs: Path | None = typer.Option(None, "--inputs", help=".npz file of inputs keyed by input name "
+                                                              "(default: random inputs)"),
+    atol: float = typer.Option(1e-4, "--atol", help="absolute tolerance"),
+    rtol: float = typer.Option(1e-3, "--rtol", help="tolerance relative to max|A| of each tensor"),
+    batch: int = typer.Option(1, "--batch", help="batch size of random inputs"),
+    dim: list[str] = typer.Option(None, "--dim", help="size of another dynamic dim of random inputs, NAME=SIZE"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random inputs"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON (nothing else on stdout)"),
+    show_all: bool = typer.Option(False, "--all", help="show every layer, not only the first divergent and worst"),
+    top: int = typer.Option(20, "--top", help="layers shown without --all (the first divergent and the worst)"),
+    fail: bool = typer.Option(False, "--fail", help="exit with code 2 when the runs diverge"),
+) -> None:
+    from slipway.backends import Options
+    from slipway.compare import compare as run_compare
+
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    settings_a = parse_settings(set_a, "--set-a")
+    options_a = Options(precision=precision, settings=settings_a)
+    options_b = None
+    if set_b or precision_b is not None:
+        options_b = Options(precision=precision_b or precision,
+                            settings={**settings_a, **parse_settings(set_b, "--set-b")})
+    with err_console.status("running both models..."):
+        report = run_compare(model_a, model_b, backend_a=backend, backend_b=backend_b, options_a=options_a,
+                             options_b=options_b, feeds=inputs, atol=atol, rtol=rtol, batch=batch, seed=seed,
+                             dims=parse_dims(dim))
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print_report(report, None if show_all else top)
+    if fail and report.diverged:
+        raise typer.Exit(2)
+
+
+
+
+def parse_settings(specs: list[str] | None, option: str) -> dict[str, object]:
+    """``["graph_optimization_level=all", "threads=2"]`` -> ``{"graph_optimization_level": "all", "threads": 2}``."""
+    out: dict[str, object] = {}
+    for spec in specs or []:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"bad {option} {spec!r}: expected KEY=VALUE (for example graph_optimization_level=all)")
+        out[key.strip()] = _value(value.strip())
+    return out
+
+
+def _value(text: str) -> object:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_dims(specs: list[str] | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for spec in specs or []:
+        name, sep, size = spec.partition("=")
+        if not sep or not name or not size.strip().isdigit() or int(size) < 1:
+            raise UserError(f"bad --dim {spec!r}: expected NAME=SIZE with a positive integer size (e.g. seq=32)")
+        out[name] = int(size)
+    return out
+
+
+def _f(x: float, spec: str = ".3g") -> str:
+    return format(x, spec) if x == x else "nan"
+
+
+def print_report(report, top: int | None) -> None:
+    """The layers table (the first divergent node and the worst ``top``), final outputs and a verdict."""
+    console.print(f"[bold]A[/]: {escape(report.a)}\n[bold]B[/]: {escape(report.b)}")
+    console.print("inputs: " + ", ".join(f"{k}={v}" for k, v in report.inputs.items())
+                  + f"   tolerance: atol {report.atol:g} + rtol {report.rtol:g} x max|A|")
+    first = report.first_divergent_node
+    shown = report.layers if top is None else _pick(report.layers, first.diff if first else None, top)
+    title = f"{len(shown)} of {len(report.layers)} matched tensors"
+    if len(shown) < len(report.layers):
+        title += " (the first divergent and the worst by SNR; --all shows every one)"
+    console.print(_table(shown, title, first.diff if first else None))
+    console.print(_table(report.outputs, "final outputs (models run as they are)", None))
+    unmatched = [("A", report.unmatched_a), ("B", report.unmatched_b)]
+    console.print("unmatched: " + "; ".join(f"{len(names)} only in {side}" + (f" ({escape(_head(names))})" if names
+                                                                              else "") for side, names in unmatched))
+    for note in report.notes:
+        console.print(f"[dim]note: {escape(note)}[/]")
+    if first is not None:
+        d = first.diff
+        console.print(f"[bold red]first divergent node: {escape(first.name or '(unnamed)')} ({first.op_type}) -> "
+                      f"{escape(first.tensor)}: max_abs {d.max_abs:.3g}, max_rel {d.max_rel:.3g}, "
+                      f"cosine {_f(d.cosine, '.6f')}, SNR {_f(d.snr_db, '.1f')} dB[/]")
+    elif report.diverged:
+        console.print("[bold red]the final outputs diverge[/]")
+    else:
+        console.print("[bold green]no divergence: every matched tensor is within tolerance[/]")
+
+
+def _head(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "")
+
+
+def _pick(layers: list, first: object, top: int) -> list:
+    """The first divergent layer and the worst others (lowest SNR), kept in topological order."""
+    def badness(d) -> tuple:
+        snr = d.snr_db if d.snr_db == d.snr_db else float("-inf")
+        return (d.ok, snr, -d.max_rel)
+
+    chosen = {id(first)} if first is not None else set()
+    for d in sorted(layers, key=badness):
+        if len(chosen) >= top:
+            break
+        chosen.add(id(d))
+    return [d for d in layers if id(d) in chosen]
+
+
+def _table(rows: list, title: str, first: object) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("tensor", "node", "op", "B tensor"):
+        table.add_column(col, overflow="fold")
+    for col in ("max_abs", "max_rel", "cosine", "snr_db", ""):
+        table.add_column(col, justify="right", no_wrap=True)
+    for d in rows:
+        b = "" if d.b_name == d.name and not d.via else d.b_name + (f" (via {d.via})" if d.via else "")
+        verdict = "ok" if d.ok else ("shape" if d.shape_mismatch else "DIVERGES")
+        style = "bold red" if d is first else (None if d.ok else "yellow")
+        table.add_row(escape(d.name), escape(d.node), d.op_type, escape(b), f"{d.max_abs:.3g}", f"{d.max_rel:.3g}",
+                      _f(d.cosine, ".6f"), _f(d.snr_db, ".1f"), verdict, style=style)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare", help=HELP)(compare)
