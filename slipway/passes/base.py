@@ -83,9 +83,9 @@ class RulesPass(Pass):
         lines = []
         for rule, matches in tracer.best_matches_map.items():
             for m in matches:
-                if m.status in (MatchStatus.SUCCESS, MatchStatus.NO_MATCH) and not m.match_result.reason:
-                    continue
-                if m.status == MatchStatus.SUCCESS:
+                # A pattern that matched but whose check or replacement failed is a near miss worth
+                # telling; a plain structural mismatch ("OpType mismatch") is noise.
+                if m.status not in (MatchStatus.CONDITION_FAILED, MatchStatus.REPLACEMENT_FAILED):
                     continue
                 node = m.root_node
                 reason = m.match_result.reason or "pattern did not match"
