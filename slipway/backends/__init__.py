@@ -46,6 +46,6 @@ def available() -> dict[str, str | None]:
     for name in BACKENDS:
         try:
             out[name] = get(name).available()
-        except ImportError as e:
+        except (ImportError, UserError) as e:
             out[name] = str(e)
     return out
