@@ -21,7 +21,6 @@ configuration is kept for the Pareto table (latency vs throughput).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -38,10 +37,10 @@ from slipway.model import as_model, atomic_write_text
 from slipway.perf.feeds import make_feeds, model_batch
 from slipway.perf.runner import Config, run_config, usable_backends
 from slipway.perf.stats import Budget
+from slipway.settings import digest, read_settings, settings_path
 
 __all__ = ["Candidate", "TuneResult", "tune", "settings_path", "read_settings", "pareto"]
 
-SUFFIX = ".tune.json"
 Metric = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], float]  # (outputs, reference) -> drop
 Progress = Callable[[int, int, str], None]
 
@@ -100,34 +99,6 @@ def pareto(cands: Sequence[Candidate]) -> list[Candidate]:
                                       (o.p50_ms < c.p50_ms or o.throughput > c.throughput) for o in pts)]
 
 
-def settings_path(model_path: str | os.PathLike) -> Path:
-    p = Path(model_path)
-    return p.with_name(p.name + SUFFIX) if p.suffix != ".onnx" else p.with_suffix(SUFFIX)
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def read_settings(model_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The tuned settings beside ``model_path``, or None. A file written for another version of
-    the model (its digest differs) is ignored, so stale settings never apply."""
-    p = settings_path(model_path)
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text())
-        if data.get("model_sha256") != _digest(Path(model_path)):
-            return None
-        return data
-    except (OSError, ValueError):
-        return None
-
-
 def tune(
     model: str | os.PathLike,
     *,
@@ -170,9 +141,12 @@ def tune(
             search.measure(Candidate(b, p, batch, 0, 1, stage="coarse"), accuracy[f"{b}/{p}"])
     for start in search.best(2):
         search.refine(start)
+    if not search.best(1):
+        fastest = min((c.p90_ms for c in search.all if c.p90_ms is not None), default=None)
+        raise UserError("no configuration meets the limits"
+                        + (f": the lowest p90 latency measured is {fastest:.3f} ms" if fastest is not None else ""))
     finals = [search.measure(replace(c, stage="final"), c.error, budget_scale=3.0) for c in search.best(3)]
-    feasible = [c for c in finals if c.feasible] or finals
-    winner = min(feasible, key=search.score)
+    winner = min([c for c in finals if c.feasible] or finals, key=search.score)
     result = TuneResult(winner, search.all, objective, accuracy, skipped)
     if write:
         result.path = _write(path, winner, objective)
@@ -298,7 +272,7 @@ def _write(path: Path, winner: Candidate, objective: str) -> Path:
     data = {
         "version": 1,
         "model": path.name,
-        "model_sha256": _digest(path),
+        "model_sha256": digest(path),
         "objective": objective,
         "backend": winner.backend,
         "batch": winner.batch,

@@ -11,7 +11,7 @@ from importlib import import_module
 from slipway.backends.base import Backend, Options, Session, TensorInfo
 from slipway.errors import UserError
 
-__all__ = ["Backend", "Options", "Session", "TensorInfo", "BACKENDS", "get", "load", "available"]
+__all__ = ["Backend", "Options", "Session", "TensorInfo", "BACKENDS", "get", "load", "available", "tuned_settings"]
 
 BACKENDS: dict[str, str] = {
     "ort": "slipway.backends.ort:CPU",
@@ -31,13 +31,40 @@ def get(name: str) -> Backend:
     return getattr(import_module(module), attr)
 
 
-def load(model, backend: str = "ort", options: Options | None = None) -> Session:
-    """One session of ``model`` on ``backend``; raises a one-line UserError if it cannot run here."""
+def load(model, backend: str | None = "ort", options: Options | None = None) -> Session:
+    """One session of ``model`` on ``backend``; raises a one-line UserError if it cannot run here.
+
+    With ``backend=None`` the settings ``slipway tune`` wrote beside the model (``MODEL.tune.json``,
+    found from a path or from a model returned by :func:`slipway.load`) choose the backend and,
+    unless ``options`` is given, its options; without such a file it is onnxruntime on CPU.
+    """
+    if backend is None or options is None:
+        tuned = tuned_settings(model)
+        if tuned is not None and backend in (None, tuned["backend"]):
+            backend = tuned["backend"]
+            if options is None:
+                options = Options(**tuned["options"])
+    backend = backend or "ort"
     b = get(backend)
     why = b.available()
     if why:
         raise UserError(f"backend {backend!r} is not available: {why}")
-    return b.load(model, options)[0]
+    session = b.load(model, options)[0]
+    session.options = options or Options()
+    return session
+
+
+def tuned_settings(model) -> dict | None:
+    """The tuned settings for ``model``: from ``MODEL.tune.json`` beside a path, or attached by
+    :func:`slipway.load` to a loaded model; None when there are none (or they are stale)."""
+    import os
+
+    from slipway.settings import META_KEY, read_settings
+
+    if isinstance(model, (str, os.PathLike)):
+        return read_settings(model)
+    meta = getattr(model, "meta", None)
+    return meta.get(META_KEY) if meta is not None else None
 
 
 def available() -> dict[str, str | None]:
