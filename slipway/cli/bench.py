@@ -126,7 +126,7 @@ def print_results(results: list) -> None:
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, caption="ms per request; inf/s = batch x requests / s; "
                   "rss = peak resident MB", caption_justify="left")
     for col in ("backend", "batch", "threads", "conc", "p50", "p90", "p99", "mean", "inf/s", "rss", "runs"):
-        table.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col == "backend" else "right", min_width=len(col))
     for r in results:
         table.add_row(r.backend, str(r.batch), str(r.threads or "auto"), str(r.concurrency), _ms(r.p50_ms),
                       _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.mean_ms), f"{r.throughput:,.0f}" if r.throughput >= 100
