@@ -110,12 +110,17 @@ def tune(
     metric: Metric | None = None,
     max_drop: float | None = None,
     max_batch: int = 32,
+    batches: Sequence[int] | None = None,
     inputs: Any = None,
     time_per_config_s: float = 0.4,
     write: bool = True,
     progress: Progress | None = None,
 ) -> TuneResult:
-    """Search configurations of ``model`` (an ONNX file) and write the winner beside it."""
+    """Search configurations of ``model`` (an ONNX file) and write the winner beside it.
+
+    ``batches`` fixes the batch sizes searched (default: 1 for latency, powers of two up to
+    ``max_batch`` for throughput).
+    """
     if objective not in ("latency", "throughput"):
         raise UserError(f"unknown objective {objective!r} (choose latency or throughput)")
     if max_latency_ms is not None and max_latency_ms <= 0:
@@ -125,7 +130,7 @@ def tune(
     names, skipped = usable_backends(backends or [b for b in engines.BACKENDS])
     if not names:
         raise UserError("no backend is available here: " + "; ".join(f"{k}: {w}" for k, w in skipped.items()))
-    batches = _batches(m, objective, max_batch)
+    batches = list(batches) if batches else _batches(m, objective, max_batch)
     feeds = make_feeds(m, batches, inputs)
     pairs = [(b, p) for b in names for p in engines.get(b).precisions if not precisions or p in precisions]
     accuracy = _accuracy(path, m, pairs, feeds[1] if 1 in feeds else feeds[batches[0]], max_error, metric, max_drop,

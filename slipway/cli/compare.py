@@ -44,12 +44,21 @@ def compare(
     show_all: bool = typer.Option(False, "--all", help="show every layer, not only the first divergent and worst"),
     top: int = typer.Option(20, "--top", help="layers shown without --all (the first divergent and the worst)"),
     fail: bool = typer.Option(False, "--fail", help="exit with code 2 when the runs diverge"),
+    bisect: bool = typer.Option(False, "--bisect", help="apply the optimize passes one by one to A and name the "
+                                                        "first that changes its outputs"),
+    passes: str | None = typer.Option(None, "--passes", help="with --bisect: comma-separated passes "
+                                                             "(default: the optimize pipeline)"),
 ) -> None:
     from slipway.backends import Options
     from slipway.compare import compare as run_compare
 
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
+    if bisect:
+        if model_b is not None:
+            raise UserError("--bisect takes one model (it compares the model before and after each pass)")
+        _bisect(model_a, backend, passes, inputs, atol, rtol, batch, seed, parse_dims(dim), as_json, top, fail)
+        return
     settings_a = parse_settings(set_a, "--set-a")
     options_a = Options(precision=precision, settings=settings_a)
     options_b = None
@@ -68,6 +77,36 @@ def compare(
         raise typer.Exit(2)
 
 
+
+
+def _bisect(model: Path, backend: str, passes: str | None, inputs: Path | None, atol: float, rtol: float,
+            batch: int, seed: int, dims: dict[str, int], as_json: bool, top: int, fail: bool) -> None:
+    from slipway.compare import bisect as run_bisect
+    from slipway.passes.manager import make_passes
+
+    chosen = make_passes([p.strip() for p in (passes or "").split(",") if p.strip()] or None)
+    with err_console.status(f"bisecting {len(chosen)} passes..."):
+        result = run_bisect(model, chosen, backend=backend, feeds=inputs, atol=atol, rtol=rtol, batch=batch,
+                            seed=seed, dims=dims)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        table = Table(title="passes applied one by one (errors of the final outputs vs the original model)",
+                      title_justify="left")
+        for col in ("pass", "changed", "max_abs", "max_rel", "ok"):
+            table.add_column(col, justify="left" if col == "pass" else "right")
+        for step in result.steps:
+            table.add_row(step.name, "yes" if step.modified else "-", _f(step.max_abs), _f(step.max_rel),
+                          "[green]ok[/]" if step.ok else f"[red]{escape(step.error) or 'DIVERGES'}[/]")
+        console.print(table)
+        if result.culprit is None:
+            console.print("[bold green]no pass changes the outputs past tolerance[/]")
+        else:
+            console.print(f"[bold red]first pass that changes the outputs: {result.culprit}[/]")
+            if result.report is not None:
+                print_report(result.report, top)
+    if fail and result.culprit is not None:
+        raise typer.Exit(2)
 
 
 def parse_settings(specs: list[str] | None, option: str) -> dict[str, object]:

@@ -110,3 +110,22 @@ def test_bad_input_is_a_user_error(models, args, message):
     r = slipway(*[x.format(a=models[0]) for x in args])
     assert isinstance(r.exception, UserError), r.output
     assert message in str(r.exception) and "\n" not in str(r.exception)
+
+
+def test_bisect_mode_runs_the_optimize_passes(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.zoo import export
+
+    r = subprocess.run([sys.executable, "-m", "slipway", "compare", str(export("repvgg")), "--bisect", "--json",
+                        "--passes", "fuse-batchnorm,merge-repvgg,remove-dead"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = __import__("json").loads(r.stdout)
+    assert data["culprit"] is None
+    steps = {s["name"]: s for s in data["steps"]}
+    assert steps["merge-repvgg"]["modified"] and steps["merge-repvgg"]["ok"]
+    r = subprocess.run([sys.executable, "-m", "slipway", "compare", str(export("repvgg")), str(export("repvgg")),
+                        "--bisect"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "--bisect takes one model" in r.stderr
