@@ -51,7 +51,7 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Tim
 
 
 def alternating_blocks(fns: dict[str, Callable[[], Any]], repeats: int = 20, warmup: int = 5,
-                       rounds: int = 2) -> dict[str, Timing]:
+                       rounds: int = 2, rotate: bool = False) -> dict[str, Timing]:
     """Median and best wall time of each function, timed in alternating blocks.
 
     Each of ``rounds`` rounds runs every function in turn: ``warmup`` untimed calls, then its
@@ -59,12 +59,16 @@ def alternating_blocks(fns: dict[str, Callable[[], Any]], repeats: int = 20, war
     over the same stretch of time exposes them to the same background load, and the warm-up at
     the start of each block keeps one engine's spinning worker threads (onnxruntime's and
     OpenMP's keep busy-waiting after a call) from being charged to the next; calling two engines
-    alternately call by call does charge them (2x or more on two cores).
+    alternately call by call does charge them (2x or more on two cores). ``rotate`` starts each
+    round with the next function, so no function always follows the same one.
     """
     per_round = -(-max(1, repeats) // max(1, rounds))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, rounds)):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(max(1, rounds)):
+        order = names[r % len(names):] + names[:r % len(names)] if rotate else names
+        for name in order:
+            fn = fns[name]
             for _ in range(warmup):
                 fn()
             for _ in range(per_round):

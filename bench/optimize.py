@@ -1,7 +1,9 @@
 """Graph optimization side by side: slipway ``optimize`` vs onnxsim vs onnxslim, on every zoo model.
 
-For each zoo model, exported by the dynamo exporter twice (a dynamic batch dim, and fully static
-at batch 1), in one run:
+For each zoo model, exported three ways (dynamo exporter with a dynamic batch dim; dynamo exporter
+fully static at batch 1; the TorchScript exporter at opset 17 with a dynamic batch, whose graphs
+carry the BatchNorms, shape subgraphs and decomposed ops that the dynamo exporter's own
+optimizer removes), in one run:
 
 * the optimized model of each tool: node count, file size, optimize wall time;
 * onnxruntime latency at batch 1 with its own graph optimizations on (``ORT_ENABLE_EXTENDED``)
@@ -40,11 +42,22 @@ TOOLS = ("input", "slipway", "onnxsim", "onnxslim")
 PEERS = ("onnxsim", "onnxslim")
 
 
-def export(name: str, dynamic: bool, path: Path) -> None:
+VARIANTS = {"dynamic": "dynamo exporter, dynamic batch", "static": "dynamo exporter, static batch 1",
+            "legacy": "TorchScript exporter (opset 17, no onnxscript optimizer), dynamic batch"}
+
+
+def export(name: str, variant: str, path: Path) -> None:
     import torch
 
     module, x = build(name)
     x = x[:1]
+    if variant == "legacy":
+        axes = {0: "batch", **ZOO[name].dynamic}
+        with quiet():
+            torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=17,
+                              dynamic_axes={"x": axes}, dynamo=False)
+        return
+    dynamic = variant == "dynamic"
     shapes = ({"x": {0: "batch", **ZOO[name].dynamic}},) if dynamic else None
     with quiet():
         program = torch.onnx.export(module, (x,), input_names=["x"], output_names=["y"],
@@ -112,13 +125,15 @@ def latencies(paths: dict[str, Path], level: ort.GraphOptimizationLevel, repeats
     sessions = {tool: session(p, level) for tool, p in paths.items()}
     feeds = feeds_for(sessions["input"], 1, np.random.default_rng(0))
     fns = {tool: (lambda s=s: s.run(None, feeds)) for tool, s in sessions.items()}
-    return {tool: t.median * 1e3 for tool, t in alternating_blocks(fns, repeats, warmup=5, rounds=4).items()}
+    timed = alternating_blocks(fns, repeats, warmup=5, rounds=8, rotate=True)
+    return {tool: t.median * 1e3 for tool, t in timed.items()}
 
 
-def one(name: str, dynamic: bool, tmp: Path, repeats: int) -> dict[str, Any]:
-    src = tmp / f"{name}-{'dyn' if dynamic else 'static'}.onnx"
-    export(name, dynamic, src)
-    paths, row = {"input": src}, {"model": name, "batch": "dynamic" if dynamic else "static", "tools": {}}
+def one(name: str, variant: str, tmp: Path, repeats: int) -> dict[str, Any]:
+    src = tmp / f"{name}-{variant}.onnx"
+    export(name, variant, src)
+    dynamic = variant != "static"
+    paths, row = {"input": src}, {"model": name, "batch": variant, "tools": {}}
     row["tools"]["input"] = {"nodes": len(onnx.load(str(src), load_external_data=False).graph.node),
                              "bytes": src.stat().st_size, "seconds": 0.0, "max_abs": 0.0}
     for tool, runner in RUNNERS.items():
@@ -158,14 +173,14 @@ def tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[s
                             for k in TOOLS[1:]] + [t["slipway"].get("decision", "-")])
     return [
         ("Node count, file size (MB), optimize time (s)",
-         ["model", "batch", *TOOLS, "slipway <= best peer", "input MB", "slipway MB", "slipway s", "onnxsim s",
+         ["model", "export", *TOOLS, "slipway <= best peer", "input MB", "slipway MB", "slipway s", "onnxsim s",
           "onnxslim s"], nodes),
         (f"onnxruntime latency at batch 1 (ms, median, {THREADS} threads): ORT_ENABLE_EXTENDED, speedup vs input, "
          "then ORT_DISABLE_ALL",
-         ["model", "batch", *[f"{k} ext" for k in TOOLS], *[f"{k} speedup" for k in TOOLS[1:]],
+         ["model", "export", *[f"{k} ext" for k in TOOLS], *[f"{k} speedup" for k in TOOLS[1:]],
           *[f"{k} off" for k in TOOLS]], lat),
         ("Max abs difference from the input model (onnxruntime, optimizations off)",
-         ["model", "batch", *TOOLS[1:], "slipway never-slower decision"], err),
+         ["model", "export", *TOOLS[1:], "slipway never-slower decision"], err),
     ]
 
 
@@ -192,10 +207,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for name in args.models.split(","):
-            for dynamic in (True, False):
-                print(f"{name} ({'dynamic' if dynamic else 'static'} batch)...", flush=True)
-                rows.append(one(name, dynamic, Path(d), args.repeats))
-    notes = ("\nslipway runs with `target=ort` (its never-slower check times the result against the input with "
+            for variant in VARIANTS:
+                print(f"{name} ({VARIANTS[variant]})...", flush=True)
+                rows.append(one(name, variant, Path(d), args.repeats))
+    notes = ("\nVariants: " + "; ".join(f"{k} = {v}" for k, v in VARIANTS.items()) + ".\n"
+             "\nslipway runs with `target=ort` (its never-slower check times the result against the input with "
              "onnxruntime's default optimizations and keeps the input, or drops risky passes, when slower). "
              "Peers run with default settings. Latencies are medians over alternating blocks; on this 2-core "
              "machine they are noisy to a few percent.\n")

@@ -31,7 +31,7 @@ from slipway.errors import UserError
 from slipway.model import ModelLike, as_model
 from slipway.passes import manager as pm
 
-__all__ = ["OptimizeResult", "optimize", "latency_ratio", "TARGETS"]
+__all__ = ["OptimizeResult", "Speed", "optimize", "latency_pair", "latency_compare", "latency_ratio", "TARGETS"]
 
 TARGETS = {"ort": "ort", "openvino": "openvino"}  # --target -> backend table name
 
@@ -172,18 +172,32 @@ class Timing:
     tolerance: float
     budget_s: float
 
-    def pair(self, a: ir.Model, b: ir.Model) -> tuple[float, float]:
-        return latency_pair(a, b, self.target, self.budget_s, self.dim_sizes)
+    def pair(self, a: ir.Model, b: ir.Model) -> Speed:
+        return latency_compare(a, b, self.target, self.budget_s, self.dim_sizes)
+
+    def slower(self, speed: Speed) -> bool:
+        """B is slower than A: its median is past the tolerance AND it lost most paired blocks (a sign
+        test), so machine noise - which makes either side lose about half the blocks - keeps B."""
+        return speed.b_ms > speed.a_ms * (1 + self.tolerance) and speed.b_slower_share >= 0.7
+
+
+@dataclass
+class Speed:
+    a_ms: float  # median of per-block medians
+    b_ms: float
+    b_slower_share: float  # share of paired blocks where b's median was above a's
+    blocks: int
 
 
 def _never_slower(result: OptimizeResult, source: ir.Model, chosen: list, run: Callable, timing: Timing,
                   progress: Callable[[str], None] | None) -> None:
-    target, tolerance = timing.target, timing.tolerance
+    target = timing.target
     if progress:
         progress(f"timing on {target}")
-    before, after = timing.pair(source, result.model)
+    speed = timing.pair(source, result.model)
+    before, after = speed.a_ms, speed.b_ms
     result.latency_before_ms, result.latency_after_ms = before, after
-    if after <= before * (1 + tolerance):
+    if not timing.slower(speed):
         result.decision = "optimized model kept"
         return
     risky = [p for p in chosen if p.risky and result.passes.records[p.name].total]
@@ -192,17 +206,18 @@ def _never_slower(result: OptimizeResult, source: ir.Model, chosen: list, run: C
         candidate, report = run(safe)
         if progress:
             progress(f"timing without {', '.join(p.name for p in risky)}")
-        before2, after2 = timing.pair(source, candidate)
-        if after2 <= before2 * (1 + tolerance):
+        speed2 = timing.pair(source, candidate)
+        if not timing.slower(speed2):
             result.model, result.passes = candidate, report
-            result.latency_before_ms, result.latency_after_ms = before2, after2
+            result.latency_before_ms, result.latency_after_ms = speed2.a_ms, speed2.b_ms
             result.dropped = [p.name for p in risky]
             result.decision = f"dropped {', '.join(result.dropped)}: they made the model slower on {target}"
             return
     result.model = source
     result.latency_after_ms = result.latency_before_ms
     result.dropped = [name for name, r in result.passes.records.items() if r.total]
-    result.decision = f"input kept: the optimized model was slower on {target} ({after:.3f} ms vs {before:.3f} ms)"
+    result.decision = (f"input kept: the optimized model was slower on {target} ({after:.3f} ms vs {before:.3f} ms, "
+                       f"slower in {100 * speed.b_slower_share:.0f}% of {speed.blocks} paired blocks)")
 
 
 def _feeds(model: ir.Model, dim_sizes: Mapping[str, Sequence[int]] | None) -> v.Feeds:
@@ -219,7 +234,7 @@ def latency(model: ir.Model, target: str = "ort", dim_sizes: Mapping[str, Sequen
     feeds = _feeds(model, dim_sizes)
     s = backends.load(model, TARGETS[target])
     try:
-        return latency_ratio(lambda: s.run(feeds), lambda: s.run(feeds), budget_s)[0]
+        return latency_ratio(lambda: s.run(feeds), lambda: s.run(feeds), budget_s).a_ms
     finally:
         s.close()
 
@@ -228,6 +243,13 @@ def latency_pair(a: ir.Model, b: ir.Model, target: str = "ort", budget_s: float 
                  dim_sizes: Mapping[str, Sequence[int]] | None = None) -> tuple[float, float]:
     """Median latency (ms) of ``a`` and ``b`` at batch 1 on ``target``, timed in alternating blocks
     so that drift in machine load hits both alike."""
+    speed = latency_compare(a, b, target, budget_s, dim_sizes)
+    return speed.a_ms, speed.b_ms
+
+
+def latency_compare(a: ir.Model, b: ir.Model, target: str = "ort", budget_s: float = 2.0,
+                    dim_sizes: Mapping[str, Sequence[int]] | None = None) -> Speed:
+    """:func:`latency_pair` with the paired-block statistics."""
     from slipway import backends
 
     feeds = _feeds(a, dim_sizes)
@@ -240,15 +262,16 @@ def latency_pair(a: ir.Model, b: ir.Model, target: str = "ort", budget_s: float 
         sb.close()
 
 
-def latency_ratio(fa: Callable[[], object], fb: Callable[[], object], budget_s: float) -> tuple[float, float]:
-    """Alternate blocks of ``fa`` and ``fb`` calls; returns the median of per-block medians, in ms."""
+def latency_ratio(fa: Callable[[], object], fb: Callable[[], object], budget_s: float) -> Speed:
+    """Alternate blocks of ``fa`` and ``fb`` calls (the order flips every round); the medians of
+    per-block medians in ms, and in how many paired blocks ``fb`` was the slower."""
     for f in (fa, fb, fa, fb):  # warm-up
         f()
     t = time.perf_counter()
     fa()
     once = max(time.perf_counter() - t, 1e-6)
     per_round = max(3, min(50, int(0.05 / once)))
-    rounds = max(5, int(budget_s / (2 * per_round * once)))
+    rounds = max(7, int(budget_s / (2 * (per_round + 2) * once)))
     ma: list[float] = []
     mb: list[float] = []
     for r in range(rounds):
@@ -262,7 +285,8 @@ def latency_ratio(fa: Callable[[], object], fb: Callable[[], object], budget_s: 
                 f()
                 samples.append(time.perf_counter() - t)
             (ma if f is fa else mb).append(float(np.median(samples)))
-    return float(np.median(ma)) * 1e3, float(np.median(mb)) * 1e3
+    share = float(np.mean([b > a for a, b in zip(ma, mb, strict=True)]))
+    return Speed(float(np.median(ma)) * 1e3, float(np.median(mb)) * 1e3, share, rounds)
 
 
 def _metadata(result: OptimizeResult, target: str) -> dict[str, str]:
