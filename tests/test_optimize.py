@@ -124,3 +124,35 @@ def test_cli_needs_an_output(tmp_path, capsys):
         main(["optimize", str(tmp_path / "x.onnx")])
     assert e.value.code == 1
     assert "-o OUT" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_model_over_2gb_with_external_weights(tmp_path):
+    """2.3 GB of weights in a side file: passes run, verification and timing go through files, and the
+    result is written with external data."""
+    import onnx_ir as ir
+
+    import slipway
+
+    n = 24_000
+    big = ir.Tensor(np.full((n, n), 1e-4, np.float32), name="W")
+    proto = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["x1"]), helper.make_node("MatMul", ["x1", "W"], ["m"]),
+         helper.make_node("Dropout", ["m"], ["y"])],
+        "big", [tensor("x", ["batch", n])], [tensor("y", ["batch", n])]),
+        opset_imports=[helper.make_operatorsetid("", 17)])
+    proto.ir_version = 8
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1, np.float32), "W"))  # placeholder
+    model = ir.serde.deserialize_model(proto)
+    model.graph.initializers.pop("W")
+    model.graph.register_initializer(ir.Value(name="W", const_value=big, shape=big.shape,
+                                              type=ir.TensorType(ir.DataType.FLOAT)))
+    src = slipway.save(model, tmp_path / "big.onnx")
+    del model, big
+    out = tmp_path / "big.opt.onnx"
+    result = optimize(src, out)
+    assert op_types(result.model) == ["MatMul"] and result.verification.ok
+    assert (tmp_path / "big.opt.onnx.data").stat().st_size >= n * n * 4
+    assert out.stat().st_size < 10_000_000
+    back = slipway.load(out)
+    assert [nd.op_type for nd in back.graph] == ["MatMul"]

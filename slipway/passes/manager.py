@@ -104,11 +104,19 @@ class ManagerReport:
 
 
 def snapshot(model: ir.Model) -> Any:
-    return ir.serde.serialize_model(model)
+    """The model's protobuf form (external weights stay references) and where they live."""
+    base = next((str(v.const_value.base_dir) for v in model.graph.initializers.values()
+                 if isinstance(v.const_value, ir.ExternalTensor)), None)
+    return ir.serde.serialize_model(model), base, dict(model.meta)
 
 
 def restore(state: Any) -> ir.Model:
-    return ir.serde.deserialize_model(state)
+    proto, base, meta = state
+    model = ir.serde.deserialize_model(proto)
+    if base is not None:  # external data paths are relative to the model's folder
+        ir.external_data.set_base_dir(model.graph, base)
+    model.meta.update(meta)
+    return model
 
 
 class PassManager:

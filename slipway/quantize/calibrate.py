@@ -16,7 +16,8 @@ neighbouring bins merge into one, so counts stay exact at the new bin edges.
   ``P = hist[:i]`` with the outliers folded into its last bin; ``Q = hist[:i]`` merged into
   ``num_quant_levels`` levels and expanded back over the bins where ``P`` is non-zero; both
   smoothed (``eps = 1e-4``, as MXNet/TensorRT); the ``i`` minimizing ``KL(P||Q)`` gives the
-  threshold ``(i + 0.5) * bin_width``. Evaluated for all ``i`` at once from prefix sums.
+  threshold ``(i + 0.5) * bin_width``. Bin 0, where the exact zeros of a Relu pile up, counts
+  like bin 1 (as NVIDIA's pytorch-quantization does). All ``i`` are evaluated at once.
 * ``mse``: the threshold minimizing the expected squared error of int8 fake quantization:
   rounding (``x^2`` below half a step, ``step^2 / 12`` above) plus clipping ``(|x| - T)^2``.
 
@@ -58,6 +59,7 @@ __all__ = ["collect", "ranges", "threshold", "activations", "model_digest", "upd
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE})
 CACHE_VERSION = 1
 KL_EPS = 1e-4
+TAYLOR = 10  # terms of the smoothing-shift series in kl_divergences
 Progress = Callable[[int, int | None], None]
 
 
@@ -97,6 +99,10 @@ def collect(model: ModelLike, data: Any, *, tensors: Sequence[str] | None = None
 
 def activations(model: ir.Model) -> list[str]:
     """Float values of the main graph that depend on a graph input (inputs included), in graph order."""
+    from slipway.compare.run import typed_copy
+
+    if any(v.type is None for node in model.graph for v in node.outputs):
+        model = typed_copy(model)
     inits = set(model.graph.initializers)
     live: set[str] = set()
     names: list[str] = []
@@ -214,11 +220,11 @@ def update(stats: TensorStats, x: Any, bins: int = 2048) -> bool:
     if stats.hist_max == 0:
         stats.hist[0] += a.size  # all zeros so far: bin 0 whatever the range becomes
         return dropped
+    n = len(stats.hist)
     scaled = np.abs(a)
-    scaled *= len(stats.hist) / stats.hist_max
-    idx = scaled.astype(np.intp)
-    np.minimum(idx, len(stats.hist) - 1, out=idx)
-    stats.hist += np.bincount(idx, minlength=len(stats.hist))
+    scaled *= n / stats.hist_max
+    np.minimum(scaled, n - 1, out=scaled)
+    stats.hist += np.bincount(scaled.astype(np.intp), minlength=n)
     return dropped
 
 
@@ -317,60 +323,83 @@ def _entropy_bins(hist: np.ndarray, levels: int) -> int:
     n = int(np.flatnonzero(hist)[-1]) + 1
     if n <= levels:
         return n
-    candidates, kl = kl_divergences(hist[:n], levels)
+    h = hist[:n].copy()
+    h[0] = h[1]  # as NVIDIA's pytorch-quantization: the exact zeros (after Relu) must not steer the search
+    candidates, kl = kl_divergences(h, levels)
     return int(candidates[int(np.argmin(kl))])
 
 
 def kl_divergences(hist: np.ndarray, levels: int = 128, eps: float = KL_EPS) -> tuple[np.ndarray, np.ndarray]:
     """KL(P||Q) of TensorRT's entropy calibration for every candidate ``i`` in ``levels..len(hist)``.
 
-    Exact except the smoothing shift ``a`` of ``P`` inside ``sum p log p``, expanded to 6th order
-    in ``a / p`` (``a <= eps * bins``, ``p >= 1``: error below 1e-6 of a count per bin).
+    Sums over bins come from prefix sums, and all candidates with the same ``m = i // levels``
+    share their first ``levels - 1`` groups of ``m`` bins. The smoothing shifts (``p' = p - a``,
+    ``q' = q - b``) enter through power series in ``a / p`` and ``b / q`` (dropped terms below
+    1e-9 of a count); a candidate whose ``b / q`` is not small is summed directly.
     """
     h = np.asarray(hist, dtype=np.float64)
-    n = len(h)
-    i = np.arange(levels, n + 1)
+    i = np.arange(levels, len(h) + 1)
     total = h.sum()
-    cum = np.concatenate([[0.0], np.cumsum(h)])
-    nzc = np.concatenate([[0], np.cumsum(h > 0)])
-    pos = h > 0
-    logs = np.where(pos, np.log(np.where(pos, h, 1.0)), 0.0)
-    g = [np.concatenate([[0.0], np.cumsum(h * logs)]), np.concatenate([[0.0], np.cumsum(np.where(pos, logs + 1, 0.0))])]
-    g += [np.concatenate([[0.0], np.cumsum(np.where(pos, 1.0 / np.where(pos, h, 1.0) ** (m - 1), 0.0))])
-          for m in range(2, 7)]
+    cum, nzc = _prefix(h), _prefix(h > 0)
     out = total - cum[i]
-    last = h[i - 1] + out  # P's last bin, outliers folded in
-    extra = (h[i - 1] == 0) & (out > 0)  # P's last bin is non-zero only because of the outliers
-    # groups of candidate i: [k*m, (k+1)*m), the last one running to i
+    last = h[i - 1] + out  # P's last bin, the outliers folded in
+    extra = (h[i - 1] == 0) & (out > 0)  # P's last bin is non-zero only through the outliers
     m = i // levels
-    starts = m[:, None] * np.arange(levels)[None, :]
-    ends = starts + m[:, None]
-    ends[:, -1] = i
-    s = cum[ends] - cum[starts]
-    nz = (nzc[ends] - nzc[starts]).astype(np.float64)
-    nz[:, -1] += extra
-    pm = s.copy()
-    pm[:, -1] += out
+    lo = m * (levels - 1)  # start of the last group, which runs to i
+    s_last = cum[i] - cum[lo]
+    n_last = nzc[i] - nzc[lo] + extra
     nzp = nzc[i] + extra
-    zp = i - nzp
-    case_c = extra & (s[:, -1] == 0)  # P's last bin non-zero where Q is zero
-    nzq = nzp - case_c
-    a = eps * zp / nzp
+    nzq = nzp - (extra & (s_last == 0))  # Q is zero where only the outliers made P non-zero
+    a = eps * (i - nzp) / nzp
     b = eps * (i - nzq) / np.maximum(nzq, 1)
-    # sum over non-zero P bins of p' log p', p' = p - a (bins before the last by Taylor in a)
-    j = i - 1
-    t1 = g[0][j] - a * g[1][j] + sum(a**mm / (mm * (mm - 1)) * g[mm][j] for mm in range(2, 7))
     pl = np.maximum(last - a, 1e-300)
-    t1 += np.where(last > 0, pl * np.log(pl), 0.0)
-    # sum over non-zero P bins of p' log q', q' = mean of the group's counts - b (eps where Q is zero)
-    has_q = (s > 0) & (nz > 0)
-    q = np.where(has_q, s / np.where(nz > 0, nz, 1.0) - b[:, None], 1.0)
-    t2 = np.where(has_q, (pm - a[:, None] * nz) * np.log(np.maximum(q, 1e-300)), 0.0).sum(axis=1)
-    t2 += np.where(case_c, (last - a) * np.log(eps), 0.0)
+    t1 = _sum_plogp(h, i - 1, a) + np.where(last > 0, pl * np.log(pl), 0.0)
+    q_last = np.where(s_last > 0, s_last / np.maximum(n_last, 1) - b, eps)
+    t2 = _sum_plogq(cum, nzc, m, levels, a, b)
+    t2 += np.where(n_last > 0, (s_last + out - a * n_last) * np.log(np.maximum(q_last, 1e-300)), 0.0)
     tq = cum[i]
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = (t1 - t2) / total + np.log(tq / total)
     return i, np.where(tq > 0, kl, np.inf)
+
+
+def _prefix(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+
+
+def _sum_plogp(h: np.ndarray, j: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``sum((h - a) log(h - a))`` over the non-zero bins before ``j``, per candidate."""
+    pos = h > 0
+    safe = np.where(pos, h, 1.0)
+    logs = np.where(pos, np.log(safe), 0.0)
+    out = _prefix(h * logs)[j] - a * _prefix(np.where(pos, logs + 1, 0.0))[j]
+    for n in range(2, TAYLOR + 1):  # (h-a)log(h-a) = h log h - a(log h + 1) + sum a^n / (n(n-1) h^(n-1))
+        out += a**n / (n * (n - 1)) * _prefix(np.where(pos, safe ** (1 - n), 0.0))[j]
+    return out
+
+
+def _sum_plogq(cum: np.ndarray, nzc: np.ndarray, m: np.ndarray, levels: int, a: np.ndarray,
+               b: np.ndarray) -> np.ndarray:
+    """``sum((S - a nz) log(S / nz - b))`` over the first ``levels - 1`` groups of each candidate."""
+    mu, idx = np.unique(m, return_inverse=True)
+    starts = mu[:, None] * np.arange(levels - 1)
+    ends = starts + mu[:, None]
+    s, nz = cum[ends] - cum[starts], nzc[ends] - nzc[starts]
+    has = s > 0
+    q = np.where(has, s / np.maximum(nz, 1), 1.0)
+    logq = np.where(has, np.log(q), 0.0)
+    out = (s * logq).sum(1)[idx] - a * (nz * logq).sum(1)[idx]
+    inv = np.where(has, 1 / q, 0.0)
+    power = np.ones_like(inv)
+    for n in range(1, TAYLOR + 1):  # log(q - b) = log q - sum (b/q)^n / n
+        power *= inv
+        out -= b**n / n * ((s * power).sum(1)[idx] - a * (nz * power).sum(1)[idx])
+    direct = b * inv.max(1)[idx] > 0.1
+    if direct.any():
+        r = idx[direct]
+        w = s[r] - a[direct, None] * nz[r]
+        out[direct] = np.where(has[r], w * np.log(np.maximum(q[r] - b[direct, None], 1e-300)), 0.0).sum(1)
+    return out
 
 
 # ---------------------------------------------------------------------------------- cache

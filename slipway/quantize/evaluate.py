@@ -27,10 +27,11 @@ float outputs, and the top-1 agreement when the first output is classifier-like.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,12 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.compare.metrics import cosine, snr_db
-from slipway.convert.inputs import Feeds, InputSpec, input_specs
+from slipway.compare.run import DEFAULT_DIM
+from slipway.convert.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
 from slipway.errors import UserError
 
-__all__ = ["EvalData", "Metric", "Score", "load_eval", "from_feeds", "run_outputs", "resolve_metric", "score",
-           "LABEL_KEYS", "BATCH"]
+__all__ = ["EvalData", "Metric", "Score", "from_feeds", "random_set", "verify_feeds", "run_outputs",
+           "resolve_metric", "metric_value", "score", "LABEL_KEYS", "BATCH"]
 
 LABEL_KEYS = ("labels", "label", "y")
 BATCH = 32  # rows per engine call when the batch dim is dynamic
@@ -57,6 +59,7 @@ class EvalData:
     samples: int
     source: str
     notes: list[str] = field(default_factory=list)
+    dynamic: bool = True  # the batch dim is dynamic (batches of any size run)
 
 
 def _batch_dim(specs: Sequence[InputSpec]) -> int | str:
@@ -117,59 +120,89 @@ def _check(specs: Sequence[InputSpec], feeds: Mapping[str, np.ndarray], what: st
     return out
 
 
-def _items(data: Any, specs: Sequence[InputSpec]) -> Iterable[tuple[Mapping[str, Any], Any]]:
-    """(feeds, label) pairs from an iterable of pairs or of bare feeds."""
+def _pairs(data: Any) -> tuple[bool, Any]:
+    """Whether ``data`` is an iterable of ``(feeds, label)`` pairs, and the data to read (a one-shot
+    iterator is peeked at and chained back together)."""
+    if isinstance(data, (str, os.PathLike, Mapping, np.ndarray)) or callable(data):
+        return False, data
     try:
         iterator = iter(data)
     except TypeError:
-        raise UserError(f"evaluation data must be an .npz file, a dict of arrays or an iterable of samples, "
-                        f"got {type(data).__name__}") from None
-    for item in iterator:
-        feeds, label = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
-        if not isinstance(feeds, Mapping):
-            if len(specs) != 1:
-                raise UserError(f"evaluation samples must be dicts keyed by input name (the model has "
-                                f"{len(specs)} inputs)")
-            feeds = {specs[0].name: feeds}
-        yield feeds, label
+        return False, data
+    if iterator is data:  # one-shot: peek at the first item
+        first = next(iterator, None)
+        if first is None:
+            return False, []
+        data = itertools.chain([first], iterator)
+    else:
+        first = next(iter(data), None)
+    pair = isinstance(first, tuple) and len(first) == 2 and isinstance(first[0], (Mapping, np.ndarray))
+    return pair, data
 
 
 def from_feeds(model: ir.Model, data: Any, *, limit: int | None = None, what: str = "evaluation data",
-               batch: int = BATCH) -> EvalData:
+               batch: int = BATCH, preprocess: Any = None) -> EvalData:
     """The evaluation set of ``data`` (see the module docstring), checked against the model's inputs."""
     specs = input_specs(model)
+    if not specs:
+        raise UserError("the model has no inputs to feed evaluation data to")
     source = os.fspath(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__
     if isinstance(data, (str, os.PathLike)) and str(data).endswith(".npz"):
         data = _read_npz(Path(data))
     if isinstance(data, Mapping):
         arrays, labels = _split_labels(data, specs)
-        return _build(specs, [_check(specs, arrays, what)], [labels] if labels is not None else None, source,
-                      limit, what, batch)
-    if isinstance(data, (str, os.PathLike)) or _is_source(data):
-        return _build(specs, [_check(specs, f, what) for f in _source_feeds(model, data)], None, source, limit,
-                      what, batch)
+        if labels is not None:
+            return _build(specs, [_check(specs, arrays, what)], [labels], source, limit, what, batch)
+        data = arrays
+    pairs, data = _pairs(data)
+    if not pairs:
+        from slipway.quantize.data import calibration_data
+
+        feeds = calibration_data(data, model, preprocess=preprocess, limit=limit)
+        return _build(specs, [_check(specs, f, what) for f in feeds], None, source, limit, what, batch)
     rows: list[Feeds] = []
-    labels: list[Any] = []
-    for feeds, label in _items(data, specs):
-        rows.append(_check(specs, feeds, what))
-        labels.append(label)
+    labels_list: list[np.ndarray] = []
+    for k, item in enumerate(data):
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise UserError(f"{what}, item {k}: expected a (feeds, label) pair like the first item")
+        feeds, label = item
+        if not isinstance(feeds, Mapping):
+            if len(specs) != 1:
+                raise UserError(f"{what}: samples must be dicts keyed by input name (the model has "
+                                f"{len(specs)} inputs)")
+            feeds = {specs[0].name: feeds}
+        rows.append(_check(specs, feeds, f"{what}, item {k}"))
+        labels_list.append(np.atleast_1d(np.asarray(label)))
         if limit is not None and sum(len(next(iter(r.values()))) for r in rows) >= limit:
             break
-    has = [lab is not None for lab in labels]
-    if any(has) and not all(has):
-        raise UserError(f"{what}: some samples have a label and some do not")
-    return _build(specs, rows, [np.atleast_1d(np.asarray(x)) for x in labels] if all(has) and has else None,
-                  source, limit, what, batch)
+    return _build(specs, rows, labels_list, source, limit, what, batch)
 
 
-def _is_source(data: Any) -> bool:
-    return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(d, (str, os.PathLike)) for d in data)
+def random_set(model: ir.Model, samples: int, seed: int = 0) -> EvalData:
+    """Random inputs (standard normal floats) as an evaluation set without labels."""
+    specs = input_specs(model)
+    dim = _batch_dim(specs)
+    rng = np.random.default_rng(seed)
+    if isinstance(dim, str):
+        plan = plan_sizes(specs, [samples], {d: [DEFAULT_DIM] for s in specs for d in s.dims[1:]
+                                             if isinstance(d, str) and d != dim})[0]
+        rows = [random_feeds(specs, plan, rng)]
+    else:
+        plan = plan_sizes(specs, [1], {d: [DEFAULT_DIM] for s in specs for d in s.dims if isinstance(d, str)})[0]
+        rows = [random_feeds(specs, plan, rng) for _ in range(max(1, samples // max(int(dim), 1)))]
+    return _build(specs, rows, None, "random inputs", None, "random inputs", BATCH)
 
 
-def _source_feeds(model: ir.Model, data: Any) -> Iterable[Mapping[str, np.ndarray]]:
-    from slipway.quantize import data as qdata
-
-    return qdata.iterate(model, data)
+def verify_feeds(data: EvalData) -> list[Feeds]:
+    """Feeds for the final verification: batch 1 and batch 3 (a static batch: the first batch)."""
+    first = data.batches[0]
+    rows = int(next(iter(first.values())).shape[0])
+    if data.dynamic and data.samples >= 4:
+        whole = {k: np.concatenate([b[k] for b in data.batches[:2]], axis=0)[:4] for k in first}
+        return [{k: x[:1] for k, x in whole.items()}, {k: x[1:4] for k, x in whole.items()}]
+    if data.dynamic and rows > 1:
+        return [{k: x[:1] for k, x in first.items()}, first]
+    return [first]
 
 
 def _build(specs: Sequence[InputSpec], rows: list[Feeds], labels: list[np.ndarray] | None, source: str,
@@ -200,11 +233,7 @@ def _build(specs: Sequence[InputSpec], rows: list[Feeds], labels: list[np.ndarra
         notes.append(f"{n - usable} samples left out to fill whole batches of {step}")
         lab = lab[:usable] if lab is not None else None
     batches = [{k: v[i:i + step] for k, v in whole.items()} for i in range(0, usable, step)]
-    return EvalData(batches, lab, usable, source, notes)
-
-
-def load_eval(model: ir.Model, data: Any, *, limit: int | None = None, what: str = "evaluation data") -> EvalData:
-    return from_feeds(model, data, limit=limit, what=what)
+    return EvalData(batches, lab, usable, source, notes, isinstance(dim, str))
 
 
 def run_outputs(model: ir.Model, ev: EvalData, target: str = "ort") -> list[np.ndarray]:

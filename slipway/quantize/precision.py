@@ -29,9 +29,11 @@ picks for it.
 
 from __future__ import annotations
 
+import numbers
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import ml_dtypes
 import numpy as np
@@ -40,6 +42,9 @@ import onnx_ir as ir
 
 from slipway.errors import UserError
 from slipway.model import ModelLike, as_model
+
+if TYPE_CHECKING:
+    from slipway.convert.verify import VerifyReport
 
 __all__ = ["BLOCK_REASONS", "DEFAULT_BLOCK", "KEEP_FP32_INPUTS", "PrecisionReport", "convert_precision",
            "to_fp16", "to_bf16", "verify_precision"]
@@ -187,8 +192,10 @@ def convert_precision(
     missing = sorted(blocked_nodes - {n.name for n in m.graph.all_nodes() if n.name})
     if missing:
         raise UserError(f"block_nodes: no node named {missing[0]!r} in the model")
-    _prepare(m, precision, upgrade_opset)
+    notes: list[str] = []
+    _prepare(m, precision, upgrade_opset, notes)
     ctx = _Ctx(m, precision, lo, hi)
+    ctx.report.notes.extend(notes)
     _classify(ctx, blocked_ops, blocked_nodes)
     values = _float_values(ctx)
     if not values and not ctx.low_nodes:
@@ -223,13 +230,17 @@ def _bounds(precision: str, min_positive: float | None, max_finite: float | None
     info = ml_dtypes.finfo(_NP[precision])
     lo = float(info.smallest_subnormal) if min_positive is None else min_positive
     hi = float(info.max) if max_finite is None else max_finite
-    if not (isinstance(lo, (int, float)) and float(info.smallest_subnormal) <= lo < float(info.max)):
+    if not (_number(lo) and float(info.smallest_subnormal) <= lo < float(info.max)):
         raise UserError(f"min_positive must be a number in [{float(info.smallest_subnormal):g}, "
                         f"{float(info.max):g}) for {precision}, got {min_positive!r}")
-    if not (isinstance(hi, (int, float)) and lo < hi <= float(info.max)):
+    if not (_number(hi) and lo < hi <= float(info.max)):
         raise UserError(f"max_finite must be a number in ({lo:g}, {float(info.max):g}] for {precision}, "
                         f"got {max_finite!r}")
     return float(lo), float(hi)
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _names(what: str, names: Iterable[str]) -> set[str]:
@@ -242,14 +253,18 @@ def _names(what: str, names: Iterable[str]) -> set[str]:
     return out
 
 
-def _prepare(m: ir.Model, precision: str, upgrade_opset: bool) -> None:
+def _prepare(m: ir.Model, precision: str, upgrade_opset: bool, notes: list[str]) -> None:
     from onnx_ir.passes.common import ShapeInferencePass
 
     from slipway.passes.opset import convert, default_opset
 
     opset = default_opset(m) or 1
     if precision == "bf16" and upgrade_opset and opset < BF16_OPSET:
-        convert(m, BF16_OPSET)
+        try:
+            convert(m, BF16_OPSET)
+            notes.append(f"opset {opset} -> {BF16_OPSET}: Conv, ConvTranspose and the pools take bfloat16 from 22")
+        except UserError as e:
+            notes.append(f"kept opset {opset} ({e}); ops without a bf16 type there stay FP32")
     if any(v.dtype is None for n in m.graph for v in n.outputs if v.name):
         ShapeInferencePass(strict_mode=False)(m)
     try:
@@ -267,9 +282,18 @@ def _label(node: ir.Node) -> str:
 
 
 def _is_const(v: ir.Value) -> bool:
+    """An initializer (not overridable), or the output of a Constant / ConstantOfShape whose data we can read."""
     p = v.producer()
-    return (v.is_initializer() and not v.is_graph_input()) or (p is not None and p.op_type in ("Constant",
-                                                                                               "ConstantOfShape"))
+    if p is None:
+        return v.is_initializer() and not v.is_graph_input() and v.const_value is not None
+    if p.op_type == "Constant":
+        return any(k in p.attributes for k in ("value", "value_float", "value_floats"))
+    return p.op_type == "ConstantOfShape"
+
+
+def _small(v: ir.Value | None) -> bool:
+    """Rank 0 or 1: what shape arithmetic works on (images, masks and token ids have higher rank)."""
+    return v is not None and v.shape is not None and len(v.shape) <= 1
 
 
 def _classify(ctx: _Ctx, blocked_ops: set[str], blocked_nodes: set[str]) -> None:
@@ -279,7 +303,7 @@ def _classify(ctx: _Ctx, blocked_ops: set[str], blocked_nodes: set[str]) -> None
         reason = _fixed_reason(node, blocked_ops, blocked_nodes)
         if reason is None and node.op_type == "Cast":
             src = node.inputs[0]
-            if src is not None and (src.dtype in _INT_TYPES or src in int_derived):
+            if src is not None and (src.dtype in _INT_TYPES or src in int_derived) and _small(node.outputs[0]):
                 int_derived.add(node.outputs[0])
             continue
         if reason is None and node.op_type in ("Constant", "ConstantOfShape"):
@@ -289,7 +313,7 @@ def _classify(ctx: _Ctx, blocked_ops: set[str], blocked_nodes: set[str]) -> None
             slots, reason = _slots(node, opset, ctx.precision)
         if slots is not None:
             floats = [node.inputs[i] for i in slots.inputs if not _is_const(node.inputs[i])]
-            if floats and all(v in int_derived for v in floats):
+            if floats and all(v in int_derived for v in floats) and all(_small(o) for o in node.outputs):
                 slots, reason = None, "computes on integer-derived values (shape arithmetic)"
                 int_derived.update(node.outputs)
         if slots is not None:
@@ -435,9 +459,7 @@ def _const_array(v: ir.Value) -> np.ndarray:
         return attrs["value"].value.numpy()
     if "value_float" in attrs:
         return np.array(attrs["value_float"].value, np.float32)
-    if "value_floats" in attrs:
-        return np.array(attrs["value_floats"].value, np.float32)
-    raise UserError(f"Constant {_label(p)} holds float32 data in an attribute slipway cannot read")
+    return np.array(attrs["value_floats"].value, np.float32)
 
 
 def _retype(ctx: _Ctx, v: ir.Value, to: ir.DataType) -> np.ndarray | None:
@@ -495,13 +517,14 @@ def _drop_noop_casts(ctx: _Ctx) -> None:
 
 def verify_precision(original: ModelLike, converted: ModelLike, *, atol: float = 1e-4, rtol: float = 1e-2,
                      backend: str | None = None, batch_sizes: Sequence[int] = (1, 3),
-                     dim_sizes: Mapping[str, Sequence[int]] | None = None, seed: int = 0):
+                     dim_sizes: Mapping[str, Sequence[int]] | None = None, seed: int = 0) -> VerifyReport:
     """Compare ``converted`` with ``original`` (float32, onnxruntime) on the same random inputs.
 
-    The converted model runs on ``backend`` (default: "ort", or "openvino" for a bf16 model, which
-    onnxruntime's CPU engine cannot run); half-precision inputs are fed their float32 values
-    rounded, and outputs are compared as float32. Returns a ``VerifyReport``; ``max_rel`` is
-    relative to the largest reference magnitude of each output.
+    The converted model runs on ``backend``: "ort" (onnxruntime CPU, graph optimizations off, as
+    every verification here) by default, "openvino" by default for a bf16 model, which
+    onnxruntime's CPU engine cannot run. Half-precision inputs are fed their float32 values
+    rounded; outputs are compared as float32, ``max_rel`` relative to each output's largest
+    reference magnitude. Returns the report; it does not raise.
     """
     from slipway.convert import verify as v
 
@@ -511,25 +534,29 @@ def verify_precision(original: ModelLike, converted: ModelLike, *, atol: float =
     specs = v.input_specs(ref_model, None)
     rng = np.random.default_rng(seed)
     feeds_list = [v.random_feeds(specs, sizes, rng) for sizes in v.plan_sizes(specs, batch_sizes, dim_sizes, None)]
-    candidate = _runner(cand, backend)
-    checks, failure = v.compare_runs(v.ort_runner(ref_model), candidate, feeds_list, atol=atol, rtol=rtol)
+    runner, engine = _runner(cand, backend)
+    checks, failure = v.compare_runs(v.ort_runner(ref_model), runner, feeds_list, atol=atol, rtol=rtol)
     batches = sorted({int(f[specs[0].name].shape[0]) for f in feeds_list if specs and specs[0].dims})
     return v.VerifyReport(checks, atol, rtol, batches, [v.describe(f) for f in feeds_list],
-                          "the float32 model in " + v.engine_name(), backend, failure)
+                          "the float32 model in " + v.engine_name(), engine, failure)
 
 
-def _runner(model: ir.Model, backend: str):
-    """feeds (float32) -> outputs (float32) of ``model`` on ``backend``, casting at the boundary."""
+def _runner(model: ir.Model, backend: str) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], str]:
+    """feeds (float32) -> outputs (float32) of ``model`` on ``backend``, cast at the boundary; and the engine's name."""
     from slipway import backends
     from slipway.backends.base import Options
+    from slipway.convert.verify import engine_name, ort_runner
 
+    if backend == "ort":
+        inner, engine = ort_runner(model), engine_name()
+    else:
+        session = backends.load(model, backend, Options(precision="fp32"))
+        inner, engine = session.run, f"{backend} (precision hint fp32)"
     types = {x.name: x.dtype.numpy() for x in model.graph.inputs if x.dtype is not None}
-    session = backends.load(model, backend, Options(precision="fp32"))
 
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cast = {k: (a.astype(types[k]) if k in types and a.dtype != types[k] else a) for k, a in feeds.items()}
-        outs = session.run(cast)
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = inner({k: (a.astype(types[k]) if k in types else a) for k, a in feeds.items()})
         return {k: (a.astype(np.float32) if a.dtype in (np.float16, ml_dtypes.bfloat16) else a)
                 for k, a in outs.items()}
 
-    return run
+    return run, engine

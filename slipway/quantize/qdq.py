@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
 from slipway.errors import UserError
 from slipway.passes._fusion import Namer, attr_float, attr_int, const, drop_unused, is_op
@@ -46,6 +47,9 @@ ABSORBED = ("Relu", "Clip")
 QTYPES = {"int8": (np.int8, -128, 127), "uint8": (np.uint8, 0, 255)}
 MIN_OPSET = 13  # per-axis DequantizeLinear
 WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127] (the TensorRT convention)
+# reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 with VPMADDUBSW, which adds
+# pairs of products into int16 and saturates (2 x 255 x 127 > 32767); |w| <= 63 cannot saturate.
+REDUCED_QMAX = 63
 
 
 @dataclass
@@ -72,19 +76,19 @@ class QuantReport:
 
 # --- numbers ------------------------------------------------------------------------------------
 
-def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 ``(q, scale)`` of ``w``: per slice along ``axis`` (scale of shape
-    ``[w.shape[axis]]``) or per tensor (``axis=None``, scalar scale). An all-zero slice gets scale 1."""
+def quantize_weight(w: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 ``(q, scale)`` of ``w`` with ``|q| <= qmax``: per slice along ``axis`` (scale of
+    shape ``[w.shape[axis]]``) or per tensor (``axis=None``, scalar scale). An all-zero slice gets scale 1."""
     w64 = np.asarray(w, dtype=np.float64)
     if axis is None:
         amax = np.asarray(np.abs(w64).max() if w64.size else 0.0)
     else:
         amax = np.abs(np.moveaxis(w64, axis, 0)).reshape(w64.shape[axis], -1).max(axis=1)
-    scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     shape = [1] * w64.ndim
     if axis is not None:
         shape[axis] = -1
-    q = np.clip(np.round(w64 / scale.astype(np.float64).reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX)
+    q = np.clip(np.round(w64 / scale.astype(np.float64).reshape(shape)), -qmax, qmax)
     return q.astype(np.int8), scale
 
 
@@ -137,6 +141,8 @@ class _Plan:
     ranges: Ranges
     exclude: set[str]
     ops: set[str]
+    per_channel: bool = True
+    qmax: int = WEIGHT_QMAX
     need: dict[ir.Value, None] = field(default_factory=dict)  # ordered set of tensors to Q/DQ
     parent: dict[ir.Value, ir.Value] = field(default_factory=dict)  # union-find: tensors sharing a scale
     weights: list[tuple[ir.Node, int]] = field(default_factory=list)  # (node, input index) stored int8
@@ -154,14 +160,15 @@ class _Plan:
             self.parent[rb] = ra
 
     def has_range(self, v: ir.Value | None) -> bool:
-        return v is not None and v.name in self.ranges and v.dtype == ir.DataType.FLOAT
+        return _is_float32(v) and v.name in self.ranges
 
     def usable(self, node: ir.Node) -> bool:
         return node.name not in self.exclude
 
 
 def _is_float32(v: ir.Value | None) -> bool:
-    return v is not None and v.dtype == ir.DataType.FLOAT
+    """float32, or of unknown type (shape inference could not tell; calibration ranges are float only)."""
+    return v is not None and v.dtype in (ir.DataType.FLOAT, None)
 
 
 def _absorb(value: ir.Value, plan: _Plan) -> tuple[ir.Value, list[ir.Node]]:
@@ -178,7 +185,7 @@ def _absorb(value: ir.Value, plan: _Plan) -> tuple[ir.Value, list[ir.Node]]:
     return value, chain
 
 
-def _plan_compute(node: ir.Node, plan: _Plan, per_channel: bool) -> str | None:
+def _plan_compute(node: ir.Node, plan: _Plan) -> str | None:
     """Plan a Conv / ConvTranspose / Gemm / MatMul; the reason it stays float, or None."""
     acts, weights = [], []
     for idx in (0, 1):
@@ -261,7 +268,7 @@ def _propagate(node: ir.Node, plan: _Plan) -> bool:
     return True
 
 
-def _plan(graph: ir.Graph, plan: _Plan, per_channel: bool) -> None:
+def _plan(graph: ir.Graph, plan: _Plan) -> None:
     report = plan.report
     for node in graph:
         if node.op_type not in COMPUTE + JOINS or node.domain != "":
@@ -270,7 +277,7 @@ def _plan(graph: ir.Graph, plan: _Plan, per_channel: bool) -> None:
             report.skipped[node.name] = "op type not selected"
         elif not plan.usable(node):
             report.skipped[node.name] = "excluded"
-        elif reason := (_plan_compute(node, plan, per_channel) if node.op_type in COMPUTE else _plan_join(node, plan)):
+        elif reason := (_plan_compute(node, plan) if node.op_type in COMPUTE else _plan_join(node, plan)):
             report.skipped[node.name] = reason
         else:
             report.quantized[node.name] = node.op_type
@@ -304,7 +311,7 @@ def _const(graph: ir.Graph, namer: Namer, base: str, array: np.ndarray) -> ir.Va
     return value
 
 
-def _quantize_weights(graph: ir.Graph, namer: Namer, plan: _Plan, per_channel: bool) -> dict[ir.Node, np.ndarray]:
+def _quantize_weights(graph: ir.Graph, namer: Namer, plan: _Plan) -> dict[ir.Node, np.ndarray]:
     """int8 initializers + DequantizeLinear for the planned weights; the weight scale of each node."""
     done: dict[tuple[ir.Value, int | None], tuple[ir.Value, np.ndarray]] = {}
     scales: dict[ir.Node, np.ndarray] = {}
@@ -312,9 +319,9 @@ def _quantize_weights(graph: ir.Graph, namer: Namer, plan: _Plan, per_channel: b
     for node, idx in plan.weights:
         v = node.inputs[idx]
         w = const(v)
-        axis = weight_axis(node, w, per_channel) if idx == 1 else None
+        axis = weight_axis(node, w, plan.per_channel) if idx == 1 else None
         if (v, axis) not in done:
-            q, scale = quantize_weight(w, axis)
+            q, scale = quantize_weight(w, axis, plan.qmax)
             base = v.name or f"{node.name}_W"
             qv = _const(graph, namer, f"{base}_quantized", q)
             sv = _const(graph, namer, f"{base}_scale", scale)
@@ -425,18 +432,25 @@ def _name_nodes(model: ir.Model) -> None:
 
 def quantize_qdq(model: ir.Model, ranges: Mapping[str, tuple[float, float]], *, per_channel: bool = True,
                  symmetric_activations: bool = True, activation_type: str = "int8", exclude_nodes: Iterable[str] = (),
-                 ops: Iterable[str] = SUPPORTED) -> tuple[ir.Model, QuantReport]:
+                 ops: Iterable[str] = SUPPORTED, reduce_range: bool = False) -> tuple[ir.Model, QuantReport]:
     """A QDQ copy of ``model`` (the input is not changed) and what was quantized; see the module doc.
 
     ``ranges`` maps activation tensor names to their calibrated (low, high). Unnamed nodes are
     named ``OpType_index`` (their position in the main graph), also for ``exclude_nodes``.
     Models below opset 13 are converted to 13 (per-axis DequantizeLinear needs it).
+    ``reduce_range``: 7-bit weights (``|q| <= 63``), for x86 CPUs without VNNI where onnxruntime's
+    u8 x s8 kernels otherwise saturate (a large accuracy loss on some models; see ``REDUCED_QMAX``).
+
+    On onnxruntime's CPU engine, ``activation_type="uint8", symmetric_activations=False`` is the
+    layout it fuses everywhere (a Q with zero point at the bottom of the range removes a Relu);
+    symmetric int8 activations (the TensorRT layout) keep ``Conv -> Relu`` in float there.
     """
     if not isinstance(model, ir.Model):
         raise UserError(f"quantize_qdq expects an onnx_ir.Model, got {type(model).__name__}")
     clean, ops = _check(ranges, activation_type, ops), set(ops)
     model = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     _name_nodes(model)
+    ShapeInferencePass(strict_mode=False)(model)
     names = {n.name for n in model.graph}
     missing = sorted(set(exclude_nodes) - names)
     if missing:
@@ -446,14 +460,14 @@ def quantize_qdq(model: ir.Model, ranges: Mapping[str, tuple[float, float]], *, 
         model.opset_imports[""] = MIN_OPSET
     elif opset < MIN_OPSET:
         convert(model, MIN_OPSET)
-    plan = _Plan(clean, set(exclude_nodes), ops)
+    plan = _Plan(clean, set(exclude_nodes), ops, per_channel, REDUCED_QMAX if reduce_range else WEIGHT_QMAX)
     if opset is not None and opset < MIN_OPSET:
         plan.report.notes.append(f"opset {opset} converted to {MIN_OPSET} (per-channel DequantizeLinear)")
     graph = model.graph
-    _plan(graph, plan, per_channel)
+    _plan(graph, plan)
     namer = Namer(model)
     qparams = _group_qparams(plan, activation_type, symmetric_activations)
-    w_scales = _quantize_weights(graph, namer, plan, per_channel)
+    w_scales = _quantize_weights(graph, namer, plan)
     _quantize_biases(graph, namer, plan, qparams, w_scales)
     _quantize_activations(graph, namer, plan, qparams)
     graph.sort()

@@ -83,9 +83,10 @@ CACHE = Path(__file__).resolve().parents[2] / ".slipway_cache" / "quantize"
 
 def cached_cnn() -> Path:
     """The trained digits CNN as ONNX, trained and exported once (cached across sessions and workers)."""
-    import torch
+    from importlib.metadata import version
 
-    key = hashlib.sha256(Path(__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    # the torch version from its metadata: importing torch costs seconds when the export is cached
+    key = hashlib.sha256(Path(__file__).read_bytes() + version("torch").encode()).hexdigest()[:12]
     path = CACHE / f"digits-cnn-{key}.onnx"
     if path.exists():
         return path

@@ -1,0 +1,372 @@
+"""``quantize()``: INT8 (QDQ), FP16 or BF16, evaluated against FP32, within an accuracy budget, timed.
+
+The INT8 pipeline, in order:
+
+1. **prepare** - the verified, engine-neutral graph passes of ``slipway optimize`` (Conv-BN
+   folding, constant folding, clean-ups; no speed check) so that Q/DQ lands where engines fuse;
+   unnamed nodes are named ``OpType_index``;
+2. **calibrate** - the data streams through the FP32 model once (:func:`calibrate.collect`,
+   cached with ``cache=``), and ``method`` turns the statistics into one range per activation;
+3. **quantize** - :func:`qdq.quantize_qdq` places Q/DQ (per-channel int8 weights, int32 biases);
+4. **evaluate** - FP32 and the quantized model run on the evaluation data on the target engine;
+   the metric (:mod:`slipway.quantize.evaluate`) gives the drop, plus output SNR and agreement;
+5. **sensitivity** - every quantized layer's local and accumulated error, ranked
+   (:mod:`slipway.quantize.sensitivity`);
+6. **budget** - with ``max_drop``, while the drop exceeds it the most sensitive layers go back to
+   float (FP32, or FP16 with ``fallback="fp16"``): 1, 2, 4 ... layers, then a bisection for the
+   fewest that meet the budget; if even all of them do not, a ``VerificationError`` and no file;
+7. **speed guard** - the CPU's INT8 instructions are checked (a warning without VNNI / AMX / SDOT)
+   and FP32 vs quantized latency is always measured on the target (:mod:`slipway.quantize.speed`);
+8. **write** - the outputs are compared with FP32 on the evaluation data at two batch sizes (a
+   broken model fails here), and the result goes into ``metadata_props`` and is written atomically.
+
+FP16 / BF16 skip calibration and the budget: convert (:mod:`slipway.quantize.precision`),
+evaluate, time, verify, write. onnxruntime's CPU engine has no BF16 kernels, so a BF16 model is
+evaluated and timed on OpenVINO. Bad input (no or empty calibration data, wrong shapes, a model
+without float tensors, a metric that raises) is one ``UserError`` and nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from slipway.convert import verify as v
+from slipway.errors import UserError, VerificationError
+from slipway.model import ModelLike, as_model
+from slipway.quantize import evaluate as ev
+from slipway.quantize import sensitivity as sens
+from slipway.quantize import speed
+from slipway.quantize.result import FloatLayer, QuantizeResult, Step
+from slipway.quantize.types import METHODS
+
+__all__ = ["quantize", "QuantizeResult", "FloatLayer", "METHODS", "PRECISIONS", "FALLBACKS", "TOLERANCE"]
+
+PRECISIONS = ("int8", "fp16", "bf16")
+FALLBACKS = ("fp32", "fp16")
+# Verification of the written model against FP32 (outputs on the evaluation data): it catches a
+# broken model, not quantization noise - the metric and max_drop judge that.
+TOLERANCE = {"int8": (1e-3, 1.0), "fp16": (1e-3, 0.05), "bf16": (1e-2, 0.2)}  # (atol, rtol)
+EVAL_FROM_CALIB = 512  # samples of the calibration data evaluated on when no eval_data is given
+SENSITIVITY_SAMPLES = 256
+RANDOM_SAMPLES = 32
+Progress = Callable[[str, int, "int | None"], None]
+
+
+def quantize(
+    model: ModelLike,
+    output: str | os.PathLike | None = None,
+    *,
+    calib: Any = None,
+    method: str = "entropy",
+    precision: str = "int8",
+    symmetric: bool = True,
+    per_channel: bool = True,
+    max_drop: float | None = None,
+    eval_data: Any = None,
+    metric: str | Callable | None = "top1",
+    fallback: str = "fp32",
+    target: str = "ort",
+    cache: str | os.PathLike | None = None,
+    preprocess: Any = None,
+    calib_limit: int | None = None,
+    eval_limit: int | None = None,
+    prepare: bool = True,
+    speed_check: bool = True,
+    speed_budget_s: float = 2.0,
+    progress: Progress | None = None,
+) -> QuantizeResult:
+    """Quantize ``model`` (path, ModelProto or ir.Model; not modified); see the module docstring.
+
+    ``calib`` and ``eval_data``: anything :func:`slipway.quantize.data.calibration_data` reads
+    (images are pre-processed by ``preprocess``); ``eval_data`` may carry labels (an ``.npz``
+    with a ``labels`` array, or ``(feeds, label)`` pairs). Without ``eval_data`` the first
+    samples of ``calib`` are the evaluation set (agreement with FP32). ``max_drop`` is in the
+    metric's units (points for top-1 / agreement). ``speed_budget_s`` is the time given to the
+    FP32 vs quantized latency measurement. ``progress(stage, done, total)`` reports.
+    """
+    t0 = time.perf_counter()
+    _check_args(method, precision, fallback, target, max_drop)
+    say = _Say(progress)
+    source = as_model(model, validate=True)
+    _require_floats(source)
+    result = QuantizeResult(precision=precision, method=method if precision == "int8" else "", target=target)
+    if precision == "int8":
+        final = _int8(source, result, say, calib=calib, method=method, symmetric=symmetric, per_channel=per_channel,
+                      max_drop=max_drop, eval_data=eval_data, metric=metric, fallback=fallback, cache=cache,
+                      preprocess=preprocess, calib_limit=calib_limit, eval_limit=eval_limit, prepare=prepare)
+    else:
+        final = _low(source, result, say, eval_data=eval_data, calib=calib, metric=metric, preprocess=preprocess,
+                     eval_limit=eval_limit, max_drop=max_drop)
+    engine = result.engine
+    result.speed = speed.isa_check(precision, engine)
+    if speed_check:
+        say("timing FP32 vs quantized on " + engine)
+        speed.measure(result.speed, source, final, budget_s=speed_budget_s)
+    say("verifying")
+    report = _verify(source, final, result, precision)
+    committed = v.commit(final, report, output, prefix="slipway.quantize", metadata=result.metadata())
+    result.model, result.path, result.verification = final, committed.path, report
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _check_args(method: str, precision: str, fallback: str, target: str, max_drop: float | None) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if method not in METHODS:
+        raise UserError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    if fallback not in FALLBACKS:
+        raise UserError(f"unknown fallback {fallback!r} (choose from {', '.join(FALLBACKS)})")
+    speed.check_target(target)
+    if max_drop is not None and (not isinstance(max_drop, (int, float)) or not max_drop >= 0):
+        raise UserError(f"max_drop must be a number >= 0, got {max_drop!r}")
+
+
+class _Say:
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+
+    def __call__(self, stage: str, done: int = 0, total: int | None = None) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+
+def _require_floats(model: ir.Model) -> None:
+    floats = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
+    weights = any(t.const_value is not None and t.dtype in floats for t in model.graph.initializers.values())
+    inputs = any(x.dtype in floats for x in model.graph.inputs if x.name not in model.graph.initializers)
+    if not (weights or inputs):
+        raise UserError("the model has no float32 tensors (weights or inputs) to quantize")
+
+
+def _name_nodes(model: ir.Model) -> None:
+    used = {n.name for n in model.graph if n.name}
+    for i, node in enumerate(model.graph):
+        if not node.name:
+            name, k = f"{node.op_type}_{i}", 1
+            while name in used:
+                name, k = f"{node.op_type}_{i}_{k}", k + 1
+            node.name = name
+            used.add(name)
+
+
+def _prepared(source: ir.Model, prepare: bool, result: QuantizeResult) -> ir.Model:
+    if prepare:
+        from slipway.optimize import optimize
+
+        done = optimize(source, None, skip=["sink-transposes", "matmul-add-to-gemm"], speed_check=False)
+        changes = {name: r.total for name, r in done.passes.records.items() if r.total}
+        if changes:
+            result.notes.append("prepared with " + ", ".join(f"{k}={n}" for k, n in changes.items()))
+        model = done.model
+    else:
+        model = ir.serde.deserialize_model(ir.serde.serialize_model(source))
+    _name_nodes(model)
+    return model
+
+
+def _eval_set(model: ir.Model, eval_data: Any, calib: Any, preprocess: Any, limit: int | None,
+              result: QuantizeResult) -> ev.EvalData:
+    if eval_data is not None:
+        data = ev.from_feeds(model, eval_data, limit=limit, preprocess=preprocess)
+    elif calib is not None:
+        data = ev.from_feeds(model, calib, limit=limit or EVAL_FROM_CALIB, what="calibration data",
+                             preprocess=preprocess)
+        result.notes.append(f"no evaluation data: evaluated on {data.samples} calibration samples "
+                            "(agreement with FP32 on the data the ranges came from is optimistic)")
+    else:
+        data = ev.random_set(model, RANDOM_SAMPLES)
+        result.notes.append(f"no evaluation data: agreement with FP32 measured on {data.samples} random inputs")
+    result.notes.extend(data.notes)
+    result.eval_samples, result.eval_source = data.samples, data.source
+    result.verify_feeds = ev.verify_feeds(data)
+    return data
+
+
+class _Judge:
+    """Evaluates candidates against the FP32 outputs on the engine (computed once)."""
+
+    def __init__(self, source: ir.Model, data: ev.EvalData, metric: Any, engine: str) -> None:
+        self.data, self.engine = data, engine
+        self.reference = ev.run_outputs(source, data, engine)
+        self.metric = ev.resolve_metric(metric, data.labels, self.reference)
+        self.fp32 = ev.metric_value(self.metric, self.reference, data.labels, self.reference)
+
+    def __call__(self, model: ir.Model) -> ev.Score:
+        return ev.score(self.metric, ev.run_outputs(model, self.data, self.engine), self.reference,
+                        self.data.labels, self.fp32)
+
+
+def _int8(source: ir.Model, result: QuantizeResult, say: _Say, *, calib: Any, method: str, symmetric: bool,
+          per_channel: bool, max_drop: float | None, eval_data: Any, metric: Any, fallback: str, cache: Any,
+          preprocess: Any, calib_limit: int | None, eval_limit: int | None, prepare: bool) -> ir.Model:
+    from slipway.quantize import calibrate, qdq
+    from slipway.quantize.data import calibration_data
+
+    if calib is None:
+        raise UserError("INT8 quantization needs calibration data: give calib= (--calib DATA)")
+    result.engine = result.target
+    say("preparing the graph")
+    prepared = _prepared(source, prepare, result)
+    data = calibration_data(calib, prepared, preprocess=preprocess, limit=calib_limit)
+    cal = calibrate.collect(prepared, data, progress=lambda done, total: say("calibrating", done, total),
+                            cache=cache)
+    result.calib_samples = cal.samples
+    result.notes.extend(cal.notes)
+    ranges = calibrate.ranges(cal, method, symmetric=symmetric)
+    say("placing Q/DQ")
+    quant, report = qdq.quantize_qdq(prepared, ranges, per_channel=per_channel, symmetric_activations=symmetric)
+    if not report.quantized:
+        raise UserError("nothing in the model can be quantized to INT8 (no Conv, Gemm, MatMul, Add, pooling ...)")
+    result.quant = report
+    say("evaluating")
+    judge = _Judge(source, _eval_set(prepared, eval_data, calib, preprocess, eval_limit, result), metric,
+                   result.engine)
+    result.metric, result.score = judge.metric, judge(quant)
+    say("sensitivity per layer")
+    batches = _first_rows(judge.data, SENSITIVITY_SAMPLES)
+    result.sensitivity = sens.analyze(prepared, quant, batches, progress=lambda text: say(text))
+    if max_drop is not None and result.score.drop > max_drop:
+        build = _Builder(prepared, ranges, per_channel, symmetric, fallback, result)
+        quant = _budget(build, judge, result, max_drop, say)
+    result.max_drop = max_drop
+    return quant
+
+
+def _first_rows(data: ev.EvalData, limit: int) -> list[dict[str, np.ndarray]]:
+    out, seen = [], 0
+    for feeds in data.batches:
+        if seen >= limit:
+            break
+        out.append(feeds)
+        seen += int(next(iter(feeds.values())).shape[0]) if feeds else 1
+    return out
+
+
+class _Builder:
+    """The quantized model with the given layers kept in float (FP32, or FP16 while the engine runs it)."""
+
+    def __init__(self, prepared: ir.Model, ranges: Any, per_channel: bool, symmetric: bool, fallback: str,
+                 result: QuantizeResult) -> None:
+        self.prepared, self.ranges, self.result = prepared, ranges, result
+        self.per_channel, self.symmetric, self.fallback = per_channel, symmetric, fallback
+
+    def __call__(self, layers: Sequence[str]) -> tuple[ir.Model, Any]:
+        from slipway.quantize import qdq
+
+        model, report = qdq.quantize_qdq(self.prepared, self.ranges, per_channel=self.per_channel,
+                                         symmetric_activations=self.symmetric, exclude_nodes=layers)
+        if self.fallback == "fp16":
+            model = self._fp16(model, set(layers))
+        return model, report
+
+    def _fp16(self, model: ir.Model, layers: set[str]) -> ir.Model:
+        from slipway.quantize.precision import to_fp16
+
+        _name_nodes(model)
+        keep = [n.name for n in model.graph if n.name not in layers]
+        try:
+            return to_fp16(model, block_nodes=keep)
+        except UserError as e:
+            self._give_up(str(e))
+            return model
+
+    def _give_up(self, why: str) -> None:
+        self.fallback = "fp32"
+        self.result.warnings.append(f"FP16 fallback not possible ({why}); the reverted layers stay FP32")
+
+
+def _budget(build: _Builder, judge: _Judge, result: QuantizeResult, max_drop: float, say: _Say) -> ir.Model:
+    """Revert the most sensitive layers to float until the drop is within ``max_drop``."""
+    ranking = [s.node for s in result.sensitivity]
+    result.steps.append(Step(0, result.score.drop, result.score.value))
+    tried: dict[int, tuple[ir.Model, Any, ev.Score, str]] = {}
+
+    def attempt(n: int) -> bool:
+        say(f"accuracy budget: {n} of {len(ranking)} layers float")
+        model, report = build(ranking[:n])
+        try:
+            score = judge(model)
+        except UserError as e:
+            if build.fallback != "fp16":
+                raise
+            build._give_up(f"{judge.engine} cannot run it: {e}")
+            model, report = build(ranking[:n])
+            score = judge(model)
+        tried[n] = (model, report, score, build.fallback)
+        result.steps.append(Step(n, score.drop, score.value))
+        return score.drop <= max_drop
+
+    lo, hi, n = 0, None, 1
+    while n <= len(ranking):
+        if attempt(n):
+            hi = n
+            break
+        lo, n = n, (n * 2 if n < len(ranking) else len(ranking) + 1)
+        n = min(n, len(ranking)) if lo < len(ranking) else n
+    if hi is None:
+        last = tried[len(ranking)][2].drop if ranking else result.score.drop
+        raise VerificationError(
+            f"cannot meet max_drop {max_drop:g}: with all {len(ranking)} quantized layers back in float the drop is "
+            f"still {last:.3g} ({judge.metric.name}); nothing written")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if attempt(mid):
+            hi = mid
+        else:
+            lo = mid
+    model, report, score, fallback = tried[hi]
+    result.quant, result.score = report, score
+    by_name = {s.node: s for s in result.sensitivity}
+    result.float_layers = [FloatLayer.of(by_name[name], fallback, len(ranking)) for name in ranking[:hi]]
+    if hi == len(ranking):
+        result.warnings.append(f"every one of the {hi} quantized layers had to stay float to meet max_drop "
+                               f"{max_drop:g}: the result is not quantized (try another method or more data)")
+    return model
+
+
+def _low(source: ir.Model, result: QuantizeResult, say: _Say, *, eval_data: Any, calib: Any, metric: Any,
+         preprocess: Any, eval_limit: int | None, max_drop: float | None) -> ir.Model:
+    from slipway.quantize.precision import convert_precision
+
+    say(f"converting to {result.precision}")
+    model, report = convert_precision(source, result.precision)
+    result.precision_report = report
+    result.engine = result.target
+    if result.precision == "bf16" and result.target == "ort":
+        result.engine = "openvino"
+        result.warnings.append("onnxruntime's CPU engine has no BF16 kernels: the BF16 model was evaluated and "
+                               "timed on openvino")
+    say("evaluating")
+    judge = _Judge(source, _eval_set(source, eval_data, calib, preprocess, eval_limit, result), metric,
+                   result.engine)
+    result.metric, result.score = judge.metric, judge(model)
+    result.max_drop = max_drop
+    if max_drop is not None and result.score.drop > max_drop:
+        raise VerificationError(f"the {result.precision} model drops {result.score.drop:.3g} "
+                                f"({judge.metric.name}), more than max_drop {max_drop:g}; nothing written")
+    return model
+
+
+def _verify(source: ir.Model, final: ir.Model, result: QuantizeResult, precision: str) -> v.VerifyReport:
+    """Outputs of ``final`` on the target engine vs FP32 (onnxruntime, optimizations off) on real samples."""
+    from slipway import backends
+    from slipway.optimize import TARGETS
+
+    atol, rtol = TOLERANCE[precision]
+    feeds_list = result.verify_feeds
+    session = backends.load(final, TARGETS[result.engine])
+    try:
+        checks, failure = v.compare_runs(v.ort_runner(source), session.run, feeds_list, atol=atol, rtol=rtol)
+    finally:
+        session.close()
+    batches = sorted({int(next(iter(f.values())).shape[0]) for f in feeds_list if f})
+    return v.VerifyReport(checks, atol, rtol, batches, [v.describe(f) for f in feeds_list],
+                          "the FP32 model in " + v.engine_name(), f"{result.engine} (engine optimizations on)",
+                          failure)

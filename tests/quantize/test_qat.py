@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from slipway.passes import PASSES
+from slipway.quantize.qat import FoldQatBatchNorm, fold_bn_into_qdq_conv, has_qdq
+from tests.passes.util import copy, make, op_types, run, tensor
+
+SX, SY = 0.02, 0.05  # input and output activation scales
+
+
+def qdq(x: str, y: str, s: str, z: str, **attrs) -> list[onnx.NodeProto]:
+    return [helper.make_node("QuantizeLinear", [x, s, z], [f"{y}_q"], name=f"{y}_Q", **attrs),
+            helper.make_node("DequantizeLinear", [f"{y}_q", s, z], [y], name=f"{y}_DQ", **attrs)]
+
+
+def qat_model(weight: str = "int8", bias: str | None = "int32", seed: int = 0, relu: bool = True) -> ir.Model:
+    """x -> Q -> DQ -> Conv(W through DQ, bias) -> BatchNormalization [-> Relu] -> Q -> DQ -> y, as a
+    PyTorch QAT export leaves it. ``weight``: int8 (per channel), fake (float -> Q -> DQ, per tensor)
+    or uint8 (per tensor, zero point 128); ``bias``: int32 (through DQ), float or None. Some BN
+    scales are negative."""
+    r = np.random.default_rng(seed)
+    c_out = 6
+    w = (r.standard_normal((c_out, 4, 3, 3)) * 0.2).astype(np.float32)
+    inits: dict[str, np.ndarray] = {
+        "sx": np.array(SX, np.float32), "zx": np.array(0, np.int8),
+        "sy": np.array(SY, np.float32), "zy": np.array(0 if relu else 128, np.uint8),
+        "gamma": (r.standard_normal(c_out) * 1.5).astype(np.float32), "beta": r.standard_normal(c_out).astype(np.float32),
+        "mean": (r.standard_normal(c_out) * 0.1).astype(np.float32), "var": (r.random(c_out) + 0.5).astype(np.float32),
+    }
+    inits["gamma"][:2] = [-0.7, -1.3]
+    nodes = qdq("x", "xd", "sx", "zx")
+    sw = (np.abs(w).reshape(c_out, -1).max(1) / 127).astype(np.float32)
+    if weight == "int8":
+        inits.update(Wq=np.clip(np.round(w / sw[:, None, None, None]), -127, 127).astype(np.int8), sw=sw,
+                     zw=np.zeros(c_out, np.int8))
+        nodes.append(helper.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["Wd"], name="W_DQ", axis=0))
+    elif weight == "fake":
+        inits.update(W=w, sw=np.array(np.abs(w).max() / 127, np.float32), zw=np.array(0, np.int8))
+        nodes += qdq("W", "Wd", "sw", "zw")
+    else:
+        s = np.float32((w.max() - w.min()) / 255)
+        inits.update(Wq=np.clip(np.round(w / s) + 128, 0, 255).astype(np.uint8), sw=np.array(s), zw=np.array(128, np.uint8))
+        nodes.append(helper.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["Wd"], name="W_DQ"))
+    conv_in = ["xd", "Wd"]
+    b = r.standard_normal(c_out).astype(np.float32) * 0.1
+    if bias == "int32":
+        bs = (SX * sw).astype(np.float32) if weight == "int8" else np.float32(SX * inits["sw"])
+        inits.update(Bq=np.round(b / bs).astype(np.int32), bs=bs, bz=np.zeros(bs.shape, np.int32))
+        nodes.append(helper.make_node("DequantizeLinear", ["Bq", "bs", "bz"], ["Bd"], name="B_DQ", axis=0))
+        conv_in.append("Bd")
+    elif bias == "float":
+        inits["B"] = b
+        conv_in.append("B")
+    nodes += [helper.make_node("Conv", conv_in, ["c"], name="conv", pads=[1, 1, 1, 1]),
+              helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["n"], name="bn")]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["n"], ["r"], name="relu"))
+    nodes += qdq("r" if relu else "n", "y", "sy", "zy")
+    return make(nodes, [tensor("x", [1, 4, 8, 8])], [tensor("y", [1, c_out, 8, 8])], inits, opset=13)
+
+
+def feed(seed: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).standard_normal((1, 4, 8, 8)).astype(np.float32)}
+
+
+def assert_within_one_step(before: ir.Model, after: ir.Model) -> None:
+    """The folded model matches to one output quantization step (a rounding tie may flip), rarely."""
+    onnx.checker.check_model(ir.serde.serialize_model(after), full_check=True)
+    for seed in range(3):
+        a, b = run(before, feed(seed))[0], run(after, feed(seed))[0]
+        diff = np.abs(a - b)
+        assert diff.max() <= SY * 1.001
+        assert (diff > 1e-6).mean() < 0.01
+
+
+def test_registered_and_documented():
+    assert PASSES["fold-qat-batchnorm"] is FoldQatBatchNorm
+    assert "->" in FoldQatBatchNorm().summary
+
+
+@pytest.mark.parametrize("bias", ["int32", "float", None])
+def test_int8_weight_fold_is_a_rescale(bias):
+    model = qat_model("int8", bias)
+    before = copy(model)
+    result = fold_bn_into_qdq_conv(model)
+    assert result.changes == {"BatchNormalization(Conv(DequantizeLinear)) rescaled": 1}
+    assert "BatchNormalization" not in op_types(model)
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    wdq, bdq = conv.inputs[1].producer(), conv.inputs[2].producer()
+    assert wdq.op_type == "DequantizeLinear" and wdq.attributes["axis"].as_int() == 0
+    wq = wdq.inputs[0].const_value.numpy()
+    old_q = before.graph.initializers["Wq"].const_value.numpy()
+    gamma = before.graph.initializers["gamma"].const_value.numpy()
+    np.testing.assert_array_equal(np.abs(wq), np.abs(old_q))  # same levels, sign flipped where gamma < 0
+    np.testing.assert_array_equal(wq[:2], -old_q[:2])
+    assert gamma[0] < 0 and np.all(wdq.inputs[1].const_value.numpy() > 0)
+    # the bias is int32 at input scale x new weight scale (the input comes through a per-tensor DQ)
+    assert bdq.op_type == "DequantizeLinear" and bdq.inputs[0].const_value.numpy().dtype == np.int32
+    np.testing.assert_allclose(bdq.inputs[1].const_value.numpy(), SX * wdq.inputs[1].const_value.numpy(), rtol=1e-6)
+    assert "Wq" not in model.graph.initializers and "gamma" not in model.graph.initializers
+    assert_within_one_step(before, model)
+
+
+def test_fake_quantized_float_weight():
+    model = qat_model("fake", "float")
+    before = copy(model)
+    assert fold_bn_into_qdq_conv(model).changes == {"BatchNormalization(Conv(DequantizeLinear)) rescaled": 1}
+    assert op_types(model).count("QuantizeLinear") == 2  # x and y; the weight's Q became an int8 initializer
+    assert "W" not in model.graph.initializers
+    assert_within_one_step(before, model)
+
+
+def test_uint8_weight_is_requantized():
+    model = qat_model("uint8", "int32", relu=False)
+    before = copy(model)
+    assert fold_bn_into_qdq_conv(model).changes == {"BatchNormalization(Conv(DequantizeLinear)) requantized": 1}
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    assert conv.inputs[1].producer().inputs[0].const_value.numpy().dtype == np.int8
+    a, b = run(before, feed())[0], run(model, feed())[0]
+    assert np.abs(a - b).max() <= 3 * SY  # requantizing the folded weight adds its own rounding
+    assert np.mean(np.abs(a - b)) < 0.1 * SY
+
+
+def test_fused_by_onnxruntime_after_fold(tmp_path):
+    model = qat_model("int8", "int32")
+    fold_bn_into_qdq_conv(model)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
+    assert "QLinearConv" in ops and "BatchNormalization" not in ops and "Conv" not in ops
+    np.testing.assert_allclose(sess.run(None, feed())[0], run(model, feed())[0], atol=SY * 1.001)
+
+
+def test_skips_shared_conv_output_and_float_weights():
+    model = qat_model("int8", "int32")
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    model.graph.outputs.append(conv.outputs[0])
+    pass_ = FoldQatBatchNorm()
+    assert any("also used by a graph output" in line for line in pass_.explain(model))
+    result = pass_(model)
+    assert not result.modified and result.warnings
+    plain = make([helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+                  helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn")],
+                 [tensor("x", [1, 2, 4, 4])], [tensor("y", [1, 2, 2, 2])],
+                 {"W": np.ones((2, 2, 3, 3), np.float32), **{k: np.ones(2, np.float32) for k in "gbmv"}})
+    assert not FoldQatBatchNorm()(plain).modified  # a float weight is fuse-batchnorm's job
+
+
+def test_has_qdq():
+    assert has_qdq(qat_model())
+    assert not has_qdq(make([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1])], [tensor("y", [1])]))
+
+
+def test_optimize_keeps_qdq_and_analyze_counts_int8():
+    from slipway.analyze import analyze
+    from slipway.optimize import optimize
+
+    model = qat_model("int8", "int32")
+    result = optimize(model, None, speed_check=False)
+    ops = op_types(result.model)
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 4
+    assert "BatchNormalization" not in ops
+    np.testing.assert_allclose(run(result.model, feed())[0], run(model, feed())[0], atol=SY * 1.001)
+    totals = analyze(ir.serde.serialize_model(result.model)).totals
+    n_weights = 6 * 4 * 3 * 3
+    assert totals.params >= n_weights
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_runs_in_openvino():
+    from slipway import backends
+
+    model = qat_model("int8", "int32")
+    fold_bn_into_qdq_conv(model)
+    session = backends.load(model, "openvino")
+    try:
+        out = session.run(feed())
+    finally:
+        session.close()
+    out = next(iter(out.values())) if isinstance(out, dict) else out[0]
+    np.testing.assert_allclose(np.asarray(out), run(model, feed())[0], atol=2 * SY)
