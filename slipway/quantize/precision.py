@@ -6,7 +6,7 @@
    ``block_ops`` (:data:`BLOCK_REASONS` says why each default entry is there), its name is in
    ``block_nodes``, it is outside the default domain, it holds subgraphs (If/Loop/Scan: the node
    and its bodies stay FP32), the ONNX schema at the model's opset has no fp16/bf16 type for it,
-   or it only computes on integer-derived values (shape arithmetic such as
+   or it only computes on integer-derived rank <= 1 values (shape arithmetic such as
    ``Cast(Shape(x)) * 2 -> Floor -> Cast(int64)``, where fp16 is exact only up to 2048).
 2. In a low node, the inputs and outputs bound to a type variable that holds float32 switch to
    the low type, except slots whose schema type is fixed (Resize ``scales`` is ``tensor(float)``)
@@ -24,7 +24,9 @@ With ``keep_io_types`` the float32 inputs and outputs stay float32 (Casts at ent
 without, they become fp16/bf16. BF16 needs opset 22 for Conv, ConvTranspose and the pools, so
 :func:`to_bf16` moves an older model to opset 22 first. onnxruntime's CPU engine has no bf16
 kernels at all (not even Add); a bf16 model runs in OpenVINO, which :func:`verify_precision`
-picks for it.
+picks for it. On x86, onnxruntime's CPU engine runs an fp16 model by casting around the ops it
+has no fp16 kernel for (with its optimizations on, back to fp32 weights): half the file size,
+no speed-up.
 """
 
 from __future__ import annotations
