@@ -132,7 +132,7 @@ def tune(
         raise UserError("no backend is available here: " + "; ".join(f"{k}: {w}" for k, w in skipped.items()))
     batches = list(batches) if batches else _batches(m, objective, max_batch)
     feeds = make_feeds(m, batches, inputs)
-    pairs = [(b, p) for b in names for p in engines.get(b).precisions if not precisions or p in precisions]
+    pairs = [(b, p) for b in names for p in _precisions(engines.get(b), m) if not precisions or p in precisions]
     accuracy = _accuracy(path, m, pairs, feeds[1] if 1 in feeds else feeds[batches[0]], max_error, metric, max_drop,
                          skipped)
     ok_pairs = [bp for bp in pairs if accuracy.get(f"{bp[0]}/{bp[1]}") is not None
@@ -156,6 +156,22 @@ def tune(
     if write:
         result.path = _write(path, winner, objective)
     return result
+
+
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                 "ConvInteger", "DynamicQuantizeLinear"}
+
+
+def _precisions(backend, m) -> list[str]:
+    """What a backend can run this model in: a quantized (Q/DQ) model runs as int8 only; a float
+    model as fp32 or a reduced float precision the engine converts to itself (fp16/bf16) - never
+    "int8", which needs a quantized model (``slipway quantize``)."""
+    import onnx_ir as ir
+
+    quantized = any(n.op_type in QUANTIZED_OPS for n in ir.traversal.RecursiveGraphIterator(m.graph))
+    if quantized:
+        return ["int8"] if "int8" in backend.precisions else []
+    return [p for p in backend.precisions if p != "int8"]
 
 
 def _batches(m, objective: str, max_batch: int) -> list[int]:

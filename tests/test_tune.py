@@ -109,3 +109,20 @@ def test_slipway_load_carries_the_settings_to_backends_load(tmp_path):
     settings_path(path).write_text("{not json")
     assert read_settings(path) is None and "slipway.tune" not in slipway.load(path).meta
     assert backends.load(path, backend=None).backend == "ort"  # no usable settings: the default engine
+
+
+def test_precisions_follow_the_model(tmp_path):
+    path = _mlp(tmp_path / "m.onnx")
+    result = tune(path, backends=["ort", "openvino"], write=False, time_per_config_s=0.03)
+    assert "int8" not in {c.precision for c in result.candidates}  # a float model is never "int8"
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]), helper.make_node("Relu", ["d"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 8])],
+                              [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                               numpy_helper.from_array(np.array(0, np.int8), "z")])
+    qdq = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)])
+    qdq.ir_version = 8
+    onnx.save(qdq, str(tmp_path / "q.onnx"))
+    result = tune(tmp_path / "q.onnx", write=False, **FAST)
+    assert {c.precision for c in result.candidates} == {"int8"}

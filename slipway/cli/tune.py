@@ -76,20 +76,23 @@ def _print(result) -> None:
         style = "bold green" if c is result.winner else ("dim" if not c.feasible else "")
         table.add_row(mark, c.backend, c.precision, str(c.batch), str(c.threads or "auto"), str(c.concurrency),
                       ", ".join(f"{k}={v}" for k, v in c.settings.items()) or "-",
-                      _f(c.p50_ms), _f(c.p90_ms), _f(c.throughput, 1), _f(c.error, 3, "e"),
+                      _f(c.p50_ms), _f(c.p90_ms), _f(c.throughput, 0, ",."), _f(c.error, 1, "e"),
                       c.stage + (f" ({c.note})" if c.note else ""), style=style)
     console.print(table)
     for key, why in result.skipped.items():
         err_console.print(f"[yellow]skipped {key}:[/] {why}")
     w = result.winner
     console.print(f"[bold]winner[/]: {w.key} - p50 {_f(w.p50_ms)} ms, p90 {_f(w.p90_ms)} ms, "
-                  f"{_f(w.throughput, 1)} inferences/s")
+                  f"{_f(w.throughput, 0, ',.')} inferences/s")
     if result.path:
         console.print(f"settings written to {result.path} (applied by slipway.backends.load and the server)")
 
 
 def _f(x: float | None, digits: int = 3, kind: str = "g") -> str:
-    return "-" if x is None else f"{x:.{digits}{kind}}"
+    """``kind`` "g", "e", or ",." for thousands-separated fixed point."""
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}" if kind == ",." else f"{x:.{digits}{kind}}"
 
 
 def register(app: typer.Typer) -> None:
