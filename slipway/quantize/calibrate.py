@@ -73,6 +73,8 @@ def collect(model: ModelLike, data: Any, *, tensors: Sequence[str] | None = None
     ``tensors`` defaults to :func:`activations` (every float value that depends on a graph input,
     graph inputs included). ``data`` is anything :func:`calibration_data` takes. ``progress(done,
     total)`` is called after each batch with samples done and the total (None when unknown).
+    With ``cache``, a cache file for this model, data and ``bins`` is used instead of running the
+    data, and a fresh one is written otherwise (the data digest is computed only then).
     """
     from slipway.compare.run import load_model, typed_copy
 
@@ -83,7 +85,7 @@ def collect(model: ModelLike, data: Any, *, tensors: Sequence[str] | None = None
     names = _chosen(typed, tensors)
     feeds = calibration_data(data, typed)
     mdigest = model_digest(original)
-    ddigest = feeds.digest()
+    ddigest = feeds.digest() if cache is not None else ""  # may cost a pass over in-memory or generated data
     if cache is not None:
         cached = _from_cache(Path(cache), mdigest, ddigest, bins, names)
         if cached is not None:
@@ -133,6 +135,8 @@ def _chosen(model: ir.Model, tensors: Sequence[str] | None) -> list[str]:
     values.update({v.name: v for node in model.graph for v in node.outputs if v.name})
     for name in tensors:
         v = values.get(name)
+        if name in model.graph.initializers:
+            raise UserError(f"{name!r} is a weight, not an activation; weights are not calibrated")
         if v is None:
             raise UserError(f"no tensor named {name!r} in the model's main graph")
         if v.dtype not in FLOAT_TYPES:

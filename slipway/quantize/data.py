@@ -10,7 +10,8 @@ turned into a stream of feed dicts checked against the model's inputs.
 * a ``.npy`` file (one array for a single-input model, first axis = samples), an ``.npz`` file
   (keys = input names), or a folder of them; an array or a dict of arrays in memory. Samples
   are rows of the batch axis (grouped in batches of ``batch``); arrays of one rank more than the
-  input are a stack of whole inputs, fed one by one;
+  input are a stack of whole inputs, fed one by one. A ``.npy`` file is memory-mapped (read a
+  batch at a time); an ``.npz`` file is read whole when its turn comes;
 * an iterable of feed dicts (or of arrays, for a single-input model) fed as they are, or a
   callable returning one (called again for every pass).
 
@@ -110,8 +111,6 @@ class CalibrationData:
         self._used = True
         seen = 0
         for k, item in enumerate(self._make()):
-            if self.limit is not None and seen >= self.limit:
-                return
             feeds = check_feeds(item, self.specs, f"{self.label}, item {k}")
             n = self.rows(feeds)
             if self.limit is not None and seen + n > self.limit and isinstance(self.batch_dim, str):
@@ -119,6 +118,8 @@ class CalibrationData:
                 n = self.limit - seen
             seen += n
             yield feeds
+            if self.limit is not None and seen >= self.limit:
+                return  # before reading another item
         if seen == 0:
             raise UserError(f"{EMPTY}: {self.label} gave no samples")
 

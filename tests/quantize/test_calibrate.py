@@ -10,6 +10,7 @@ import weakref
 import cv2
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import helper
 
@@ -60,6 +61,30 @@ def test_stats_match_numpy_and_onnxruntime():
         st = cal.stats[name]
         assert (st.min, st.max, st.count) == (pytest.approx(values.min()), pytest.approx(values.max()), values.size)
         assert st.hist.sum() == values.size and len(st.hist) == 2048
+
+
+def test_minmax_matches_onnxruntime_calibrator(tmp_path):
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    model = small_model()
+    ir.save(model, tmp_path / "m.onnx")
+    data = list(batches(3, seed=5))
+    reference = create_calibrator(tmp_path / "m.onnx", augmented_model_path=tmp_path / "aug.onnx",
+                                  calibrate_method=CalibrationMethod.MinMax)
+
+    class Reader:
+        def __init__(self):
+            self.items = iter([{"x": x} for x in data])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    reference.collect_data(Reader())
+    theirs = {k: tuple(float(np.asarray(t).item()) for t in v.range_value) for k, v in reference.compute_data().data.items()}
+    ours = ranges(collect(model, data), "minmax", symmetric=False)
+    assert set(ours) == set(theirs) - {"bc"}  # ORT also calibrates Identity(weight)
+    for name, (lo, hi) in ours.items():
+        assert (lo, hi) == pytest.approx(theirs[name], abs=1e-7), name
 
 
 def test_choose_tensors_and_errors():
@@ -254,9 +279,13 @@ def test_cache_reused_and_stale_ignored(tmp_path, monkeypatch):
     assert len(runs) == n + 3
     collect(small_model(width=4), data + 1, cache=path, bins=512)  # other bins: stale
     assert len(runs) == n + 6
+    other = small_model()
+    other.graph.initializers["w"].const_value = ir.tensor(W * 2)  # other weights: stale
+    collect(other, data, cache=path)
+    assert len(runs) == n + 9
     path.write_bytes(b"garbage")  # unreadable: recomputed and rewritten
     collect(model, data, cache=path)
-    assert len(runs) == n + 9 and load(path).samples == 20
+    assert len(runs) == n + 12 and load(path).samples == 20
 
 
 def test_cache_file_round_trip_and_errors(tmp_path):
