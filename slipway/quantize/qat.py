@@ -10,10 +10,13 @@ folds it *through* the dequantization:
 * with ``BN(y) = s * y + t`` per channel and a weight ``W = scale * (q - zp)``, the folded weight
   ``W * s`` is ``(scale * |s|) * (sign(s) * q)`` exactly when ``zp == 0``: only the scales change
   (one per output channel) and q flips sign where ``s < 0`` - no new rounding error;
-* otherwise (an asymmetric uint8 weight, a ``-128`` that cannot flip) the folded float weight is
-  requantized to symmetric per-channel int8;
-* the bias becomes ``b * s + t``: int32 with scale ``input_scale * new_weight_scale`` when the
-  Conv input comes from a per-tensor DequantizeLinear (what engines need to fuse), else float.
+* otherwise (an asymmetric uint8 weight; a channel whose ``-128`` cannot flip, as PyTorch's
+  [-128, 127] weights have) the folded float weight (that channel) is requantized to symmetric
+  per-channel int8;
+* the bias becomes ``b * s + t``. A bias that was int32 (through DequantizeLinear) is requantized
+  to int32 at ``input_scale * new_weight_scale``, the input scale read from the per-tensor
+  DequantizeLinear that feeds the Conv; a float bias (or none) stays float - onnxruntime still fuses
+  ``DQ -> Conv -> Q`` into QLinearConv with a float bias, and float adds no rounding.
 
 ``has_qdq(model)`` tells whether a model already carries Q/DQ (a QAT or already quantized model).
 """
@@ -99,21 +102,21 @@ def _weight_levels(dq: ir.Node) -> tuple[np.ndarray, list[ir.Node]] | Skip:
 
 
 def _fold_weight(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int, s: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(int8 weight, per-output-channel scale, exact) for ``dequantize(q) * s`` along axis 0."""
-    per_out = scale.ndim == 0 or axis == 0
-    flips_min = q.dtype == np.int8 and np.any((q == -128) & (s < 0).reshape((-1,) + (1,) * (q.ndim - 1)))
-    if per_out and not np.any(zp) and not flips_min and q.dtype == np.int8:
-        channel_scale = np.broadcast_to(scale.reshape(-1) if scale.ndim else scale, s.shape)
-        new_scale = f64(channel_scale) * np.abs(s)
-        sign = np.where(s < 0, -1, 1).reshape((-1,) + (1,) * (q.ndim - 1))
-        new_q = (q.astype(np.int64) * sign).astype(np.int8)
-        zero = new_scale == 0
-        new_q[zero] = 0
-        return new_q, np.where(zero, 1.0, new_scale).astype(np.float32), True
-    w = (q.astype(np.float64) - zp) * scale * s.reshape((-1,) + (1,) * (q.ndim - 1))
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(int8 weight, per-output-channel scale, channels requantized) for ``dequantize(q) * s`` along
+    axis 0. A channel is rescaled exactly when it can be; the others are requantized."""
+    c = q.shape[0]
+    rows = (-1,) + (1,) * (q.ndim - 1)
+    w = (q.astype(np.float64) - zp) * scale * s.reshape(rows)
     new_q, new_scale = quantize_weight(w, 0)
-    return new_q, new_scale, False
+    if q.dtype != np.int8 or np.any(zp) or not (scale.ndim == 0 or axis == 0):
+        return new_q, new_scale, c
+    channel_scale = np.broadcast_to(scale.reshape(-1), (c,)) if scale.ndim else np.full(c, float(scale))
+    flipped = q.astype(np.int64) * np.where(s < 0, -1, 1).reshape(rows)
+    exact = (flipped.reshape(c, -1).max(axis=1, initial=0) <= 127) & (s != 0)  # -128 cannot flip; s = 0: zeros
+    new_q[exact] = flipped[exact].astype(np.int8)
+    new_scale[exact] = (channel_scale * np.abs(s))[exact].astype(np.float32)
+    return new_q, new_scale, int((~exact & (s != 0)).sum())
 
 
 def _bias(conv: ir.Node) -> tuple[np.ndarray | None, list[ir.Node]] | Skip:
@@ -162,10 +165,12 @@ class FoldQatBatchNorm(FusionPass):
     """BatchNormalization(Conv(x, DQ(Wq, s_w), b)) -> Conv(x, DQ(Wq', s_w'), b')
 
     For QAT exports: the BN is folded through the weight's DequantizeLinear (a constant int8/uint8
-    weight, or a fake-quantized ``Q -> DQ`` of a float one). With a zero point of 0 the fold only
+    weight, or a fake-quantized ``Q -> DQ`` of a float one). A ``Q -> DQ`` pair between the Conv
+    and the BN (eager-mode PyTorch QAT observes the Conv output) is dropped: up to half a step of
+    that grid (times the BN scale) moves, within the next quantization's step. With a zero point of 0 the fold only
     rescales per output channel (``s_w' = s_w * |s|``, ``Wq' = sign(s) * Wq``) and is exact; else the
-    folded weight is requantized to symmetric per-channel int8. The bias ``b * s + t`` is int32 at
-    scale ``input_scale * s_w'`` when the input comes through a per-tensor DequantizeLinear.
+    folded weight is requantized to symmetric per-channel int8. The bias ``b * s + t`` stays int32
+    (at scale ``input_scale * s_w'``) when it was int32 and the input scale is known, else float.
     """
 
     name = "fold-qat-batchnorm"
@@ -173,15 +178,16 @@ class FoldQatBatchNorm(FusionPass):
     def match(self, node: ir.Node) -> Match:
         if not is_op(node, "BatchNormalization") or node.inputs[0] is None:
             return None
-        conv = node.inputs[0].producer()
+        conv, between = _conv_before(node)
         if not is_op(conv, "Conv") or len(conv.inputs) < 2 or conv.inputs[1] is None:
             return None
         wdq = conv.inputs[1].producer()
         if not is_op(wdq, "DequantizeLinear"):
             return None  # a float weight: fuse-batchnorm's job
         where = f"{label(node)} after {label(conv)}"
-        if not only_used_by(conv.outputs[0], node):
-            return Skip(f"{where}: the Conv output is also used by {other_user(conv.outputs[0], node)}", warn=True)
+        reader = between[0] if between else node
+        if not only_used_by(conv.outputs[0], reader):
+            return Skip(f"{where}: the Conv output is also used by {other_user(conv.outputs[0], reader)}", warn=True)
         if not only_used_by(conv.inputs[1], conv):
             return Skip(f"{where}: the dequantized weight is shared with {other_user(conv.inputs[1], conv)}", warn=True)
         affine = bn_affine(node)
@@ -196,27 +202,42 @@ class FoldQatBatchNorm(FusionPass):
             return Skip(f"{where}: the weight's scale or zero point is not a constant", warn=True)
         if q.ndim < 3 or q.shape[0] != s.size:
             return Skip(f"{where}: {s.size} BN channels, weight of shape {list(q.shape)}")
-
-        new_q, new_scale, exact = _fold_weight(q, *params, s)
+        new_q, new_scale, requantized = _fold_weight(q, *params, s)
         new_b = (b if b is not None else 0.0) * s + t
 
         def apply(graph: ir.Graph, namer: Namer) -> None:
-            _rewrite(graph, namer, (node, conv, wdq, q_nodes, b_nodes), new_q, new_scale, new_b)
+            _rewrite(graph, namer, (node, conv, wdq, q_nodes, b_nodes, between), new_q, new_scale, new_b)
 
-        how = "rescaled" if exact else "requantized"
-        return Fuse(f"BatchNormalization(Conv(DequantizeLinear)) {how}", apply)
+        how = "requantized" if requantized else "rescaled"
+        return Fuse(f"BatchNormalization({'QDQ(' if between else ''}Conv(DequantizeLinear){')' if between else ''})"
+                    f" {how}", apply)
+
+
+def _conv_before(bn: ir.Node) -> tuple[ir.Node | None, list[ir.Node]]:
+    """The node before ``bn``, looking through a ``QuantizeLinear -> DequantizeLinear`` pair that reads
+    only a Conv (an eager-mode PyTorch QAT export observes the Conv output before the BN): then that
+    Conv and the pair, which the fold drops (its grid is per tensor before the BN, per channel after)."""
+    v = bn.inputs[0]
+    dq = v.producer()
+    if not is_op(dq, "DequantizeLinear") or not only_used_by(v, bn) or dq.inputs[0] is None:
+        return dq, []
+    q = dq.inputs[0].producer()
+    if not is_op(q, "QuantizeLinear") or not only_used_by(dq.inputs[0], dq) or q.inputs[0] is None:
+        return dq, []
+    conv = q.inputs[0].producer()
+    return (conv, [q, dq]) if is_op(conv, "Conv") else (dq, [])
 
 
 def _rewrite(graph: ir.Graph, namer: Namer, nodes: tuple, new_q: np.ndarray, new_scale: np.ndarray,
              new_b: np.ndarray) -> None:
-    bn, conv, wdq, q_nodes, b_nodes = nodes
+    bn, conv, wdq, q_nodes, b_nodes, between = nodes
     base = wdq.inputs[0].name or f"{conv.name}_W"
     qv = _new_const(graph, namer, f"{base}_bn", new_q)
     sv = _new_const(graph, namer, f"{base}_bn_scale", new_scale)
     zv = _new_const(graph, namer, f"{base}_bn_zero_point", np.zeros(new_scale.shape, np.int8))
     w_dq = _dq_node(wdq, namer, f"{base}_bn", [qv, sv, zv], 0, new_q.shape)
     new_nodes = [w_dq]
-    x_scale = _input_scale(conv)
+    x_scale = _input_scale(conv) if b_nodes else None
     b_name = f"{conv.name or 'conv'}_bias_bn"
     b_scale = (x_scale * f64(new_scale)).astype(np.float32) if x_scale is not None else None
     bq = np.round(new_b / f64(b_scale)) if b_scale is not None else None
@@ -231,7 +252,7 @@ def _rewrite(graph: ir.Graph, namer: Namer, nodes: tuple, new_q: np.ndarray, new
         bias = _new_const(graph, namer, b_name, new_b.astype(np.float32))
     new_conv = node_like(conv, "Conv", [conv.inputs[0], w_dq.outputs[0], bias], conv.attributes.values())
     new_nodes.append(new_conv)
-    replace(graph, [*q_nodes, wdq, *b_nodes, conv, bn], new_nodes, bn.outputs[0], new_conv.outputs[0])
+    replace(graph, [*q_nodes, wdq, *b_nodes, conv, *between, bn], new_nodes, bn.outputs[0], new_conv.outputs[0])
 
 
 def fold_bn_into_qdq_conv(model: ir.Model) -> PassResult:

@@ -12,9 +12,11 @@
   of the quantized ops, the output of a Conv (engines fuse ``DQ -> Conv -> Q``) - taken *after* a
   Relu / Clip that is its only reader, so the activation is absorbed into the quantized range -,
   both inputs and the output of a residual ``Add`` (``QLinearAdd``), the inputs and the output of a
-  ``Concat`` (one shared scale over the union of their ranges), and the output of a pool. A data
-  movement op (Reshape, Transpose, MaxPool, Flatten, Squeeze, Unsqueeze, Slice) whose input is
-  quantized gets its output quantized with the *same* scale, so engines run it on int8 data.
+  ``Concat`` (one shared scale over the union of their ranges - unless some inputs are never
+  negative and others are: the shared zero point would keep their Relu from being absorbed), and
+  the output of a pool. A data movement op (Reshape, Transpose, MaxPool, Flatten, Squeeze,
+  Unsqueeze, Slice) whose input is quantized gets its output quantized with the *same* scale, so
+  engines run it on int8 data.
 
 The placement is tensor-centric (one Q/DQ pair per tensor, read by every consumer that is not
 excluded), as in onnxruntime's QDQ quantizer. Nodes named in ``exclude_nodes`` keep reading float
@@ -31,7 +33,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from slipway.errors import UserError
-from slipway.passes._fusion import Namer, attr_float, attr_int, const, drop_unused, is_op
+from slipway.passes._fusion import Namer, attr_float, attr_int, const, drop_unused, is_op, out_channels
 from slipway.passes.opset import convert, default_opset
 from slipway.quantize.types import Ranges
 
@@ -107,7 +109,7 @@ def activation_qparams(lo: float, hi: float, activation_type: str, symmetric: bo
             zp, scale = (0 if activation_type == "int8" else 128), max(-lo, hi) / 127.0
     else:
         scale = (hi - lo) / (qmax - qmin)
-        zp = int(np.clip(np.round(qmin - lo / scale), qmin, qmax)) if scale > 0 else (0 if qmin < 0 else 0)
+        zp = int(np.clip(np.round(qmin - lo / scale), qmin, qmax)) if scale > 0 else 0
     if not scale > 0 or not np.isfinite(scale):
         scale = 1.0
     return np.array(scale, dtype=np.float32), np.array(zp, dtype=dtype)
@@ -124,14 +126,6 @@ def weight_axis(node: ir.Node, w: np.ndarray, per_channel: bool) -> int | None:
     if node.op_type == "Gemm":
         return 0 if attr_int(node, "transB", 0) else 1
     return 1 if w.ndim == 2 else None  # MatMul: the N axis of a 2-D B
-
-
-def _channels(node: ir.Node, w: np.ndarray) -> int:
-    if node.op_type == "Conv":
-        return w.shape[0]
-    if node.op_type == "ConvTranspose":
-        return w.shape[1] * attr_int(node, "group", 1)
-    return w.shape[0] if attr_int(node, "transB", 0) else w.shape[1]
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -220,6 +214,10 @@ def _plan_compute(node: ir.Node, plan: _Plan) -> str | None:
     return None
 
 
+def _out_channels(node: ir.Node, w: np.ndarray) -> int:
+    return out_channels(node.op_type, w, attr_int(node, "group", 1), attr_int(node, "transB", 0))
+
+
 def _plan_bias(node: ir.Node, plan: _Plan, const_input: bool) -> None:
     if node.op_type == "MatMul" or len(node.inputs) < 3 or node.inputs[2] is None or const_input:
         return
@@ -228,7 +226,7 @@ def _plan_bias(node: ir.Node, plan: _Plan, const_input: bool) -> None:
         plan.report.notes.append(f"{node.name}: bias left float (not a float32 constant)")
     elif node.op_type == "Gemm" and (attr_float(node, "alpha", 1.0) != 1.0 or attr_float(node, "beta", 1.0) != 1.0):
         plan.report.notes.append(f"{node.name}: bias left float (Gemm alpha or beta is not 1)")
-    elif b.size != _channels(node, w) or max(b.shape, default=1) != b.size:
+    elif b.size != _out_channels(node, w) or max(b.shape, default=1) != b.size:
         plan.report.notes.append(f"{node.name}: bias left float (it is not one value per output channel)")
     else:
         plan.biases.append(node)
@@ -249,8 +247,11 @@ def _plan_join(node: ir.Node, plan: _Plan) -> str | None:
     plan.need.update(dict.fromkeys([*node.inputs, out]))
     plan.report.absorbed.extend(n.name for n in chain)
     if node.op_type == "Concat":
-        for v in node.inputs:
-            plan.union(out, v)
+        if len({plan.ranges[v.name][0] >= 0 for v in [*node.inputs, out]}) == 1:
+            for v in node.inputs:
+                plan.union(out, v)
+        else:  # one scale would give the never-negative inputs a zero point inside the range: no Relu removal
+            plan.report.notes.append(f"{node.name}: inputs keep their own scales (some are never negative, some are)")
     return None
 
 
@@ -285,11 +286,12 @@ def _plan(graph: ir.Graph, plan: _Plan) -> None:
         if node.domain == "" and node.op_type in POOLS + SHARED and node.op_type in plan.ops and plan.usable(node):
             if _propagate(node, plan):
                 report.quantized[node.name] = node.op_type
-    absorbed = set(report.absorbed)
-    for node in graph:
-        if node.name not in report.quantized and node.name not in report.skipped and node.name not in absorbed:
-            if node.op_type not in (*SUPPORTED, *ABSORBED, "Constant"):
-                report.skipped[node.name] = f"{node.op_type} is not quantized (runs in float)"
+    done = {*report.quantized, *report.skipped, *report.absorbed}
+    for node in graph:  # the other nodes that read a calibrated tensor run in float
+        if node.name in done or node.op_type in (*SUPPORTED, *ABSORBED):
+            continue
+        if any(map(plan.has_range, node.inputs)):
+            report.skipped[node.name] = f"{node.op_type} is not quantized (runs in float)"
 
 
 # --- rewriting ----------------------------------------------------------------------------------
@@ -364,7 +366,7 @@ def _quantize_biases(graph: ir.Graph, namer: Namer, plan: _Plan, qparams: dict[i
 
 
 def _group_qparams(plan: _Plan, activation_type: str, symmetric: bool) -> dict[ir.Value, tuple]:
-    """(scale, zero point, scale value, zero-point value) per group root; the range is the union."""
+    """(scale, zero point) per group of tensors sharing a scale (keyed by its root); the range is the union."""
     spans: dict[ir.Value, tuple[float, float]] = {}
     for v in plan.need:
         if v.name in plan.ranges:

@@ -14,6 +14,10 @@ from slipway.quantize.qat import FoldQatBatchNorm, fold_bn_into_qdq_conv, has_qd
 from tests.passes.util import copy, make, op_types, run, tensor
 
 SX, SY = 0.02, 0.05  # input and output activation scales
+# 7-bit weights, as quantize_qdq(reduce_range=True) makes them: this CPU has no VNNI, and onnxruntime's
+# and OpenVINO's u8 x s8 kernels saturate int16 pair sums of full 8-bit weights (2 x 255 x 127 >
+# 32767), which shows as 14 quantization steps of error on a few outputs of this very model.
+QMAX = 63
 
 
 def qdq(x: str, y: str, s: str, z: str, **attrs) -> list[onnx.NodeProto]:
@@ -32,22 +36,24 @@ def qat_model(weight: str = "int8", bias: str | None = "int32", seed: int = 0, r
     inits: dict[str, np.ndarray] = {
         "sx": np.array(SX, np.float32), "zx": np.array(0, np.int8),
         "sy": np.array(SY, np.float32), "zy": np.array(0 if relu else 128, np.uint8),
-        "gamma": (r.standard_normal(c_out) * 1.5).astype(np.float32), "beta": r.standard_normal(c_out).astype(np.float32),
+        "gamma": (r.standard_normal(c_out) * 1.5).astype(np.float32),
+        "beta": r.standard_normal(c_out).astype(np.float32),
         "mean": (r.standard_normal(c_out) * 0.1).astype(np.float32), "var": (r.random(c_out) + 0.5).astype(np.float32),
     }
     inits["gamma"][:2] = [-0.7, -1.3]
     nodes = qdq("x", "xd", "sx", "zx")
-    sw = (np.abs(w).reshape(c_out, -1).max(1) / 127).astype(np.float32)
+    sw = (np.abs(w).reshape(c_out, -1).max(1) / QMAX).astype(np.float32)
     if weight == "int8":
-        inits.update(Wq=np.clip(np.round(w / sw[:, None, None, None]), -127, 127).astype(np.int8), sw=sw,
+        inits.update(Wq=np.clip(np.round(w / sw[:, None, None, None]), -QMAX, QMAX).astype(np.int8), sw=sw,
                      zw=np.zeros(c_out, np.int8))
         nodes.append(helper.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["Wd"], name="W_DQ", axis=0))
     elif weight == "fake":
-        inits.update(W=w, sw=np.array(np.abs(w).max() / 127, np.float32), zw=np.array(0, np.int8))
+        inits.update(W=w, sw=np.array(np.abs(w).max() / QMAX, np.float32), zw=np.array(0, np.int8))
         nodes += qdq("W", "Wd", "sw", "zw")
     else:
         s = np.float32((w.max() - w.min()) / 255)
-        inits.update(Wq=np.clip(np.round(w / s) + 128, 0, 255).astype(np.uint8), sw=np.array(s), zw=np.array(128, np.uint8))
+        inits.update(Wq=np.clip(np.round(w / s) + 128, 0, 255).astype(np.uint8), sw=np.array(s),
+                     zw=np.array(128, np.uint8))
         nodes.append(helper.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["Wd"], name="W_DQ"))
     conv_in = ["xd", "Wd"]
     b = r.standard_normal(c_out).astype(np.float32) * 0.1
@@ -102,9 +108,12 @@ def test_int8_weight_fold_is_a_rescale(bias):
     np.testing.assert_array_equal(np.abs(wq), np.abs(old_q))  # same levels, sign flipped where gamma < 0
     np.testing.assert_array_equal(wq[:2], -old_q[:2])
     assert gamma[0] < 0 and np.all(wdq.inputs[1].const_value.numpy() > 0)
-    # the bias is int32 at input scale x new weight scale (the input comes through a per-tensor DQ)
-    assert bdq.op_type == "DequantizeLinear" and bdq.inputs[0].const_value.numpy().dtype == np.int32
-    np.testing.assert_allclose(bdq.inputs[1].const_value.numpy(), SX * wdq.inputs[1].const_value.numpy(), rtol=1e-6)
+    if bias == "int32":  # requantized at input scale x new weight scale
+        assert bdq.op_type == "DequantizeLinear" and bdq.inputs[0].const_value.numpy().dtype == np.int32
+        np.testing.assert_allclose(bdq.inputs[1].const_value.numpy(), SX * wdq.inputs[1].const_value.numpy(),
+                                   rtol=1e-6)
+    else:  # a float bias (or none) folds to a float bias
+        assert bdq is None and conv.inputs[2].const_value.numpy().dtype == np.float32
     assert "Wq" not in model.graph.initializers and "gamma" not in model.graph.initializers
     assert_within_one_step(before, model)
 
@@ -126,7 +135,7 @@ def test_uint8_weight_is_requantized():
     assert conv.inputs[1].producer().inputs[0].const_value.numpy().dtype == np.int8
     a, b = run(before, feed())[0], run(model, feed())[0]
     assert np.abs(a - b).max() <= 3 * SY  # requantizing the folded weight adds its own rounding
-    assert np.mean(np.abs(a - b)) < 0.1 * SY
+    assert np.mean(np.abs(a - b)) < 0.2 * SY
 
 
 def test_fused_by_onnxruntime_after_fold(tmp_path):
@@ -162,19 +171,19 @@ def test_has_qdq():
     assert not has_qdq(make([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1])], [tensor("y", [1])]))
 
 
-def test_optimize_keeps_qdq_and_analyze_counts_int8():
-    from slipway.analyze import analyze
+def test_optimize_keeps_qdq():
     from slipway.optimize import optimize
+    from slipway.passes.manager import DEFAULT_ORDER
 
-    model = qat_model("int8", "int32")
-    result = optimize(model, None, speed_check=False)
-    ops = op_types(result.model)
-    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 4
+    model = qat_model("int8", "float")
+    plain = optimize(model, None, speed_check=False)  # the default pipeline cannot fold the BN
+    ops = op_types(plain.model)
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 3 and "BatchNormalization" in ops
+    folded = optimize(model, None, speed_check=False, passes=["fold-qat-batchnorm", *DEFAULT_ORDER]).model
+    ops = op_types(folded)
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 3
     assert "BatchNormalization" not in ops
-    np.testing.assert_allclose(run(result.model, feed())[0], run(model, feed())[0], atol=SY * 1.001)
-    totals = analyze(ir.serde.serialize_model(result.model)).totals
-    n_weights = 6 * 4 * 3 * 3
-    assert totals.params >= n_weights
+    np.testing.assert_allclose(run(folded, feed())[0], run(model, feed())[0], atol=SY * 1.001)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
@@ -190,3 +199,73 @@ def test_runs_in_openvino():
         session.close()
     out = next(iter(out.values())) if isinstance(out, dict) else out[0]
     np.testing.assert_allclose(np.asarray(out), run(model, feed())[0], atol=2 * SY)
+
+
+def torch_qat_export(tmp_path) -> ir.Model:
+    """An eager-mode PyTorch QAT model (QuantStub -> Conv -> BN -> ReLU) exported with the TorchScript
+    exporter: per-channel fake-quantized weights (float -> Q -> DQ) and a Q/DQ between Conv and BN."""
+    import torch
+    import torch.ao.quantization as tq
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(tq.QuantStub(), torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                torch.nn.ReLU(), tq.DeQuantStub())
+    with torch.no_grad():
+        model[2].weight.copy_(torch.randn(8))  # some negative BN scales
+    fake = tq.FakeQuantize.with_args
+    model.qconfig = tq.QConfig(
+        activation=fake(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8),
+        weight=fake(observer=tq.MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric))
+    model.train()
+    tq.prepare_qat(model, inplace=True)
+    with torch.no_grad():
+        for _ in range(4):  # observers and BN statistics see data
+            model(torch.randn(4, 3, 16, 16))
+    model.eval()
+    model.apply(tq.disable_observer)
+    path = tmp_path / "qat.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path), opset_version=13, dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    return ir.load(path)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_pytorch_qat_export(tmp_path):
+    model = torch_qat_export(tmp_path)
+    assert op_types(model).count("BatchNormalization") == 1 and op_types(model).count("QuantizeLinear") == 4
+    before = copy(model)
+    bn = next(n for n in model.graph if n.op_type == "BatchNormalization")
+    params = [n.const_value.numpy() for n in bn.inputs[1:]]
+    bn_scale = np.abs(params[0] / np.sqrt(params[3] + 1e-5))
+    step_between = bn.inputs[0].producer().inputs[1].const_value.numpy().item()  # the Q/DQ dropped with the BN
+    step_out = next(iter(bn.outputs[0].uses())).node.inputs[1].const_value.numpy().item()
+    w_q = next(n for n in model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].is_initializer())
+    w_scale = w_q.inputs[1].const_value.numpy()[:, None, None, None]
+    levels = np.clip(np.round(w_q.inputs[0].const_value.numpy() / w_scale), -128, 127)
+    result = fold_bn_into_qdq_conv(model)
+    # PyTorch's weights use -128, which cannot flip sign: those channels (negative BN scale) are requantized
+    how = "requantized" if np.any((levels.min(axis=(1, 2, 3)) == -128) & (params[0] < 0)) else "rescaled"
+    assert result.changes == {f"BatchNormalization(QDQ(Conv(DequantizeLinear))) {how}": 1}
+    assert op_types(model) == ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Conv", "QuantizeLinear",
+                               "DequantizeLinear", "Relu"]
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    tolerance = step_out + 0.5 * step_between * bn_scale.max() + 0.05 * step_out  # + requantized weights
+    x = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    a, b = run(before, x)[0], run(model, x)[0]
+    assert np.abs(a - b).max() <= tolerance * 1.001
+    assert np.abs(a - b).mean() < 0.1 * step_out
+
+
+def test_analyze_counts_int8_weights_as_one_byte():
+    from slipway.analyze import analyze
+
+    model = qat_model("int8", "int32")
+    fold_bn_into_qdq_conv(model)
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    wdq = conv.inputs[1].producer()
+    costs = {n.name: n for n in analyze(ir.serde.serialize_model(model)).nodes}
+    wq, scale, zp = (v.const_value.numpy() for v in wdq.inputs)
+    assert wq.dtype == np.int8 and costs[wdq.name].params == wq.size + scale.size + zp.size
+    assert costs[wdq.name].bytes_read == wq.size * 1 + scale.size * 4 + zp.size * 1

@@ -160,6 +160,22 @@ def test_relu_absorbed_and_scales_shared(tmp_path):
     assert "Relu" not in ops and "Conv" not in ops
 
 
+def test_concat_of_relu_and_signed_inputs_keeps_the_relu_absorbed(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"], name="conv_a"),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+             helper.make_node("Conv", ["x", "Wb"], ["b"], name="conv_b"),
+             helper.make_node("Concat", ["ra", "b"], ["cat"], name="concat", axis=1),
+             helper.make_node("Conv", ["cat", "Wc"], ["y"], name="conv_c")]
+    model = make(nodes, [tensor("x", [1, 3, 6, 6])], [tensor("y", [1, 2, 6, 6])],
+                 {"Wa": w(4, 3, 1, 1), "Wb": w(4, 3, 1, 1), "Wc": w(2, 8, 1, 1)}, opset=13)
+    q, report = quantized(model, symmetric_activations=False, activation_type="uint8")
+    cat = node(q, "concat")
+    assert dq_of(cat.inputs[0]).inputs[1] is not dq_of(cat.inputs[1]).inputs[1]
+    assert any("own scales" in n for n in report.notes) and report.absorbed == ["relu_a"]
+    ops = optimized_ops(q, tmp_path)
+    assert ops.count("QLinearConv") == 3 and "Relu" not in ops and "QLinearConcat" in ops
+
+
 @pytest.mark.parametrize("kw", [{}, {"symmetric_activations": False, "activation_type": "uint8"},
                                 {"symmetric_activations": False, "activation_type": "int8"},
                                 {"symmetric_activations": True, "activation_type": "uint8"}, {"per_channel": False}])
@@ -261,6 +277,9 @@ def test_old_opset_is_converted():
     q, report = quantized(model)
     assert q.opset_imports[""] == 13 and any("opset 11" in n for n in report.notes)
     onnx.checker.check_model(ir.serde.serialize_model(q), full_check=True)
+    (y,) = q.graph.outputs  # a quantized Conv's graph output: the DQ takes its name, so DQ -> Conv -> Q fuses
+    assert y.name == "y" and producer_op(y) == "DequantizeLinear"
+    assert producer_op(y.producer().inputs[0].producer().inputs[0]) == "Conv"
 
 
 def test_quantize_weight_numbers():
