@@ -23,8 +23,10 @@ def optimize(
     target: str = typer.Option("ort", "--target", help="engine the result must not be slower on: ort | openvino"),
     target_opset: int | None = typer.Option(None, "--target-opset", help="convert to this ONNX opset first"),
     verify_each: bool = typer.Option(False, "--verify-each", help="verify after every pass (names the pass that broke it)"),
-    atol: float = typer.Option(1e-4, "--atol", help="absolute tolerance of the verification"),
-    rtol: float = typer.Option(1e-3, "--rtol", help="relative tolerance (of the output's largest magnitude)"),
+    atol: float | None = typer.Option(None, "--atol", help="absolute tolerance of the verification "
+                                                           "(default 1e-4; 1e-3 for a Q/DQ model)"),
+    rtol: float | None = typer.Option(None, "--rtol", help="relative tolerance, of the output's largest magnitude "
+                                                           "(default 1e-3; 2e-2 for a Q/DQ model)"),
     allow_growth: bool = typer.Option(False, "--allow-growth", help="let constant folding grow the file by over 10%"),
     no_speed_check: bool = typer.Option(False, "--no-speed-check", help="skip timing against the input"),
     explain: bool = typer.Option(False, "--explain", help="also print why rules did not match"),

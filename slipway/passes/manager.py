@@ -35,6 +35,7 @@ DEFAULT_ORDER = [
     "fold-constants",
     "eliminate",
     "fold-shape-subgraphs",
+    "fold-qat-batchnorm",
     "fuse-batchnorm",
     "fuse-pad-conv",
     "fuse-conv-affine",

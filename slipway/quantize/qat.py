@@ -43,7 +43,7 @@ from slipway.passes._fusion import (
     other_user,
     replace,
 )
-from slipway.passes.base import PassResult, register
+from slipway.passes.base import PassResult
 from slipway.passes.batchnorm import bn_affine
 from slipway.quantize.qdq import quantize_weight
 
@@ -160,7 +160,6 @@ def _dq_node(like: ir.Node, namer: Namer, base: str, inputs: list[ir.Value], axi
     return node
 
 
-@register
 class FoldQatBatchNorm(FusionPass):
     """BatchNormalization(Conv(x, DQ(Wq, s_w), b)) -> Conv(x, DQ(Wq', s_w'), b')
 
