@@ -63,7 +63,11 @@ def test_json_sweep(model):
         assert d["p50_ms"] <= d["p90_ms"] <= d["p99_ms"] and d["runs"] >= 10 and d["throughput"] > 0
 
 
-def test_table_report_and_skipped_backend(model, tmp_path):
+def test_table_report_and_skipped_backend(model, tmp_path, monkeypatch):
+    from slipway.cli import common
+
+    # the shared console may have been sized by whatever ran earlier in this worker
+    monkeypatch.setattr(common.console, "width", 120)
     out = tmp_path / "bench.html"
     r = invoke(model, "--backend", "ort,ort-tensorrt", "--report", out, "--time", "0.05", "--max-time", "0.5")
     assert r.exit_code == 0, r.output
