@@ -16,7 +16,7 @@ def _names(text: str | None) -> list[str]:
 
 
 def optimize(
-    model: Path = typer.Argument(..., help="ONNX model file"),
+    model: Path | None = typer.Argument(None, help="ONNX model file"),
     output: Path | None = typer.Option(None, "-o", "--output", help="where to write the optimized model"),
     passes: str | None = typer.Option(None, "--passes", help="comma-separated passes to run (default: all)"),
     skip: str | None = typer.Option(None, "--skip", help="comma-separated passes to leave out"),
@@ -42,6 +42,8 @@ def optimize(
         for name in [n for n in DEFAULT_ORDER if n in PASSES] + sorted(set(PASSES) - set(DEFAULT_ORDER)):
             console.print(f"[bold]{name}[/]  {PASSES[name]().summary}")
         return
+    if model is None:
+        raise UserError("give the ONNX model to optimize (or --list-passes)")
     if output is None and not explain:
         raise UserError("give an output file with -o OUT (or --explain to only see what would match)")
     with err_console.status("optimizing...") as status:
