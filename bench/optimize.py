@@ -38,6 +38,7 @@ from slipway.convert.torch import quiet
 from slipway.zoo import NAMES, ZOO, build
 
 THREADS = 2
+SECONDS_PER_TOOL = 2.0  # timed calls per tool and optimization level, in seconds
 TOOLS = ("input", "slipway", "onnxsim", "onnxslim")
 PEERS = ("onnxsim", "onnxslim")
 
@@ -125,7 +126,10 @@ def latencies(paths: dict[str, Path], level: ort.GraphOptimizationLevel, repeats
     sessions = {tool: session(p, level) for tool, p in paths.items()}
     feeds = feeds_for(sessions["input"], 1, np.random.default_rng(0))
     fns = {tool: (lambda s=s: s.run(None, feeds)) for tool, s in sessions.items()}
-    timed = alternating_blocks(fns, repeats, warmup=5, rounds=8, rotate=True)
+    once = min(alternating_blocks(fns, 3, warmup=2, rounds=1).values(), key=lambda t: t.median).median
+    # at least `repeats` calls, and about `SECONDS_PER_TOOL` of them, spread over 10 rotating rounds
+    calls = max(repeats, min(20_000, int(SECONDS_PER_TOOL / max(once, 1e-6))))
+    timed = alternating_blocks(fns, calls, warmup=10, rounds=10, rotate=True)
     return {tool: t.median * 1e3 for tool, t in timed.items()}
 
 
@@ -194,7 +198,7 @@ def _best_peer_ok(t: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(NAMES))
-    parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=40, help="minimum timed calls per tool and level")
     args = parser.parse_args()
     host, found = machine(), versions()
     for extra in ("onnxsim", "onnxslim", "onnxscript"):
