@@ -1,8 +1,8 @@
 """``slipway demo``: the whole front half of the job on a zoo model, start to finish.
 
 Build a reference network in PyTorch, convert it to ONNX with verification, summarize it,
-optimize it (verified, never slower), measure this machine's peaks, analyze and profile the
-optimized model against the roofline, and write the HTML report.
+optimize it (verified, never slower), quantize it to INT8, measure this machine's peaks, analyze
+and profile the optimized model against the roofline, and write the HTML report.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def demo(
     from slipway.zoo import build
 
     t0 = time.perf_counter()
-    console.rule(f"1/6  build {model} in PyTorch")
+    console.rule(f"1/7  build {model} in PyTorch")
     module, x = build(model)
     n_torch = sum(p.numel() for p in module.parameters())
     console.print(f"{type(module).__name__}: {n_torch:,} parameters (PyTorch), example input {list(x.shape)}")
 
-    console.rule("2/6  convert to ONNX and verify against PyTorch")
+    console.rule("2/7  convert to ONNX and verify against PyTorch")
     path = out / f"{model}.onnx"
     with console.status("torch.onnx.export (dynamo) + verification at several batch sizes..."):
         result = from_torch(module, (x,), path)
@@ -47,7 +47,7 @@ def demo(
                       + ("[green]ok[/]" if o.ok else "[red]FAILED[/]"))
     console.print(f"wrote {path} (errors recorded in its metadata_props)")
 
-    console.rule("3/6  summary")
+    console.rule("3/7  summary")
     m = slipway.load(path)
     s = slipway.summary(m)
     ops = ", ".join(f"{k} {v}" for k, v in list(s["op_histogram"].items())[:8])
@@ -57,7 +57,7 @@ def demo(
                   f"file {human(s['file_bytes'], 'B')}; BatchNorm folded by the exporter: "
                   f"{n_torch - s['params']:,} fewer parameters than PyTorch")
 
-    console.rule("4/6  optimize: fold, eliminate, fuse; verified and never slower")
+    console.rule("4/7  optimize: fold, eliminate, fuse; verified and never slower")
     from slipway.optimize import optimize
 
     opt_path = out / f"{model}.opt.onnx"
@@ -71,7 +71,24 @@ def demo(
     console.print(f"wrote {opt_path}")
     m = slipway.load(opt_path)
 
-    console.rule("5/6  this machine (measured once, then cached)")
+    console.rule("5/7  quantize to INT8 (entropy calibration), checked against FP32")
+    import numpy as np
+
+    from slipway.quantize import quantize
+
+    calib = np.random.default_rng(0).standard_normal((32, *x.shape[1:])).astype(np.float32)
+    with console.status("calibrating, placing Q/DQ, evaluating, timing FP32 vs INT8...") as status:
+        q = quantize(opt_path, out / f"{model}.int8.onnx", calib=calib, method="entropy",
+                     progress=lambda stage, done, total: status.update(f"quantizing: {stage} {done}/{total or '?'}"))
+    qd = q.to_dict()
+    console.print(f"INT8 ({qd.get('nodes_quantized', '?')} nodes quantized): agreement with FP32 "
+                  f"{qd['agreement']}, output SNR {qd.get('snr_db')} dB; latency {qd['latency_fp32_ms']} ms FP32 -> "
+                  f"{qd['latency_quant_ms']} ms INT8 on {qd['engine']}")
+    for w in qd.get("warnings", [])[:3]:
+        console.print(f"[yellow]note:[/] {w}")
+    console.print(f"wrote {q.path}")
+
+    console.rule("6/7  this machine (measured once, then cached)")
     with console.status("measuring FP32/INT8 matmul peaks and memory bandwidth..."):
         machine = peaks()
     console.print(f"{machine.cpu}, {machine.threads} threads; FP32 {machine.fp32_gflops:,.1f} GFLOP/s, "
@@ -80,7 +97,7 @@ def demo(
     features = [k for k, v in machine.features.items() if v]
     console.print("CPU features: " + (", ".join(features) or "none detected"))
 
-    console.rule("6/6  analyze + profile in onnxruntime")
+    console.rule("7/7  analyze + profile in onnxruntime")
     shapes = {"x": list(x.shape)}
     with console.status(f"static costs, then {runs} profiled runs..."):
         a = profile(m, analyze(m, shapes), runs=runs, machine=machine)

@@ -85,8 +85,11 @@ def quantize(
     calib: str | None = typer.Option(None, "--calib", help="calibration data: image folder, .npy/.npz file or folder"),
     method: str = typer.Option("entropy", "--method", help="calibration method: entropy | minmax | percentile | mse"),
     precision: str = typer.Option("int8", "--precision", help="int8 | fp16 | bf16"),
-    asymmetric: bool = typer.Option(False, "--asymmetric", help="asymmetric activation ranges (uint8-style)"),
+    symmetric: bool | None = typer.Option(None, "--symmetric/--asymmetric",
+                                          help="activation ranges (default: what this CPU runs best)"),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="one weight scale per tensor, not per channel"),
+    reduce_range: bool | None = typer.Option(None, "--reduce-range/--full-range",
+                                             help="7-bit weights (default: on x86 CPUs without VNNI/AMX)"),
     max_drop: float | None = typer.Option(None, "--max-drop", help="largest metric drop allowed (points for top1)"),
     eval_data: str | None = typer.Option(None, "--eval", help="evaluation data (.npz with a 'labels' array, ...)"),
     metric: str | None = typer.Option(None, "--metric", help="top1 | none | MODULE:FUNC | file.py:FUNC"),
@@ -120,8 +123,8 @@ def quantize(
             bar.update(task, description=stage, completed=done, total=total)
 
         result = run_quantize(
-            model, output, calib=calib, method=method, precision=precision, symmetric=not asymmetric,
-            per_channel=not per_tensor, max_drop=max_drop, eval_data=eval_data, metric=chosen_metric,
+            model, output, calib=calib, method=method, precision=precision, symmetric=symmetric,
+            per_channel=not per_tensor, reduce_range=reduce_range, max_drop=max_drop, eval_data=eval_data, metric=chosen_metric,
             fallback=fallback, target=target, cache=cache, preprocess=spec, calib_limit=calib_limit,
             eval_limit=eval_limit, prepare=not no_prepare, speed_check=not no_speed_check,
             speed_budget_s=speed_budget, progress=progress,
@@ -148,6 +151,7 @@ def _summary(result) -> Table:
         counts = {k: n for k, n in result.quant.counts.items() if k not in ("skipped", "activations", "weights",
                                                                          "biases")}
         table.add_row("quantized nodes", ", ".join(f"{k} {n}" for k, n in counts.items()))
+        table.add_row("formats", result.metadata().get("slipway.quantize.formats", "-"))
     if s is not None:
         table.add_row(f"{s.metric}", f"{_num(s.fp32)} (FP32) -> {_num(s.value)}   drop {_num(s.drop, '.3f')}"
                       + (f" (max {result.max_drop:g})" if result.max_drop is not None else ""))

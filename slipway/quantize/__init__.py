@@ -53,7 +53,8 @@ FALLBACKS = ("fp32", "fp16")
 # broken model, not quantization noise - the metric and max_drop judge that.
 TOLERANCE = {"int8": (1e-3, 1.0), "fp16": (1e-3, 0.05), "bf16": (1e-2, 0.2)}  # (atol, rtol)
 EVAL_FROM_CALIB = 512  # samples of the calibration data evaluated on when no eval_data is given
-SENSITIVITY_SAMPLES = 256
+SENSITIVITY_SAMPLES = 128
+SENSITIVITY_BATCH = 8
 RANDOM_SAMPLES = 32
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -65,8 +66,9 @@ def quantize(
     calib: Any = None,
     method: str = "entropy",
     precision: str = "int8",
-    symmetric: bool = True,
+    symmetric: bool | None = None,
     per_channel: bool = True,
+    reduce_range: bool | None = None,
     max_drop: float | None = None,
     eval_data: Any = None,
     metric: str | Callable | None = "top1",
@@ -86,20 +88,25 @@ def quantize(
     ``calib`` and ``eval_data``: anything :func:`slipway.quantize.data.calibration_data` reads
     (images are pre-processed by ``preprocess``); ``eval_data`` may carry labels (an ``.npz``
     with a ``labels`` array, or ``(feeds, label)`` pairs). Without ``eval_data`` the first
-    samples of ``calib`` are the evaluation set (agreement with FP32). ``max_drop`` is in the
-    metric's units (points for top-1 / agreement). ``speed_budget_s`` is the time given to the
-    FP32 vs quantized latency measurement. ``progress(stage, done, total)`` reports.
+    samples of ``calib`` are the evaluation set (agreement with FP32). ``symmetric`` (activations)
+    and ``reduce_range`` (7-bit weights) default to what this CPU's int8 kernels run best
+    (:func:`speed.int8_defaults`: asymmetric uint8 on x86, plus 7-bit weights without VNNI/AMX;
+    symmetric int8 on ARM; an explicit ``symmetric=True`` means symmetric int8). ``max_drop`` is in the metric's units (points for top-1 / agreement).
+    ``speed_budget_s`` is the time given to the FP32 vs quantized latency measurement.
+    ``progress(stage, done, total)`` reports each stage (and the calibration's samples).
     """
     t0 = time.perf_counter()
     _check_args(method, precision, fallback, target, max_drop)
     say = _Say(progress)
     source = as_model(model, validate=True)
     _require_floats(source)
-    result = QuantizeResult(precision=precision, method=method if precision == "int8" else "", target=target)
+    result = QuantizeResult(precision=precision, method=method if precision == "int8" else "", target=target,
+                            max_drop=max_drop)
     if precision == "int8":
-        final = _int8(source, result, say, calib=calib, method=method, symmetric=symmetric, per_channel=per_channel,
-                      max_drop=max_drop, eval_data=eval_data, metric=metric, fallback=fallback, cache=cache,
-                      preprocess=preprocess, calib_limit=calib_limit, eval_limit=eval_limit, prepare=prepare)
+        formats = _formats(symmetric, per_channel, reduce_range, result)
+        final = _int8(source, result, say, calib=calib, method=method, formats=formats, max_drop=max_drop,
+                      eval_data=eval_data, metric=metric, fallback=fallback, cache=cache, preprocess=preprocess,
+                      calib_limit=calib_limit, eval_limit=eval_limit, prepare=prepare)
     else:
         final = _low(source, result, say, eval_data=eval_data, calib=calib, metric=metric, preprocess=preprocess,
                      eval_limit=eval_limit, max_drop=max_drop)
@@ -175,6 +182,13 @@ def _eval_set(model: ir.Model, eval_data: Any, calib: Any, preprocess: Any, limi
               result: QuantizeResult) -> ev.EvalData:
     if eval_data is not None:
         data = ev.from_feeds(model, eval_data, limit=limit, preprocess=preprocess)
+    elif calib is not None and _one_shot(calib):
+        if result.max_drop is not None:
+            raise UserError("the calibration data is a one-shot iterator, so it cannot also be the evaluation set "
+                            "for max_drop: give eval_data (--eval)")
+        data = ev.random_set(model, RANDOM_SAMPLES)
+        result.warnings.append("no evaluation data and the calibration data is a one-shot iterator: agreement "
+                               f"with FP32 measured on {data.samples} random inputs; give eval_data")
     elif calib is not None:
         data = ev.from_feeds(model, calib, limit=limit or EVAL_FROM_CALIB, what="calibration data",
                              preprocess=preprocess)
@@ -187,6 +201,12 @@ def _eval_set(model: ir.Model, eval_data: Any, calib: Any, preprocess: Any, limi
     result.eval_samples, result.eval_source = data.samples, data.source
     result.verify_feeds = ev.verify_feeds(data)
     return data
+
+
+def _one_shot(data: Any) -> bool:
+    from collections.abc import Iterator
+
+    return isinstance(data, Iterator)
 
 
 class _Judge:
@@ -203,8 +223,23 @@ class _Judge:
                         self.data.labels, self.fp32)
 
 
-def _int8(source: ir.Model, result: QuantizeResult, say: _Say, *, calib: Any, method: str, symmetric: bool,
-          per_channel: bool, max_drop: float | None, eval_data: Any, metric: Any, fallback: str, cache: Any,
+def _formats(symmetric: bool | None, per_channel: bool, reduce_range: bool | None,
+             result: QuantizeResult) -> dict[str, Any]:
+    """The Q/DQ formats: the caller's, else :func:`speed.int8_defaults` for this CPU (noted)."""
+    choice = speed.int8_defaults()
+    if symmetric is None or reduce_range is None:
+        result.notes.append(f"formats for this CPU: {choice.why}")
+    sym = choice.symmetric if symmetric is None else bool(symmetric)
+    formats = {"symmetric_activations": sym,
+               "activation_type": "int8" if sym and symmetric is not None else choice.activation_type,
+               "reduce_range": choice.reduce_range if reduce_range is None else bool(reduce_range),
+               "per_channel": bool(per_channel)}
+    result.formats = formats
+    return formats
+
+
+def _int8(source: ir.Model, result: QuantizeResult, say: _Say, *, calib: Any, method: str,
+          formats: dict[str, Any], max_drop: float | None, eval_data: Any, metric: Any, fallback: str, cache: Any,
           preprocess: Any, calib_limit: int | None, eval_limit: int | None, prepare: bool) -> ir.Model:
     from slipway.quantize import calibrate, qdq
     from slipway.quantize.data import calibration_data
@@ -219,9 +254,9 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, *, calib: Any, me
                             cache=cache)
     result.calib_samples = cal.samples
     result.notes.extend(cal.notes)
-    ranges = calibrate.ranges(cal, method, symmetric=symmetric)
+    ranges = calibrate.ranges(cal, method, symmetric=formats["symmetric_activations"])
     say("placing Q/DQ")
-    quant, report = qdq.quantize_qdq(prepared, ranges, per_channel=per_channel, symmetric_activations=symmetric)
+    quant, report = qdq.quantize_qdq(prepared, ranges, **formats)
     if not report.quantized:
         raise UserError("nothing in the model can be quantized to INT8 (no Conv, Gemm, MatMul, Add, pooling ...)")
     result.quant = report
@@ -233,35 +268,39 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, *, calib: Any, me
     batches = _first_rows(judge.data, SENSITIVITY_SAMPLES)
     result.sensitivity = sens.analyze(prepared, quant, batches, progress=lambda text: say(text))
     if max_drop is not None and result.score.drop > max_drop:
-        build = _Builder(prepared, ranges, per_channel, symmetric, fallback, result)
+        build = _Builder(prepared, ranges, formats, fallback, result)
         quant = _budget(build, judge, result, max_drop, say)
-    result.max_drop = max_drop
     return quant
 
 
 def _first_rows(data: ev.EvalData, limit: int) -> list[dict[str, np.ndarray]]:
+    """The first ``limit`` samples in batches of at most :data:`SENSITIVITY_BATCH` rows (every layer's
+    output is kept for a batch, twice: small batches bound the memory)."""
     out, seen = [], 0
     for feeds in data.batches:
-        if seen >= limit:
-            break
-        out.append(feeds)
-        seen += int(next(iter(feeds.values())).shape[0]) if feeds else 1
+        rows = int(next(iter(feeds.values())).shape[0]) if feeds else 1
+        step = SENSITIVITY_BATCH if data.dynamic else rows
+        for i in range(0, rows, step):
+            if seen >= limit:
+                return out
+            part = {k: x[i:i + step] for k, x in feeds.items()}
+            out.append(part)
+            seen += int(next(iter(part.values())).shape[0]) if part else 1
     return out
 
 
 class _Builder:
     """The quantized model with the given layers kept in float (FP32, or FP16 while the engine runs it)."""
 
-    def __init__(self, prepared: ir.Model, ranges: Any, per_channel: bool, symmetric: bool, fallback: str,
+    def __init__(self, prepared: ir.Model, ranges: Any, formats: dict[str, Any], fallback: str,
                  result: QuantizeResult) -> None:
         self.prepared, self.ranges, self.result = prepared, ranges, result
-        self.per_channel, self.symmetric, self.fallback = per_channel, symmetric, fallback
+        self.formats, self.fallback = formats, fallback
 
     def __call__(self, layers: Sequence[str]) -> tuple[ir.Model, Any]:
         from slipway.quantize import qdq
 
-        model, report = qdq.quantize_qdq(self.prepared, self.ranges, per_channel=self.per_channel,
-                                         symmetric_activations=self.symmetric, exclude_nodes=layers)
+        model, report = qdq.quantize_qdq(self.prepared, self.ranges, exclude_nodes=layers, **self.formats)
         if self.fallback == "fp16":
             model = self._fp16(model, set(layers))
         return model, report
@@ -347,7 +386,6 @@ def _low(source: ir.Model, result: QuantizeResult, say: _Say, *, eval_data: Any,
     judge = _Judge(source, _eval_set(source, eval_data, calib, preprocess, eval_limit, result), metric,
                    result.engine)
     result.metric, result.score = judge.metric, judge(model)
-    result.max_drop = max_drop
     if max_drop is not None and result.score.drop > max_drop:
         raise VerificationError(f"the {result.precision} model drops {result.score.drop:.3g} "
                                 f"({judge.metric.name}), more than max_drop {max_drop:g}; nothing written")
@@ -367,6 +405,9 @@ def _verify(source: ir.Model, final: ir.Model, result: QuantizeResult, precision
     finally:
         session.close()
     batches = sorted({int(next(iter(f.values())).shape[0]) for f in feeds_list if f})
+    if failure:
+        failure = (f"the {precision} model is broken, its outputs are off by more than {rtol:g} x the largest FP32 "
+                   f"output: {failure}")
     return v.VerifyReport(checks, atol, rtol, batches, [v.describe(f) for f in feeds_list],
                           "the FP32 model in " + v.engine_name(), f"{result.engine} (engine optimizations on)",
                           failure)

@@ -73,6 +73,7 @@ class QuantizeResult:
     eval_samples: int = 0
     eval_source: str = ""
     calib_samples: int = 0
+    formats: dict[str, Any] = field(default_factory=dict)  # quantize_qdq's format options
     quant: Any = None  # qdq.QuantReport (int8)
     precision_report: Any = None  # precision.PrecisionReport (fp16 / bf16)
     sensitivity: list[LayerSensitivity] = field(default_factory=list)
@@ -122,6 +123,7 @@ class QuantizeResult:
             "int8_isa": sp.isa if sp else None,
             "float_layers": [f.to_dict() for f in self.float_layers],
             "nodes_quantized": self.nodes_quantized(),
+            "formats": dict(self.formats) or None,
             "quantized": dict(self.quant.counts) if self.quant is not None else None,
             "not_quantized": dict(self.quant.skipped) if self.quant is not None else None,
             "sensitivity": [x.to_dict() for x in self.sensitivity],
@@ -145,6 +147,12 @@ class QuantizeResult:
             meta[p + "method"] = self.method
         if self.quant is not None:
             meta[p + "nodes_quantized"] = str(self.nodes_quantized())
+        if self.formats:
+            f = self.formats
+            meta[p + "formats"] = (f"activations {f['activation_type']} "
+                                   f"{'symmetric' if f['symmetric_activations'] else 'asymmetric'}, "
+                                   f"weights {'per-channel' if f['per_channel'] else 'per-tensor'} "
+                                   f"{'7-bit' if f['reduce_range'] else '8-bit'}")
         if s is not None:
             meta[p + "metric"] = s.metric
             meta[p + "score"] = f"fp32 {s.fp32:.4f} -> {s.value:.4f} (drop {s.drop:.4f})"

@@ -70,15 +70,18 @@ class _Acc:
         self.ref2 = self.act2 = self.dot = self.noise = 0.0
 
     def add(self, ref: np.ndarray, act: np.ndarray) -> None:
-        r = ref.astype(np.float64).ravel()
-        a = act.astype(np.float64).ravel()
-        if r.shape != a.shape:
+        if ref.shape != act.shape:
             self.noise = math.inf
             return
-        self.ref2 += float(np.sum(r * r))
-        self.act2 += float(np.sum(a * a))
-        self.dot += float(np.sum(r * a))
-        self.noise += float(np.sum((r - a) ** 2))
+        r = ref.astype(np.float64).ravel()
+        a = act.astype(np.float64).ravel()
+        ref2, act2 = float(np.sum(r * r)), float(np.sum(a * a))
+        r -= a  # in place: r is a fresh copy
+        noise = float(np.sum(r * r))
+        self.ref2 += ref2
+        self.act2 += act2
+        self.noise += noise
+        self.dot += (ref2 + act2 - noise) / 2  # r.a from |r - a|^2 = |r|^2 + |a|^2 - 2 r.a
 
     def snr_db(self) -> float:
         if not math.isfinite(self.noise):

@@ -14,6 +14,7 @@ A quantized model is only worth its accuracy cost when it runs faster. Two thing
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ import onnx_ir as ir
 from slipway.analyze.machine import cpu_features, cpu_model, int8_isa
 from slipway.errors import UserError
 
-__all__ = ["SpeedReport", "isa_check", "measure", "TARGETS"]
+__all__ = ["SpeedReport", "Int8Choice", "int8_defaults", "isa_check", "measure", "TARGETS"]
 
 TARGETS = ("ort", "openvino")
 
@@ -54,6 +55,37 @@ class SpeedReport:
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
+
+
+@dataclass
+class Int8Choice:
+    symmetric: bool  # symmetric activations (zero point 0)
+    activation_type: str  # "uint8" | "int8"
+    reduce_range: bool  # 7-bit weights
+    why: str
+
+
+def int8_defaults(features: Mapping[str, bool] | None = None, machine: str | None = None) -> Int8Choice:
+    """The activation and weight formats that run accurately and fast on this CPU's int8 kernels.
+
+    * ARM (SDOT / I8MM multiply s8 x s8): symmetric int8 activations, full-range weights.
+    * x86: the engines multiply u8 x s8 (VNNI's VPDPBUSD, else VPMADDUBSW): asymmetric uint8
+      activations. int8 activations take onnxruntime's slower s8 x s8 path (ResNet-18 measured
+      1.6x slower than with uint8 on an AVX2 CPU, no faster than FP32). Without VNNI/AMX,
+      VPMADDUBSW adds two u8 x s8 products into a saturating int16, which full-range weights
+      overflow (output SNR ~20 instead of ~40 dB measured): 7-bit weights (``reduce_range``), as
+      onnxruntime recommends for such CPUs.
+    """
+    feats = dict(cpu_features() if features is None else features)
+    arch = (machine if machine is not None else platform.machine()).lower()
+    if arch in ("arm64", "aarch64") or arch.startswith("arm") or feats.get("asimd"):
+        return Int8Choice(True, "int8", False, "ARM CPU: symmetric int8 activations, full-range int8 weights")
+    isa, native = int8_isa(feats)
+    if native:
+        return Int8Choice(False, "uint8", False, f"x86 CPU with {isa}: asymmetric uint8 activations (u8 x s8 kernels)")
+    return Int8Choice(False, "uint8", True, f"x86 CPU without VNNI/AMX ({isa}): asymmetric uint8 activations and "
+                                            "7-bit weights (VPMADDUBSW's int16 pair sums saturate with full-range "
+                                            "weights)")
 
 
 def check_target(target: str) -> None:

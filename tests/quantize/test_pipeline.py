@@ -205,3 +205,65 @@ def test_labels_count_must_match(cnn, data, tmp_path):
     with pytest.raises(UserError, match="9 labels for 10 samples"):
         quantize(cnn, tmp_path / "o.onnx", calib=data[0][:16], eval_data=path, speed_check=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]
+
+
+def test_formats_follow_the_cpu_unless_given(cnn, data):
+    from slipway.quantize.speed import int8_defaults, isa_check
+
+    def choice(features, machine):
+        c = int8_defaults(features, machine)
+        return c.symmetric, c.activation_type, c.reduce_range
+
+    assert choice({"avx2": True}, "x86_64") == (False, "uint8", True)
+    assert choice({"avx512_vnni": True}, "x86_64") == (False, "uint8", False)
+    assert choice({"asimd": True}, "aarch64") == (True, "int8", False)
+    assert any("no int8 dot-product" in w for w in isa_check("int8", "ort", {"avx2": True}).warnings)
+    assert isa_check("int8", "ort", {"avx512_vnni": True}).warnings == []
+    r = quantize(cnn, None, calib=data[0][:32], symmetric=True, reduce_range=False, per_channel=False,
+                 speed_check=False)
+    assert r.to_dict()["formats"] == {"symmetric_activations": True, "activation_type": "int8", "reduce_range": False,
+                                      "per_channel": False}
+    zero_points = [n for n in r.model.graph if n.op_type == "QuantizeLinear"]
+    assert all(not np.any(q.inputs[2].const_value.numpy()) for q in zero_points)  # symmetric: zero point 0
+
+
+def test_one_shot_calibration_iterator(cnn, data, tmp_path):
+    x_tr = data[0]
+    r = quantize(cnn, None, calib=(x_tr[i:i + 8] for i in range(0, 64, 8)), speed_check=False)
+    assert r.calib_samples == 64 and any("one-shot" in w for w in r.warnings)
+    with pytest.raises(UserError, match="give eval_data"):
+        quantize(cnn, tmp_path / "o.onnx", calib=(x_tr[i:i + 8] for i in range(0, 64, 8)), max_drop=1.0,
+                 speed_check=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metrics():
+    from slipway.quantize import evaluate as E
+
+    ref = [np.eye(4, dtype=np.float32) * 5]
+    out = [ref[0].copy()]
+    out[0][0] = [0, 9, 0, 0]  # sample 0 now predicts class 1
+    labels = np.arange(4)
+    top1 = E.resolve_metric("top1", labels, ref)
+    s = E.score(top1, out, ref, labels)
+    assert (top1.kind, s.fp32, s.value, s.drop, s.agreement) == ("top1", 100.0, 75.0, 25.0, 75.0)
+    assert E.score(top1, out, ref, np.eye(4)).value == 75.0  # one-hot labels
+    agree = E.resolve_metric("top1", None, ref)  # no labels: agreement with FP32
+    assert agree.kind == "agreement" and E.score(agree, out, ref, None).drop == 25.0
+    maps = [np.ones((2, 3, 4, 4), np.float32)]
+    cos = E.resolve_metric(None, None, maps)
+    assert cos.kind == "cosine" and E.score(cos, [maps[0] * 2], maps, None).drop == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(UserError, match="classifier output"):
+        E.resolve_metric("top1", labels, maps)
+    with pytest.raises(UserError, match="3 labels for 4 outputs"):
+        E.score(top1, out, ref, np.arange(3))
+
+
+def test_verification_failure_writes_nothing(cnn, data, tmp_path, monkeypatch):
+    import slipway.quantize as q
+
+    monkeypatch.setitem(q.TOLERANCE, "int8", (0.0, 1e-9))  # no int8 model is that close to FP32
+    out = tmp_path / "v.onnx"
+    with pytest.raises(VerificationError, match="the int8 model is broken"):
+        quantize(cnn, out, calib=data[0][:16], speed_check=False)
+    assert list(tmp_path.iterdir()) == []
