@@ -81,9 +81,9 @@ def demo(
         q = quantize(opt_path, out / f"{model}.int8.onnx", calib=calib, method="entropy",
                      progress=lambda stage, done, total: status.update(f"quantizing: {stage} {done}/{total or '?'}"))
     qd = q.to_dict()
-    console.print(f"INT8 ({qd.get('nodes_quantized', '?')} nodes quantized): agreement with FP32 "
-                  f"{qd['agreement']}, output SNR {qd.get('snr_db')} dB; latency {qd['latency_fp32_ms']} ms FP32 -> "
-                  f"{qd['latency_quant_ms']} ms INT8 on {qd['engine']}")
+    console.print(f"INT8 ({qd.get('nodes_quantized', '?')} nodes quantized): output SNR {qd.get('snr_db'):.1f} dB vs "
+                  f"FP32, top-1 agreement {qd['agreement']:.1f}% (random weights and inputs: near-tied logits); "
+                  f"latency {qd['latency_fp32_ms']:.2f} ms FP32 -> {qd['latency_quant_ms']:.2f} ms INT8 on {qd['engine']}")
     for w in qd.get("warnings", [])[:3]:
         console.print(f"[yellow]note:[/] {w}")
     console.print(f"wrote {q.path}")
