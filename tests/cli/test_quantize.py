@@ -65,7 +65,10 @@ def test_json_has_the_documented_keys(files, tmp_path):
     onnx.checker.check_model(onnx.load(out))
 
 
-def test_tables_and_sensitivity_ranking(files, tmp_path):
+def test_tables_and_sensitivity_ranking(files, tmp_path, monkeypatch):
+    from slipway.cli import common
+
+    monkeypatch.setattr(common.console, "width", 200)  # the shared console may be narrow in this worker
     r = slipway(files["model"], "-o", tmp_path / "q.onnx", "--calib", files["calib"], "--method", "percentile",
                 "--no-speed-check")
     assert r.exit_code == 0, r.output
