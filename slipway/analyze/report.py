@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from slipway import svg
 from slipway.analyze import roofline
 from slipway.analyze.types import Analysis, MachinePeaks, NodeCost
 from slipway.model import atomic_write_text
@@ -26,6 +27,7 @@ PALETTE = (
 OTHER_COLOR = "#9aa3b2"
 W, H = 720, 440
 LEFT, RIGHT, TOP, BOTTOM = 72, 24, 22, 52
+FRAME = svg.Frame(W, H, LEFT, RIGHT, TOP, BOTTOM)
 
 
 def write_report(analysis: Analysis, path: str | os.PathLike) -> Path:
@@ -176,20 +178,7 @@ def _tick(v: float) -> str:
 
 
 def _axes(x: LogScale, y: LogScale, xlabel: str, ylabel: str) -> list[str]:
-    parts = []
-    for v in x.decades():
-        px = x(v)
-        parts.append(f'<line class="gridline" x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{H - BOTTOM}"/>')
-        parts.append(f'<text x="{px:.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">{_tick(v)}</text>')
-    for v in y.decades():
-        py = y(v)
-        parts.append(f'<line class="gridline" x1="{LEFT}" y1="{py:.1f}" x2="{W - RIGHT}" y2="{py:.1f}"/>')
-        parts.append(f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{_tick(v)}</text>')
-    parts.append(f'<line class="axis" x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" y2="{H - BOTTOM}"/>')
-    parts.append(f'<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{H - BOTTOM}"/>')
-    parts.append(f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 12}" text-anchor="middle">{_e(xlabel)}</text>')
-    parts.append(f'<text transform="translate(16 {(TOP + H - BOTTOM) / 2}) rotate(-90)" text-anchor="middle">{_e(ylabel)}</text>')
-    return parts
+    return svg.axes(FRAME, svg.ticks(x, x.decades(), _tick), svg.ticks(y, y.decades(), _tick), xlabel, ylabel)
 
 
 def chart_points(a: Analysis) -> list[tuple[NodeCost, float, float, roofline.Point]]:

@@ -16,12 +16,14 @@ from importlib import metadata, resources
 from pathlib import Path
 from string import Template
 
+from slipway import svg
 from slipway.analyze.report import PALETTE, si
 from slipway.model import atomic_write_text
 from slipway.perf.runner import BenchResult
 
 W, H = 900, 480
 LEFT, RIGHT, TOP, BOTTOM = 76, 28, 22, 52
+FRAME = svg.Frame(W, H, LEFT, RIGHT, TOP, BOTTOM)
 ENGINE_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
 
 
@@ -127,21 +129,7 @@ def _nice(v: float) -> float:
 
 
 def _axes(x: Scale, y: Scale, xlabel: str, ylabel: str) -> list[str]:
-    parts = []
-    for v in x.ticks():
-        px = x(v)
-        parts.append(f'<line class="gridline" x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{H - BOTTOM}"/>')
-        parts.append(f'<text x="{px:.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">{_tick(v)}</text>')
-    for v in y.ticks():
-        py = y(v)
-        parts.append(f'<line class="gridline" x1="{LEFT}" y1="{py:.1f}" x2="{W - RIGHT}" y2="{py:.1f}"/>')
-        parts.append(f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{_tick(v)}</text>')
-    parts.append(f'<line class="axis" x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" y2="{H - BOTTOM}"/>')
-    parts.append(f'<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{H - BOTTOM}"/>')
-    parts.append(f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 12}" text-anchor="middle">{_e(xlabel)}</text>')
-    parts.append(f'<text transform="translate(16 {(TOP + H - BOTTOM) / 2}) rotate(-90)" '
-                 f'text-anchor="middle">{_e(ylabel)}</text>')
-    return parts
+    return svg.axes(FRAME, svg.ticks(x, x.ticks(), _tick), svg.ticks(y, y.ticks(), _tick), xlabel, ylabel)
 
 
 def _tick(v: float) -> str:
