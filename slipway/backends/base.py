@@ -253,6 +253,34 @@ class FeedCheck:
         return UserError(f"invalid feeds for inputs {takes}")
 
 
+class SessionBase:
+    """What every engine's session shares: its tensor descriptions and the checks before a run.
+
+    Subclasses set ``backend``, ``_inputs``, ``_outputs``, ``_check`` (a :class:`FeedCheck`) and
+    ``_names`` (the output names) and start ``run`` with :meth:`_requested`.
+    """
+
+    backend: str
+    _inputs: list[TensorInfo]
+    _outputs: list[TensorInfo]
+    _check: FeedCheck
+    _names: list[str]
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return list(self._outputs)
+
+    def _requested(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> list[str]:
+        """Check the feeds (one-line UserError naming the input) and return the outputs to fetch."""
+        if not self._check.ok(feeds):
+            raise self._check.error(feeds)
+        return self._names if outputs is None else check_outputs(outputs, self._names)
+
+
 def _shape_text(shape: Sequence[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 

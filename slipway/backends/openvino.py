@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from slipway.backends.base import FeedCheck, Options, TensorInfo, check_options, check_outputs, onnx_source
+from slipway.backends.base import FeedCheck, Options, SessionBase, TensorInfo, check_options, onnx_source
 from slipway.errors import MissingDependencyError, UserError
 
 __all__ = ["OpenVINOBackend", "OpenVINOSession", "CPU", "GPU"]
@@ -114,7 +114,7 @@ def _ov_message(e: BaseException) -> str:
     return text[:300]
 
 
-class OpenVINOSession:
+class OpenVINOSession(SessionBase):
     """One infer request: ``run(feeds)`` checks the feeds, infers, and copies the outputs out."""
 
     def __init__(self, backend: str, compiled: Any) -> None:
@@ -131,18 +131,8 @@ class OpenVINOSession:
         self._index = {name: i for i, name in enumerate(self._names)}
         self._tensor = ov.Tensor
 
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return list(self._outputs)
-
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        if not self._check.ok(feeds):
-            raise self._check.error(feeds)
-        names = self._names if outputs is None else check_outputs(outputs, self._names)
+        names = self._requested(feeds, outputs)
         request = self._request
         if request is None:
             raise UserError("this session is closed")

@@ -36,9 +36,9 @@ import numpy as np
 from slipway.backends.base import (
     FeedCheck,
     Options,
+    SessionBase,
     TensorInfo,
     check_options,
-    check_outputs,
     one_line,
     onnx_source,
 )
@@ -176,7 +176,7 @@ def _closed(*args: Any) -> Any:
     raise UserError("this session is closed")
 
 
-class OrtSession:
+class OrtSession(SessionBase):
     """One instance: ``run(feeds)`` checks the feeds, runs, and returns ``{output name: array}``."""
 
     def __init__(self, backend: str, shared: _Shared, io_binding: bool) -> None:
@@ -197,18 +197,8 @@ class OrtSession:
             self._binding = sess.io_binding()
         self._sess = sess
 
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return list(self._outputs)
-
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        if not self._check.ok(feeds):
-            raise self._check.error(feeds)
-        names = self._names if outputs is None else check_outputs(outputs, self._names)
+        names = self._requested(feeds, outputs)
         if type(feeds) is not dict:
             feeds = dict(feeds)
         try:
