@@ -1,0 +1,18 @@
+"""``slipway serve``: a KServe v2 (HTTP + gRPC) server over Triton-layout model repositories.
+
+Layers, each transport-free below the adapters:
+
+* ``repository.py`` reads ``REPO/MODEL/config.pbtxt`` + ``REPO/MODEL/VERSION/model.onnx`` with
+  Triton's own model-config schema and completes a missing config from the ONNX model;
+* ``model.py`` is one loaded version: engine sessions sharing one copy of the weights, request checks;
+* ``batcher.py`` merges concurrent requests into batches, runs them off the event loop;
+* ``dataplane.py`` is the protocol's logic (health, metadata, config, statistics, repository
+  control, inference); ``http.py`` (aiohttp) and ``grpc.py`` (grpc.aio) are thin adapters;
+* ``metrics.py`` exposes Triton-named Prometheus metrics; ``server.py`` ties it all to ports.
+"""
+
+from __future__ import annotations
+
+from slipway.serve.server import Server
+
+__all__ = ["Server"]

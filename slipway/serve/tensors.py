@@ -1,0 +1,228 @@
+"""Tensor codecs of the KServe v2 protocol: datatype names, raw bytes, JSON lists, BYTES.
+
+One table maps the protocol's datatype names to numpy dtypes and to Triton's model-config enum
+(``TYPE_FP32``...). Every decoder checks sizes against the declared shape and raises a one-line
+:class:`ServeError` (400) naming the tensor, so a truncated or oversized body never reaches an
+engine. BYTES elements travel as 4-byte little-endian length + bytes in binary form and as
+strings in JSON; BF16 uses ``ml_dtypes.bfloat16`` (numpy has no bfloat16 of its own).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from slipway.errors import ServeError
+
+__all__ = [
+    "DATATYPES", "CONFIG_TYPES", "numpy_dtype", "datatype_of", "config_type", "datatype_from_config",
+    "from_raw", "to_raw", "from_json", "to_json", "bytes_size", "check_shape", "element_count",
+]
+
+# protocol name -> numpy dtype (object for BYTES)
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "BYTES": np.dtype(object),
+}
+
+# protocol name -> Triton model-config enum name (BYTES is TYPE_STRING there)
+CONFIG_TYPES: dict[str, str] = {k: "TYPE_STRING" if k == "BYTES" else f"TYPE_{k}" for k in DATATYPES}
+_FROM_CONFIG = {v: k for k, v in CONFIG_TYPES.items()}
+_BY_DTYPE = {v: k for k, v in DATATYPES.items() if k != "BYTES"}
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise ServeError(f"unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})", 400) from None
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    """The protocol name of a numpy dtype (object, str and bytes arrays are BYTES)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return "BYTES"
+    try:
+        return _BY_DTYPE[dtype]
+    except KeyError:
+        raise ServeError(f"numpy dtype {dtype} has no KServe v2 datatype", 500) from None
+
+
+def config_type(datatype: str) -> str:
+    return CONFIG_TYPES[datatype]
+
+
+def datatype_from_config(type_name: str) -> str:
+    """``TYPE_FP32`` -> ``FP32``; ``TYPE_STRING`` -> ``BYTES``."""
+    try:
+        return _FROM_CONFIG[type_name]
+    except KeyError:
+        raise ServeError(f"model config data type {type_name!r} is not supported", 400) from None
+
+
+def element_count(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def check_shape(name: str, shape: Any) -> list[int]:
+    """``shape`` as a list of non-negative ints, or a 400 naming the tensor."""
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise ServeError(f"input {name!r}: shape must be a list of integers, got {shape!r}", 400)
+    if any(d < 0 for d in shape):
+        raise ServeError(f"input {name!r}: shape {list(shape)} has a negative dimension", 400)
+    return list(shape)
+
+
+def bytes_size(array: np.ndarray) -> int:
+    """Size of ``array`` in the binary tensor format."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        return sum(4 + len(_as_bytes(x)) for x in array.reshape(-1))
+    return array.nbytes
+
+
+# ---------------------------------------------------------------------------------------------
+# binary form
+
+
+def from_raw(name: str, raw: bytes | bytearray | memoryview, datatype: str, shape: Sequence[int]) -> np.ndarray:
+    """Decode one tensor's binary data; the array may share memory with ``raw`` (read-only)."""
+    dtype = numpy_dtype(datatype)
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return _bytes_from_raw(name, memoryview(raw), count).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise ServeError(
+            f"input {name!r}: {len(raw)} bytes of data, expected {expected} for {datatype} {list(shape)}", 400
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """The binary form of ``array`` (C order; BYTES as length-prefixed elements)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        parts = []
+        for x in array.reshape(-1):
+            b = _as_bytes(x)
+            parts.append(struct.pack("<I", len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    return np.ascontiguousarray(array).tobytes()
+
+
+def _bytes_from_raw(name: str, view: memoryview, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(view)
+    for i in range(count):
+        if pos + 4 > end:
+            raise ServeError(f"input {name!r}: BYTES data ends after {i} of {count} elements", 400)
+        (n,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        if pos + n > end:
+            raise ServeError(f"input {name!r}: BYTES element {i} says {n} bytes but only {end - pos} remain", 400)
+        out[i] = bytes(view[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise ServeError(f"input {name!r}: {end - pos} bytes left over after {count} BYTES elements", 400)
+    return out
+
+
+def _as_bytes(x: Any) -> bytes:
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, str):
+        return x.encode("utf-8")
+    if isinstance(x, (bytearray, memoryview, np.bytes_)):
+        return bytes(x)
+    return str(x).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON form
+
+
+def from_json(name: str, data: Any, datatype: str, shape: Sequence[int]) -> np.ndarray:
+    """Decode a JSON ``data`` list (flat or nested, row-major) into an array of ``shape``."""
+    dtype = numpy_dtype(datatype)
+    count = element_count(shape)
+    if not isinstance(data, list):
+        data = [data]
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if len(flat) != count:
+            raise ServeError(f"input {name!r}: {len(flat)} elements, expected {count} for shape {list(shape)}", 400)
+        out = np.empty(count, dtype=object)
+        for i, x in enumerate(flat):
+            if not isinstance(x, (str, bytes)):
+                raise ServeError(f"input {name!r}: BYTES element {i} must be a string, got {type(x).__name__}", 400)
+            out[i] = x.encode("utf-8") if isinstance(x, str) else x
+        return out.reshape(shape)
+    try:
+        arr = np.asarray(data, dtype=np.float64 if dtype.kind == "f" or datatype == "BF16" else None)
+    except (ValueError, TypeError):
+        raise ServeError(f"input {name!r}: data is not a regular list of numbers", 400) from None
+    if arr.dtype == object or arr.dtype.kind in "SUV":
+        raise ServeError(f"input {name!r}: data must hold {datatype} numbers", 400)
+    if arr.size != count:
+        raise ServeError(f"input {name!r}: {arr.size} elements, expected {count} for shape {list(shape)}", 400)
+    if datatype == "BOOL":
+        if arr.dtype != np.bool_ and not np.isin(arr, (0, 1)).all():
+            raise ServeError(f"input {name!r}: BOOL data must be true/false", 400)
+    elif dtype.kind in "iu":
+        if arr.dtype.kind == "f" or arr.dtype == np.bool_:
+            raise ServeError(f"input {name!r}: {datatype} data must be integers", 400)
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise ServeError(f"input {name!r}: a value is out of range for {datatype}", 400)
+    return arr.astype(dtype).reshape(shape)
+
+
+def to_json(array: np.ndarray) -> list:
+    """``array`` as a flat JSON list (BYTES as UTF-8 strings, raw bytes if not UTF-8 decodable)."""
+    flat = array.reshape(-1)
+    if array.dtype == object or array.dtype.kind in "SU":
+        out = []
+        for x in flat:
+            b = _as_bytes(x)
+            try:
+                out.append(b.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ServeError("a BYTES output is not UTF-8 text; ask for it in binary form", 400) from None
+        return out
+    if array.dtype == ml_dtypes.bfloat16 or array.dtype == np.float16:
+        flat = flat.astype(np.float32)
+    return flat.tolist()
+
+
+def _flatten(data: list) -> list:
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
+    return out
