@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = ("info", "convert", "analyze", "optimize", "quantize", "bench", "tune", "compare", "machine", "demo")
+COMMANDS = ("info", "convert", "analyze", "optimize", "quantize", "bench", "tune", "compare", "serve", "machine", "demo")
 
 
 def test_python_m_lists_every_command() -> None:

@@ -31,12 +31,12 @@ def demo(
     from slipway.zoo import build
 
     t0 = time.perf_counter()
-    console.rule(f"1/7  build {model} in PyTorch")
+    console.rule(f"1/8  build {model} in PyTorch")
     module, x = build(model)
     n_torch = sum(p.numel() for p in module.parameters())
     console.print(f"{type(module).__name__}: {n_torch:,} parameters (PyTorch), example input {list(x.shape)}")
 
-    console.rule("2/7  convert to ONNX and verify against PyTorch")
+    console.rule("2/8  convert to ONNX and verify against PyTorch")
     path = out / f"{model}.onnx"
     with console.status("torch.onnx.export (dynamo) + verification at several batch sizes..."):
         result = from_torch(module, (x,), path)
@@ -47,7 +47,7 @@ def demo(
                       + ("[green]ok[/]" if o.ok else "[red]FAILED[/]"))
     console.print(f"wrote {path} (errors recorded in its metadata_props)")
 
-    console.rule("3/7  summary")
+    console.rule("3/8  summary")
     m = slipway.load(path)
     s = slipway.summary(m)
     ops = ", ".join(f"{k} {v}" for k, v in list(s["op_histogram"].items())[:8])
@@ -57,7 +57,7 @@ def demo(
                   f"file {human(s['file_bytes'], 'B')}; BatchNorm folded by the exporter: "
                   f"{n_torch - s['params']:,} fewer parameters than PyTorch")
 
-    console.rule("4/7  optimize: fold, eliminate, fuse; verified and never slower")
+    console.rule("4/8  optimize: fold, eliminate, fuse; verified and never slower")
     from slipway.optimize import optimize
 
     opt_path = out / f"{model}.opt.onnx"
@@ -71,7 +71,7 @@ def demo(
     console.print(f"wrote {opt_path}")
     m = slipway.load(opt_path)
 
-    console.rule("5/7  quantize to INT8 (entropy calibration), checked against FP32")
+    console.rule("5/8  quantize to INT8 (entropy calibration), checked against FP32")
     import numpy as np
 
     from slipway.quantize import quantize
@@ -88,7 +88,7 @@ def demo(
         console.print(f"[yellow]note:[/] {w}")
     console.print(f"wrote {q.path}")
 
-    console.rule("6/7  this machine (measured once, then cached)")
+    console.rule("6/8  this machine (measured once, then cached)")
     with console.status("measuring FP32/INT8 matmul peaks and memory bandwidth..."):
         machine = peaks()
     console.print(f"{machine.cpu}, {machine.threads} threads; FP32 {machine.fp32_gflops:,.1f} GFLOP/s, "
@@ -97,7 +97,7 @@ def demo(
     features = [k for k, v in machine.features.items() if v]
     console.print("CPU features: " + (", ".join(features) or "none detected"))
 
-    console.rule("7/7  analyze + profile in onnxruntime")
+    console.rule("7/8  analyze + profile in onnxruntime")
     shapes = {"x": list(x.shape)}
     with console.status(f"static costs, then {runs} profiled runs..."):
         a = profile(m, analyze(m, shapes), runs=runs, machine=machine)
@@ -108,7 +108,62 @@ def demo(
     console.print(f"\n[bold]{model}[/]: {a.totals['macs'] / 1e9:.2f} GMACs, {a.totals['params']:,} params, "
                   f"{a.total_time_ms:.2f} ms/inference at batch 1 on {machine.threads} threads; "
                   f"{memory} memory-bound and {compute} compute-bound nodes")
-    console.print(f"report: {report.resolve()}   (demo took {time.perf_counter() - t0:.0f} s)")
+    console.print(f"report: {report.resolve()}")
+
+    console.rule("8/8  serve it (KServe v2 HTTP + gRPC) and call it with tritonclient")
+    _serve(opt_path, out, model, x.numpy())
+    console.print(f"(demo took {time.perf_counter() - t0:.0f} s)")
+
+
+def _serve(model_path: Path, out: Path, name: str, x) -> None:
+    """Serve the optimized model from a Triton-layout repository; call it over HTTP and gRPC."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    import slipway.backends
+    from slipway.serve import Server
+
+    repo = out / "repository"
+    shutil.rmtree(repo, ignore_errors=True)
+    (repo / name / "1").mkdir(parents=True)
+    shutil.copyfile(model_path, repo / name / "1" / "model.onnx")
+    expected = slipway.backends.load(str(model_path), "ort").run({"x": x})
+    with Server(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        console.print(f"serving {repo} on 127.0.0.1: HTTP {server.http_port}, gRPC {server.grpc_port}, "
+                      f"metrics {server.metrics_port} (config completed from the ONNX model: dynamic batching on)")
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        for label, lib, client in (("HTTP", httpclient, http), ("gRPC", grpcclient, grpc)):
+            inp = lib.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            t = time.perf_counter()
+            got = client.infer(name, [inp]).as_numpy(next(iter(expected)))
+            ms = (time.perf_counter() - t) * 1e3
+            err = float(np.abs(got - next(iter(expected.values()))).max())
+            console.print(f"tritonclient.{label.lower()}: output {list(got.shape)} in {ms:.1f} ms, "
+                          f"max abs difference vs onnxruntime in-process {err:.2g}")
+
+        def one(_: int) -> None:
+            c = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+            inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            for _ in range(4):
+                c.infer(name, [inp])
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(one, range(16)))
+        wall = time.perf_counter() - t
+        stats = grpc.get_inference_statistics(name, as_json=True)["model_stats"][0]
+        sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
+        console.print(f"16 concurrent clients x 4 requests: {64 / wall:.0f} req/s; the dynamic batcher ran "
+                      + ", ".join(f"{n} batch(es) of {k}" for k, n in sorted(sizes.items())))
+        http.close()
+        grpc.close()
 
 
 def register(app: typer.Typer) -> None:

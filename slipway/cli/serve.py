@@ -1,0 +1,93 @@
+"""``slipway serve REPO``: KServe v2 over HTTP and gRPC, Prometheus metrics, Triton-layout repository."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from slipway.errors import UserError
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg (+ request_id, model when given as extras)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        for key in ("request_id", "model"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _port(value: int) -> int | None:
+    if value < -1 or value > 65535:
+        raise UserError(f"port {value} is outside 0..65535 (-1 turns the endpoint off)")
+    return None if value == -1 else value
+
+
+def serve(
+    repository: Path = typer.Argument(..., help="model repository in Triton's layout: REPO/MODEL/[config.pbtxt, 1/model.onnx]"),
+    http_port: int = typer.Option(8000, "--http-port", help="KServe v2 REST port (0 = any free port, -1 = off)"),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="KServe v2 gRPC port (0 = any free port, -1 = off)"),
+    metrics_port: int = typer.Option(8002, "--metrics-port", help="Prometheus /metrics port (-1 = off; /metrics is "
+                                     "also on the HTTP port)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; 0.0.0.0 exposes the server to the network"),
+    control: str = typer.Option("none", "--model-control-mode", help="none | poll (hot reload) | explicit"),
+    load: list[str] = typer.Option([], "--load-model", help="explicit mode: model to load at start ('*' = all)"),
+    poll_seconds: float = typer.Option(2.0, "--poll-seconds", help="poll mode: seconds between repository scans"),
+    threads: int = typer.Option(0, "--threads", help="engine threads per model (0 = engine default / tuned)"),
+    max_pending: int = typer.Option(1024, "--max-pending", help="queued requests per model before 503"),
+    max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body / gRPC message in MiB"),
+    token_env: str | None = typer.Option(None, "--auth-token-env", help="require 'Authorization: Bearer <token>' "
+                                         "with the token read from this environment variable"),
+    allow_python: bool = typer.Option(False, "--allow-python-models", help="allow model.py / pickles in the "
+                                      "repository (they run code)"),
+    exit_on_error: bool = typer.Option(True, "--exit-on-error/--no-exit-on-error",
+                                       help="exit if a model fails to load at start"),
+    log_format: str = typer.Option("json", "--log-format", help="json | text"),
+    print_config: bool = typer.Option(False, "--print-config", help="print each model's completed config and exit"),
+) -> None:
+    """Serve a model repository over KServe v2 HTTP + gRPC (tritonclient works unmodified)."""
+    from slipway.serve import Server
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("slipway.serve")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise UserError(f"--auth-token-env {token_env}: that environment variable is empty or not set")
+    if print_config:
+        _print_configs(repository, allow_python)
+        return
+    server = Server(repository, host=host, http_port=_port(http_port), grpc_port=_port(grpc_port),
+                    metrics_port=_port(metrics_port), control=control, models=load or None, poll_seconds=poll_seconds,
+                    threads=threads, max_pending=max_pending, max_body_bytes=int(max_body_mb * (1 << 20)), token=token,
+                    allow_python_models=allow_python, exit_on_error=exit_on_error)
+    server.run()
+
+
+def _print_configs(repository: Path, allow_python: bool) -> None:
+    from slipway.serve.repository import Repository, completed_text
+
+    repo = Repository(repository, allow_python_models=allow_python)
+    for name in repo.names():
+        typer.echo(f"# {name}")
+        typer.echo(completed_text(repo.config(name)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

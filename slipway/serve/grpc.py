@@ -1,0 +1,363 @@
+"""gRPC adapter: Triton's ``inference.GRPCInferenceService`` over the transport-free data plane.
+
+The servicer uses the messages and the service registration that ship with ``tritonclient``
+(``service_pb2`` / ``service_pb2_grpc``), so ``tritonclient.grpc`` works unmodified. Requests are
+decoded into :class:`InferRequest` (raw bytes without copies, or the typed ``contents`` fields with
+exact element counts); every output goes back in ``raw_output_contents``, the only place
+``tritonclient`` decodes numeric outputs from. :func:`status_code` is the one map from
+:class:`ServeError` statuses to gRPC codes; anything unexpected becomes ``INTERNAL`` with a
+one-line message and a logged traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from slipway.errors import ServeError
+from slipway.serve.tensors import check_shape, element_count, from_raw, numpy_dtype, to_raw
+from slipway.serve.types import InferRequest, InferResponse, InferTensor, RequestedOutput
+
+__all__ = ["make_server", "status_code", "decode_request", "encode_response", "InferenceServicer"]
+
+log = logging.getLogger("slipway.serve")
+
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# datatype -> the InferTensorContents field that carries it (FP16 / BF16 travel only as raw bytes)
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_STREAM_INFLIGHT = 1024  # requests of one stream in flight before the stream stops reading (backpressure)
+_INT64_MAX = (1 << 63) - 1
+
+
+def status_code(status: int) -> grpc.StatusCode:
+    """The gRPC code of a :class:`ServeError` status (500 and anything unknown: INTERNAL)."""
+    return _CODES.get(status, grpc.StatusCode.INTERNAL)
+
+
+def make_server(plane: Any, *, max_message_bytes: int = 64 << 20, token: str | None = None) -> grpc.aio.Server:
+    """A ``grpc.aio`` server serving ``plane``; the caller adds the port and starts it (inside its event loop)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, token=token), server)
+    return server
+
+
+# ---------------------------------------------------------------------------------------------
+# request / response codecs
+
+
+def decode_request(request: pb.ModelInferRequest) -> InferRequest:
+    """A ``ModelInferRequest`` as an :class:`InferRequest`; ServeError 400 for malformed tensors."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ServeError(
+            f"raw_input_contents has {len(raw)} entries but the request has {len(request.inputs)} inputs", 400
+        )
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        shape = list(tensor.shape)
+        if shape and min(shape) < 0:
+            check_shape(tensor.name, shape)  # raises, naming the tensor
+        if raw:
+            if tensor.HasField("contents"):
+                raise ServeError(f"input {tensor.name!r}: contents must be empty when raw_input_contents is used", 400)
+            data = from_raw(tensor.name, raw[i], tensor.datatype, shape)
+        else:
+            data = _from_contents(tensor.name, tensor.contents, tensor.datatype, shape)
+        params = _params(tensor.parameters) if tensor.parameters else {}
+        inputs.append(InferTensor(tensor.name, tensor.datatype, shape, data, params))
+    outputs = [RequestedOutput(o.name, _params(o.parameters)) for o in request.outputs]
+    params = _params(request.parameters) if request.parameters else {}
+    return InferRequest(request.model_name, request.model_version, request.id, inputs, outputs, params)
+
+
+def _from_contents(name: str, contents: pb.InferTensorContents, datatype: str, shape: list[int]) -> np.ndarray:
+    dtype = numpy_dtype(datatype)
+    field = _CONTENTS.get(datatype)
+    if field is None:
+        raise ServeError(f"input {name!r}: {datatype} data must be sent in raw_input_contents", 400)
+    values = getattr(contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise ServeError(
+            f"input {name!r}: {len(values)} values in {field}, expected {count} for {datatype} {shape}", 400
+        )
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    wide = np.array(values, dtype=np.int64 if field == "int_contents" else None) if count else np.empty(0)
+    if dtype.kind in "iu" and dtype.itemsize < 4 and count:
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise ServeError(f"input {name!r}: a value in {field} is out of range for {datatype}", 400)
+    return wide.astype(dtype, copy=False).reshape(shape)
+
+
+def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    """An :class:`InferResponse` as a ``ModelInferResponse``; every output's data in ``raw_output_contents``."""
+    message = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
+    raws = []
+    for tensor in response.outputs:
+        out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=[int(d) for d in tensor.shape])
+        if tensor.parameters:
+            _set_params(out.parameters, tensor.parameters)
+        raws.append(to_raw(tensor.data))
+    message.raw_output_contents.extend(raws)
+    if response.parameters:
+        _set_params(message.parameters, response.parameters)
+    return message
+
+
+def _params(parameters: Any) -> dict[str, Any]:
+    """A protobuf map of InferParameter / ModelRepositoryParameter as plain python values."""
+    out = {}
+    for key, param in parameters.items():
+        which = param.WhichOneof("parameter_choice")
+        if which is not None:
+            out[key] = getattr(param, which)
+    return out
+
+
+def _set_params(target: Any, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        param = target[key]
+        if isinstance(value, (bool, np.bool_)):
+            param.bool_param = bool(value)
+        elif isinstance(value, (int, np.integer)):
+            if value > _INT64_MAX:
+                param.uint64_param = int(value)
+            else:
+                param.int64_param = int(value)
+        elif isinstance(value, (float, np.floating)):
+            param.double_param = float(value)
+        else:
+            param.string_param = str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# servicer
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _internal(exc: BaseException, what: str) -> str:
+    log.error("gRPC %s failed", what, exc_info=exc)
+    detail = _one_line(str(exc))
+    return f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else "")
+
+
+def _rpc(auth: bool = True) -> Callable[[Handler], Handler]:
+    """Wrap a unary handler: bearer-token check, then ServeError / unexpected errors -> gRPC status."""
+
+    def wrap(method: Handler) -> Handler:
+        name = method.__name__
+
+        @functools.wraps(method)
+        async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if auth and self._token is not None:
+                await self._authorize(context)
+            try:
+                return await method(self, request, context)
+            except ServeError as exc:
+                code, message = status_code(exc.status), _one_line(str(exc))
+            except Exception as exc:  # noqa: BLE001 - any bug becomes INTERNAL; CancelledError propagates
+                code, message = grpc.StatusCode.INTERNAL, _internal(exc, name)
+            await context.abort(code, message)
+
+        return handler
+
+    return wrap
+
+
+def _unimplemented(name: str) -> Handler:
+    async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by slipway serve")
+
+    handler.__name__ = name
+    return handler
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over a DataPlane (see slipway/serve/dataplane.py)."""
+
+    def __init__(self, plane: Any, *, token: str | None = None) -> None:
+        self._plane = plane
+        self._token = None if token is None else f"Bearer {token}".encode()
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else bytes(value)
+                if hmac.compare_digest(given, self._token):
+                    return
+                break
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
+
+    # health and metadata
+
+    @_rpc(auth=False)
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self._plane.live())
+
+    @_rpc(auth=False)
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._plane.ready())
+
+    @_rpc()
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version))
+
+    @_rpc()
+    async def ServerMetadata(self, request, context):
+        meta = self._plane.metadata()
+        return pb.ServerMetadataResponse(
+            name=meta.get("name", ""), version=meta.get("version", ""), extensions=meta.get("extensions", [])
+        )
+
+    @_rpc()
+    async def ModelMetadata(self, request, context):
+        meta = self._plane.model_metadata(request.name, request.version)
+
+        def tensors(items: list[dict]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                for t in items
+            ]
+
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=[str(v) for v in meta.get("versions", [])], platform=meta.get("platform", ""),
+            inputs=tensors(meta.get("inputs", [])), outputs=tensors(meta.get("outputs", [])),
+        )
+
+    @_rpc()
+    async def ModelConfig(self, request, context):
+        return pb.ModelConfigResponse(config=self._plane.model_config(request.name, request.version))
+
+    @_rpc()
+    async def ModelStatistics(self, request, context):
+        return self._plane.model_statistics(request.name, request.version)
+
+    # repository
+
+    @_rpc()
+    async def RepositoryIndex(self, request, context):
+        models = [
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=str(m.get("name", "")), version=str(m.get("version", "")), state=str(m.get("state", "")),
+                reason=str(m.get("reason", "")),
+            )
+            for m in self._plane.repository_index(ready_only=request.ready)
+        ]
+        return pb.RepositoryIndexResponse(models=models)
+
+    @_rpc()
+    async def RepositoryModelLoad(self, request, context):
+        await self._plane.load_model(request.model_name, _params(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc()
+    async def RepositoryModelUnload(self, request, context):
+        await self._plane.unload_model(request.model_name, _params(request.parameters))
+        return pb.RepositoryModelUnloadResponse()
+
+    # inference
+
+    @_rpc()
+    async def ModelInfer(self, request, context):
+        return encode_response(await self._plane.infer(decode_request(request)))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests run concurrently as they arrive; each answer (result or error_message) carries its id."""
+        if self._token is not None:
+            await self._authorize(context)
+        responses: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(_STREAM_INFLIGHT)  # a slot is held from read until its answer is written
+        reader = asyncio.create_task(self._read_stream(request_iterator, responses, slots))
+        try:
+            while True:
+                item = await responses.get()
+                if item is None:
+                    break
+                yield item
+                slots.release()
+            await reader  # re-raises a broken request stream
+        finally:
+            reader.cancel()
+
+    async def _read_stream(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], responses: asyncio.Queue, slots: asyncio.Semaphore
+    ) -> None:
+        tasks: set[asyncio.Task] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            responses.put_nowait(await self._stream_one(request))
+
+        try:
+            async for request in request_iterator:
+                await slots.acquire()
+                task = asyncio.create_task(one(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.wait(set(tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            responses.put_nowait(None)
+
+    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        try:
+            response = await self._plane.infer(decode_request(request))
+            return pb.ModelStreamInferResponse(infer_response=encode_response(response))
+        except ServeError as exc:
+            message = _one_line(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug in one request must not end the stream
+            message = _internal(exc, "ModelStreamInfer")
+        echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+
+    # not offered: shared memory, tracing, log settings
+    SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
+    SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
+    SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")
+    CudaSharedMemoryStatus = _unimplemented("CudaSharedMemoryStatus")
+    CudaSharedMemoryRegister = _unimplemented("CudaSharedMemoryRegister")
+    CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister")
+    TraceSetting = _unimplemented("TraceSetting")
+    LogSettings = _unimplemented("LogSettings")

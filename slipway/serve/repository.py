@@ -1,0 +1,470 @@
+"""Triton-layout model repositories: ``ROOT/MODEL/config.pbtxt`` and ``ROOT/MODEL/<version>/model.onnx``.
+
+:class:`Repository` reads one model's ``config.pbtxt`` (or the JSON config of Triton's load API) into
+Triton's own ``ModelConfig`` proto and completes what the file leaves out from the model itself, as
+Triton's autocomplete does: platform, inputs and outputs (names, types, dims), ``max_batch_size``
+plus ``dynamic_batching`` for a model whose every tensor has a dynamic first dim, one CPU instance.
+What the config does declare is checked against the model. Model names never leave the root, and
+nothing executable (Python, pickles, shared libraries) is loaded unless the server allows it.
+Every problem is a one-line :class:`ServeError` (400 bad config, 404 missing model or version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf import json_format, text_format
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import model_config_pb2 as mc
+
+from slipway.errors import ServeError, UserError
+from slipway.serve import tensors
+
+__all__ = ["Repository", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZE", "EXECUTABLE_SUFFIXES"]
+
+CONFIG_FILE = "config.pbtxt"
+DEFAULT_MAX_BATCH_SIZE = 32
+EXECUTABLE_SUFFIXES = (".py", ".pkl", ".pickle", ".joblib", ".pt", ".pth", ".so")
+SUPPORTED = "onnxruntime_onnx, openvino"
+_VERSION = re.compile(r"[1-9][0-9]*")  # Triton ignores version dirs that are not numbers or start with 0
+_PLATFORM_OF = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}  # backend -> platform
+_BACKEND_OF = {v: k for k, v in _PLATFORM_OF.items()}
+
+
+@dataclass
+class _Tensor:
+    """An input or output as the model file declares it: protocol datatype, shape (-1 dynamic, None unknown)."""
+
+    name: str
+    datatype: str
+    shape: list[int] | None
+
+
+def completed_text(config: mc.ModelConfig) -> str:
+    """``config`` in config.pbtxt syntax."""
+    return text_format.MessageToString(config)
+
+
+class Repository:
+    def __init__(self, root: str | Path, *, allow_python_models: bool = False) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"model repository {root} is not a directory")
+        self._real_root = self.root.resolve()
+        self.allow_python_models = allow_python_models
+
+    def names(self) -> list[str]:
+        """Model directories (with a config.pbtxt or a version dir), sorted; hidden and escaping ones skipped."""
+        out = []
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError as e:
+            raise ServeError(f"model repository {self.root} cannot be read: {e.strerror}", 500) from None
+        for entry in entries:
+            try:
+                self.path(entry.name)
+            except ServeError:
+                continue
+            out.append(entry.name)
+        return sorted(out)
+
+    def path(self, name: str) -> Path:
+        if not _name_allowed(name):
+            raise ServeError(f"model name {name!r} is not allowed", 400)
+        path = self.root / name
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):
+            raise ServeError(f"model name {name!r} is not allowed", 400) from None
+        if real == self._real_root or not real.is_relative_to(self._real_root):
+            raise ServeError(f"model name {name!r} is not allowed", 400)
+        if not _is_model_dir(path):
+            raise ServeError(f"unknown model {name!r}", 404)
+        return path
+
+    def config(self, name: str, override: str | dict | None = None) -> mc.ModelConfig:
+        """The completed, checked config of model ``name``; ``override`` (JSON) replaces config.pbtxt."""
+        path = self.path(name)
+        config = _parse(name, path, override)
+        if not config.name:
+            config.name = name
+        elif config.name != name:
+            raise ServeError(f"model {name!r}: config name {config.name!r} does not match its directory", 400)
+        _set_engine(name, config)
+        if not self.allow_python_models:
+            _refuse_executables(name, path, config)
+        if config.HasField("sequence_batching"):
+            raise ServeError(f"model {name!r}: sequence_batching is not supported", 400)
+        if config.max_batch_size < 0:
+            raise ServeError(f"model {name!r}: max_batch_size {config.max_batch_size} is negative", 400)
+        _check_filename(name, config)
+        for kind, items in (("input", config.input), ("output", config.output)):
+            for io in items:
+                _check_dims(name, kind, io)
+        if config.backend == "python":
+            if not config.input or not config.output:
+                raise ServeError(f"model {name!r}: a python model must declare its inputs and outputs", 400)
+        else:
+            self._complete_io(name, config)
+        _complete_instances(name, config)
+        _check_batching(name, config)
+        return config
+
+    def versions(self, name: str, config: mc.ModelConfig) -> list[int]:
+        """The versions to serve under ``config.version_policy``, ascending."""
+        path = self.path(name)
+        available = [v for v in _version_dirs(path) if _find_file(path, config, v) is not None]
+        if not available:
+            raise ServeError(f"model {name!r} has no version with {' or '.join(_candidates(config))}", 404)
+        policy = config.version_policy
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "all":
+            return available
+        if choice == "specific":
+            wanted = sorted(set(policy.specific.versions))
+            for v in wanted:
+                if v not in available:
+                    files = " or ".join(_candidates(config))
+                    raise ServeError(f"model {name!r} version {v} (version_policy specific) has no {files}", 404)
+            if not wanted:
+                raise ServeError(f"model {name!r}: version_policy specific lists no versions", 400)
+            return wanted
+        count = policy.latest.num_versions if choice == "latest" else 1
+        if count < 1:
+            raise ServeError(f"model {name!r}: version_policy latest num_versions must be at least 1", 400)
+        return available[-count:]
+
+    def model_file(self, name: str, config: mc.ModelConfig, version: int) -> Path:
+        found = _find_file(self.path(name), config, version)
+        if found is None:
+            raise ServeError(f"model {name!r} version {version} has no {' or '.join(_candidates(config))}", 404)
+        return found
+
+    def fingerprint(self, name: str) -> str:
+        """Changes when a (non-hidden) file under the model dir is added, removed, resized or touched."""
+        path = self.path(name)
+        h = hashlib.sha256(str(path.resolve()).encode())
+        for rel, st in sorted(_walk(path, hidden=False)):
+            h.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:32]
+
+    def _complete_io(self, name: str, config: mc.ModelConfig) -> None:
+        file = self.model_file(name, config, self.versions(name, config)[-1])
+        inputs, outputs = _read_io(name, file, file.relative_to(self.root).as_posix())
+        if config.max_batch_size == 0 and not config.input and not config.output and _batchable(inputs + outputs):
+            config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+            if not config.HasField("dynamic_batching"):
+                config.dynamic_batching.SetInParent()
+        for kind, declared, actual in (("input", config.input, inputs), ("output", config.output, outputs)):
+            if declared:
+                _check_declared(name, kind, declared, actual, config.max_batch_size)
+            else:
+                _fill(name, kind, declared, actual, config.max_batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# names, files, versions
+
+
+def _name_allowed(name: object) -> bool:
+    return (isinstance(name, str) and bool(name) and not name.startswith(".") and not os.path.isabs(name)
+            and not any(bad in name for bad in ("/", "\\", "..", "\0")))
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / CONFIG_FILE).is_file() or bool(_version_dirs(path)))
+
+
+def _version_dirs(path: Path) -> list[int]:
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return []
+    return sorted(int(e.name) for e in entries if _VERSION.fullmatch(e.name) and e.is_dir())
+
+
+def _candidates(config: mc.ModelConfig) -> list[str]:
+    if config.default_model_filename:
+        return [config.default_model_filename]
+    if config.backend == "python":
+        return ["model.py"]
+    if config.backend == "openvino" or config.platform == "openvino":
+        return ["model.onnx", "model.xml"]
+    return ["model.onnx"]
+
+
+def _find_file(path: Path, config: mc.ModelConfig, version: int) -> Path | None:
+    for filename in _candidates(config):
+        file = path / str(version) / filename
+        if file.is_file():
+            return file
+    return None
+
+
+def _check_filename(name: str, config: mc.ModelConfig) -> None:
+    filename = config.default_model_filename
+    if filename and not _name_allowed(filename):
+        raise ServeError(f"model {name!r}: default_model_filename {filename!r} must be a plain file name", 400)
+
+
+def _walk(top: Path, *, hidden: bool) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative posix path, stat) of every file under ``top``; symlinked dirs are followed once."""
+    seen: set[Path] = set()
+    stack = [(top, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            real = folder.resolve()
+            entries = list(os.scandir(folder))
+        except (OSError, RuntimeError):
+            continue
+        if real in seen:
+            continue
+        seen.add(real)
+        for entry in entries:
+            if not hidden and entry.name.startswith("."):
+                continue
+            rel = prefix + entry.name
+            try:
+                if entry.is_dir():
+                    stack.append((Path(entry.path), rel + "/"))
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue
+            yield rel, st
+
+
+def _refuse_executables(name: str, path: Path, config: mc.ModelConfig) -> None:
+    found = sorted(rel for rel, _ in _walk(path, hidden=True) if rel.lower().endswith(EXECUTABLE_SUFFIXES))
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ServeError(f"model {name!r} contains executable files ({shown}); "
+                         "start the server with --allow-python-models to load them", 400)
+    if config.backend == "python":
+        raise ServeError(f"model {name!r} uses backend 'python', which runs its code; "
+                         "start the server with --allow-python-models to load it", 400)
+
+
+# ---------------------------------------------------------------------------------------------
+# config text, engine, instances, batching
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _parse(name: str, path: Path, override: str | dict | None) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    if override is not None:
+        try:
+            if isinstance(override, dict):
+                json_format.ParseDict(override, config)
+            else:
+                json_format.Parse(override, config)
+        except (json_format.ParseError, TypeError) as e:
+            raise ServeError(f"model {name!r}: the config parameter is not a valid model config: "
+                             f"{_first_line(e)}", 400) from None
+        return config
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        return config
+    try:
+        text_format.Parse(file.read_text(encoding="utf-8"), config)
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        raise ServeError(f"{name}/{CONFIG_FILE}: {_first_line(e)}", 400) from None
+    return config
+
+
+def _set_engine(name: str, config: mc.ModelConfig) -> None:
+    """Fill platform and backend of each other (onnxruntime_onnx when neither is set); refuse the rest."""
+    platform, backend = config.platform, config.backend
+    if not platform and not backend:
+        platform, backend = "onnxruntime_onnx", "onnxruntime"
+    if backend == "python" and not platform:
+        return  # allowed only with allow_python_models: the executable check names the flag
+    for value, table in ((backend, _PLATFORM_OF), (platform, _BACKEND_OF)):
+        if value and value not in table:
+            raise ServeError(f"model {name!r}: backend {value!r} is not supported ({SUPPORTED})", 400)
+    if backend and platform and _PLATFORM_OF[backend] != platform:
+        raise ServeError(f"model {name!r}: platform {platform!r} and backend {backend!r} disagree", 400)
+    config.platform = platform or _PLATFORM_OF[backend]
+    config.backend = backend or _BACKEND_OF[platform]
+
+
+def _complete_instances(name: str, config: mc.ModelConfig) -> None:
+    if not config.instance_group:
+        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    for i, group in enumerate(config.instance_group):
+        if group.count < 0:
+            raise ServeError(f"model {name!r}: instance_group {i} has count {group.count}", 400)
+        group.count = group.count or 1
+        group.name = group.name or f"{config.name}_{i}"
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = mc.ModelInstanceGroup.KIND_GPU if group.gpus else mc.ModelInstanceGroup.KIND_CPU
+        if group.kind == mc.ModelInstanceGroup.KIND_CPU and group.gpus:
+            raise ServeError(f"model {name!r}: instance_group {i} is KIND_CPU but lists gpus", 400)
+
+
+def _check_batching(name: str, config: mc.ModelConfig) -> None:
+    if not config.HasField("dynamic_batching"):
+        return
+    mbs, batching = config.max_batch_size, config.dynamic_batching
+    if mbs == 0:
+        raise ServeError(f"model {name!r}: dynamic_batching needs max_batch_size > 0", 400)
+    for size in batching.preferred_batch_size:
+        if not 0 < size <= mbs:
+            raise ServeError(f"model {name!r}: preferred_batch_size {size} is not in 1..max_batch_size ({mbs})", 400)
+    levels, default = batching.priority_levels, batching.default_priority_level
+    if levels == 0 and (default or batching.priority_queue_policy):
+        raise ServeError(f"model {name!r}: default_priority_level and priority_queue_policy need priority_levels",
+                         400)
+    if levels and not 1 <= default <= levels:
+        raise ServeError(f"model {name!r}: default_priority_level {default} is not in 1..priority_levels ({levels})",
+                         400)
+    for level in batching.priority_queue_policy:
+        if not 1 <= level <= levels:
+            raise ServeError(f"model {name!r}: priority_queue_policy level {level} is not in 1..{levels}", 400)
+    policies = [batching.default_queue_policy, *batching.priority_queue_policy.values()]
+    if any(p.max_queue_size < 0 for p in policies):
+        raise ServeError(f"model {name!r}: max_queue_size is negative", 400)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs and outputs
+
+
+def _read_io(name: str, file: Path, rel: str) -> tuple[list[_Tensor], list[_Tensor]]:
+    if file.suffix == ".xml":
+        return _openvino_io(name, file, rel)
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as e:
+        raise ServeError(f"model {name!r}: {rel} is not a readable ONNX model: {_first_line(e)}", 400) from None
+    graph = model.graph
+    weights = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    inputs = [_onnx_tensor(name, "input", v) for v in graph.input if v.name not in weights]
+    return inputs, [_onnx_tensor(name, "output", v) for v in graph.output]
+
+
+def _onnx_tensor(model: str, kind: str, value: onnx.ValueInfoProto) -> _Tensor:
+    which = value.type.WhichOneof("value")
+    if which != "tensor_type":
+        raise ServeError(f"model {model!r}: {kind} {value.name!r} is a {which or 'untyped value'}, not a tensor", 400)
+    tensor_type = value.type.tensor_type
+    try:
+        datatype = tensors.datatype_of(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    except (KeyError, ValueError, TypeError, ServeError):
+        type_name = onnx.TensorProto.DataType.Name(tensor_type.elem_type) \
+            if tensor_type.elem_type in onnx.TensorProto.DataType.values() else str(tensor_type.elem_type)
+        raise ServeError(f"model {model!r}: {kind} {value.name!r} has ONNX type {type_name}, "
+                         "which the server does not support", 400) from None
+    shape = None
+    if tensor_type.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim]
+    return _Tensor(value.name, datatype, shape)
+
+
+def _openvino_io(name: str, file: Path, rel: str) -> tuple[list[_Tensor], list[_Tensor]]:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ServeError(f"model {name!r}: {rel} needs openvino; install it with: pip install 'slipway[openvino]'",
+                         400) from None
+    try:
+        model = ov.Core().read_model(str(file))
+    except RuntimeError as e:
+        raise ServeError(f"model {name!r}: {rel} is not a readable OpenVINO model: {_first_line(e)}", 400) from None
+
+    def tensor(port: object) -> _Tensor:
+        shape = port.get_partial_shape()
+        dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else -1 for d in shape]
+        try:
+            datatype = tensors.datatype_of(port.get_element_type().to_dtype())
+        except (ServeError, TypeError, RuntimeError):
+            raise ServeError(f"model {name!r}: tensor {port.get_any_name()!r} has OpenVINO type "
+                             f"{port.get_element_type()}, which the server does not support", 400) from None
+        return _Tensor(port.get_any_name(), datatype, dims)
+
+    return [tensor(p) for p in model.inputs], [tensor(p) for p in model.outputs]
+
+
+def _batchable(items: Sequence[_Tensor]) -> bool:
+    return bool(items) and all(t.shape and t.shape[0] == -1 for t in items)
+
+
+def _type_enum(datatype: str) -> int:
+    return mc.DataType.Value(tensors.config_type(datatype))
+
+
+def _fill(model: str, kind: str, declared: Sequence, actual: Sequence[_Tensor], mbs: int) -> None:
+    for t in actual:
+        if t.shape is None:
+            raise ServeError(f"model {model!r}: {kind} {t.name!r} has no shape in the model file; "
+                             f"declare it in {CONFIG_FILE}", 400)
+        dims = t.shape
+        if mbs > 0:
+            if not dims or dims[0] != -1:
+                raise ServeError(f"model {model!r}: max_batch_size {mbs} needs a dynamic first dim on {kind} "
+                                 f"{t.name!r}, the model has shape {dims}", 400)
+            dims = dims[1:]
+        declared.add(name=t.name, data_type=_type_enum(t.datatype), dims=dims)
+
+
+def _check_declared(model: str, kind: str, declared: Sequence, actual: Sequence[_Tensor], mbs: int) -> None:
+    by_name = {t.name: t for t in actual}
+    seen: set[str] = set()
+    for io in declared:
+        where = f"model {model!r}: {kind} {io.name!r}"
+        if io.name in seen:
+            raise ServeError(f"{where} is declared twice", 400)
+        seen.add(io.name)
+        t = by_name.get(io.name)
+        if t is None:
+            raise ServeError(f"{where} is not an {kind} of the model ({', '.join(by_name)})", 400)
+        if io.data_type != _type_enum(t.datatype):
+            raise ServeError(f"{where} has data_type {mc.DataType.Name(io.data_type)} but the model has "
+                             f"{tensors.config_type(t.datatype)}", 400)
+        reshaped = io.HasField("reshape")
+        shape = list(io.reshape.shape if reshaped else io.dims)
+        full = ([-1] if mbs > 0 else []) + shape
+        if t.shape is not None and not _compatible(full, t.shape):
+            batch = " after the batch dim" if mbs > 0 else ""
+            raise ServeError(f"{where} has {'reshape' if reshaped else 'dims'} {shape}{batch} "
+                             f"but the model has shape {t.shape}", 400)
+    missing = [t.name for t in actual if t.name not in seen]
+    if kind == "input" and missing:
+        raise ServeError(f"model {model!r}: model input(s) {', '.join(missing)} are not declared in the config", 400)
+
+
+def _compatible(config: Sequence[int], model: Sequence[int]) -> bool:
+    return len(config) == len(model) and all(m == -1 or c == m for c, m in zip(config, model, strict=True))
+
+
+def _check_dims(model: str, kind: str, io: mc.ModelInput | mc.ModelOutput) -> None:
+    where = f"model {model!r}: {kind} {io.name!r}"
+    if not io.name:
+        raise ServeError(f"model {model!r}: an {kind} has no name", 400)
+    if io.data_type == mc.TYPE_INVALID:
+        raise ServeError(f"{where} has no data_type", 400)
+    if io.data_type not in mc.DataType.values():
+        raise ServeError(f"{where} has unknown data_type {io.data_type}", 400)
+    tensors.datatype_from_config(mc.DataType.Name(io.data_type))
+    shapes = [("dims", list(io.dims))] + ([("reshape", list(io.reshape.shape))] if io.HasField("reshape") else [])
+    for label, shape in shapes:
+        if any(d == 0 or d < -1 for d in shape):
+            raise ServeError(f"{where}: {label} {shape} may hold only positive sizes and -1", 400)
+    if len(shapes) == 2:
+        (_, dims), (_, reshape) = shapes
+        if dims.count(-1) != reshape.count(-1) or _static_count(dims) != _static_count(reshape):
+            raise ServeError(f"{where}: reshape {reshape} does not hold the same elements as dims {dims}", 400)
+
+
+def _static_count(shape: Sequence[int]) -> int:
+    return tensors.element_count([d for d in shape if d != -1])
