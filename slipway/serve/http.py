@@ -1,0 +1,530 @@
+"""KServe v2 / Open Inference Protocol over HTTP/REST (Triton's paths and error shape), on aiohttp.
+
+A thin adapter: each route decodes the request, calls the :class:`DataPlane` and encodes its
+answer. Errors are mapped in one middleware: :class:`ServeError` becomes its status with
+``{"error": "..."}`` (Triton's shape); anything else becomes a 500 and a server-side traceback.
+
+Infer bodies are JSON or Triton's binary tensor data extension (``Inference-Header-Content-Length``:
+JSON header, then the inputs' raw bytes in input order). Binary inputs are numpy views of the
+request body (no copy); the response is one ``bytes`` join of the JSON header and the outputs'
+raw bytes. aiohttp decompresses gzip/deflate request bodies itself; infer responses are compressed
+when ``Accept-Encoding`` asks for gzip or deflate (as Triton does) and the body is worth it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.json_format import MessageToDict
+
+from slipway.errors import ServeError
+from slipway.serve import tensors
+from slipway.serve.types import InferRequest, InferResponse, InferTensor, RequestedOutput
+
+try:  # python-rapidjson comes with tritonclient; about twice as fast as json on small documents
+    import rapidjson as _json
+
+    _DUMPS_OPTIONS: dict[str, Any] = {}
+except ImportError:  # pragma: no cover
+    import json as _json
+
+    _DUMPS_OPTIONS = {"separators": (",", ":")}
+
+
+def _loads(data: bytes | bytearray) -> Any:
+    return _json.loads(data)
+
+
+def _dumps(obj: Any) -> bytes:
+    return _json.dumps(obj, default=_plain, **_DUMPS_OPTIONS).encode()
+
+
+__all__ = ["make_app"]
+
+log = logging.getLogger("slipway.serve")
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+MIN_COMPRESS_BYTES = 1024  # smaller infer responses are sent as they are even when gzip is acceptable
+_INT64 = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+_PLANE = web.AppKey("plane", object)
+_LIMIT = web.AppKey("limit", int)
+_REQUEST_ID = web.RequestKey("request_id", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(plane: Any, *, max_body_bytes: int = 64 << 20, token: str | None = None,
+             metrics: Callable[[], tuple[bytes, str]] | None = None) -> web.Application:
+    """The aiohttp application serving ``plane``; the caller runs it (AppRunner + TCPSite)."""
+    middlewares: list = [_errors]
+    if token:
+        middlewares.append(_auth_middleware(token))
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+    app[_PLANE] = plane
+    app[_LIMIT] = max_body_bytes
+    m, v = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
+    app.router.add_get("/v2/health/live", _live)
+    app.router.add_get("/v2/health/ready", _ready)
+    app.router.add_get("/v2", _server_metadata)
+    app.router.add_get("/v2/models/stats", _stats)
+    app.router.add_post("/v2/repository/index", _repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", _load)
+    app.router.add_post("/v2/repository/models/{model}/unload", _unload)
+    for base in (m, v):
+        app.router.add_get(base, _model_metadata)
+        app.router.add_get(base + "/ready", _model_ready)
+        app.router.add_get(base + "/config", _model_config)
+        app.router.add_get(base + "/stats", _stats)
+        app.router.add_post(base + "/infer", _infer)
+    if metrics is not None:
+        app.router.add_get("/metrics", _metrics_handler(metrics))
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# errors and auth
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServeError as e:
+        status = e.status if 400 <= e.status <= 599 else 500
+        return _failed(request, status, str(e))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        if e.status == 404:
+            message = f"unknown path {request.path}"
+        elif e.status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        else:
+            message = e.reason
+        return _failed(request, e.status, message)
+    except Exception as e:
+        return _failed(request, 500, f"internal error: {_one_line(e)}", traceback=True)
+
+
+def _failed(request: web.Request, status: int, message: str, traceback: bool = False) -> web.Response:
+    """The JSON error answer, and one log line (with the traceback of an unexpected exception)."""
+    level = logging.ERROR if status == 500 else logging.WARNING if status > 500 else logging.INFO
+    rid = request.get(_REQUEST_ID) or request.headers.get("X-Request-ID", "")
+    log.log(level, "request failed: method=%s path=%s status=%d id=%r error=%r", request.method, request.path,
+            status, rid, message, exc_info=traceback)
+    response = _json_response({"error": message}, status)
+    if status == 401:
+        response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
+    return response
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _auth_middleware(token: str) -> Callable:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if not (path.startswith("/v2/health/") or path == "/metrics"):
+            got = request.headers.get(hdrs.AUTHORIZATION, "").encode("utf-8", "replace")
+            if not hmac.compare_digest(got, expected):
+                raise ServeError("missing or wrong bearer token", 401)
+        return await handler(request)
+
+    return auth
+
+
+# ---------------------------------------------------------------------------------------------
+# small routes
+
+
+def _json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_dumps(obj), status=status, content_type="application/json")
+
+
+def _plain(x: Any) -> Any:
+    """JSON fallback for numpy scalars and arrays."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+
+def _bool_status(ok: bool, what: str) -> web.Response:
+    return web.Response(status=200) if ok else _json_response({"error": f"{what} is not ready"}, 400)
+
+
+def _version(request: web.Request) -> str:
+    return request.match_info.get("version", "")
+
+
+async def _live(request: web.Request) -> web.Response:
+    ok = request.app[_PLANE].live()
+    return web.Response(status=200) if ok else _json_response({"error": "server is not live"}, 400)
+
+
+async def _ready(request: web.Request) -> web.Response:
+    return _bool_status(request.app[_PLANE].ready(), "server")
+
+
+async def _server_metadata(request: web.Request) -> web.Response:
+    return _json_response(request.app[_PLANE].metadata())
+
+
+async def _model_ready(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    return _bool_status(request.app[_PLANE].model_ready(name, _version(request)), f"model {name!r}")
+
+
+async def _model_metadata(request: web.Request) -> web.Response:
+    return _json_response(request.app[_PLANE].model_metadata(request.match_info["model"], _version(request)))
+
+
+async def _model_config(request: web.Request) -> web.Response:
+    config = request.app[_PLANE].model_config(request.match_info["model"], _version(request))
+    return _json_response(proto_to_json(config))
+
+
+async def _stats(request: web.Request) -> web.Response:
+    stats = request.app[_PLANE].model_statistics(request.match_info.get("model", ""), _version(request))
+    return _json_response(proto_to_json(stats))
+
+
+def proto_to_json(message: Any) -> dict:
+    """A protobuf message as Triton's HTTP JSON: proto field names, every field, 64-bit ints as numbers."""
+    d = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return _fix_ints(message.DESCRIPTOR, d)
+
+
+def _fix_ints(desc: Any, d: dict) -> dict:
+    """json_format writes int64/uint64 as strings; Triton writes numbers."""
+    for key, value in d.items():
+        field = desc.fields_by_name.get(key)
+        if field is None:
+            continue
+        sub = field.message_type
+        if sub is not None and sub.GetOptions().map_entry:  # ModelConfig / stats maps hold strings or messages
+            vf = sub.fields_by_name["value"]
+            if vf.message_type is not None:
+                for item in value.values():
+                    _fix_ints(vf.message_type, item)
+        elif sub is not None:
+            for item in value if isinstance(value, list) else [value]:
+                _fix_ints(sub, item)
+        elif field.cpp_type in _INT64:
+            d[key] = [int(x) for x in value] if isinstance(value, list) else int(value)
+    return d
+
+
+async def _repository_index(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise ServeError(f"'ready' must be true or false, got {ready!r}", 400)
+    return _json_response(request.app[_PLANE].repository_index(ready_only=ready))
+
+
+async def _load(request: web.Request) -> web.Response:
+    parameters = _parameters(await _json_body(request), "load request")
+    config = parameters.get("config")
+    if config is not None and not isinstance(config, str):
+        raise ServeError("load parameter 'config' must be a string holding the model config as JSON", 400)
+    await request.app[_PLANE].load_model(request.match_info["model"], parameters or None)
+    return web.Response(status=200)
+
+
+async def _unload(request: web.Request) -> web.Response:
+    parameters = _parameters(await _json_body(request), "unload request")
+    await request.app[_PLANE].unload_model(request.match_info["model"], parameters or None)
+    return web.Response(status=200)
+
+
+def _metrics_handler(metrics: Callable[[], tuple[bytes, str]]) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        body, content_type = metrics()
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+
+    return handler
+
+
+# ---------------------------------------------------------------------------------------------
+# request bodies
+
+
+async def _read_body(request: web.Request) -> bytes | bytearray:
+    """The whole (decompressed) body, at most the app's limit; one copy at most."""
+    limit = request.app[_LIMIT]
+    n = request.content_length
+    if n is not None and n > limit:
+        raise ServeError(f"request body of {n} bytes exceeds the limit of {limit} bytes", 413)
+    try:
+        if n is None or hdrs.CONTENT_ENCODING in request.headers:
+            return await _read_stream(request, limit)
+        return await _read_exact(request, n)
+    except (HttpProcessingError, RequestPayloadError) as e:
+        cause = e if isinstance(e, HttpProcessingError) else e.__cause__
+        message = cause.message if isinstance(cause, HttpProcessingError) else _one_line(e)
+        raise ServeError(f"could not read the request body: {message}", 400) from None
+    except ConnectionError:
+        raise ServeError("the client closed the connection before the body was complete", 400) from None
+
+
+async def _read_exact(request: web.Request, n: int) -> bytes | bytearray:
+    content = request.content
+    first = await content.readany()
+    if len(first) == n:
+        return first  # the usual case for small bodies: no copy at all
+    buf = bytearray(n)
+    view = memoryview(buf)
+    pos = len(first)
+    view[:pos] = first
+    while pos < n:
+        chunk = await content.readany()
+        if not chunk:
+            raise ServeError(f"request body ended after {pos} of {n} bytes", 400)
+        view[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return buf
+
+
+async def _read_stream(request: web.Request, limit: int) -> bytearray:
+    body = bytearray()
+    content = request.content
+    while chunk := await content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise ServeError(f"request body of at least {len(body)} bytes exceeds the limit of {limit} bytes", 413)
+    return body
+
+
+async def _json_body(request: web.Request) -> dict:
+    """An optional JSON object body (empty -> {})."""
+    body = await _read_body(request)
+    if not body.strip():
+        return {}
+    obj = _parse_json(body)
+    if not isinstance(obj, dict):
+        raise ServeError("request body must be a JSON object", 400)
+    return obj
+
+
+def _parse_json(data: bytes | bytearray) -> Any:
+    try:
+        return _loads(data)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ServeError(f"malformed JSON in the request: {_one_line(e)}", 400) from None
+
+
+def _parameters(obj: dict, what: str) -> dict:
+    p = obj.get("parameters", {})
+    if not isinstance(p, dict):
+        raise ServeError(f"{what}: 'parameters' must be a JSON object", 400)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# infer
+
+
+async def _infer(request: web.Request) -> web.Response:
+    body = await _read_body(request)
+    req, binary = decode_infer(
+        request.match_info["model"], _version(request), body, request.headers.get(HEADER_LENGTH),
+        request.headers.get("X-Request-ID", ""),
+    )
+    if req.id:
+        request[_REQUEST_ID] = req.id
+    result = await request.app[_PLANE].infer(req)
+    payload, header_length = encode_infer(result, binary)
+    if header_length is None:
+        response = web.Response(body=payload, content_type="application/json")
+    else:
+        response = web.Response(body=payload, content_type="application/octet-stream")
+        response.headers[HEADER_LENGTH] = str(header_length)
+    accept = request.headers.get(hdrs.ACCEPT_ENCODING)
+    if accept and len(payload) >= MIN_COMPRESS_BYTES:
+        coding = _response_coding(accept)
+        if coding is not None:
+            response.enable_compression(coding)
+    return response
+
+
+def _response_coding(accept: str) -> web.ContentCoding | None:
+    """gzip or deflate, whichever ``Accept-Encoding`` weighs highest (first on a tie); else None."""
+    best, best_q = None, 0.0
+    for item in accept.lower().split(","):
+        name, _, rest = item.partition(";")
+        name = name.strip()
+        if name not in ("gzip", "deflate"):
+            continue
+        q = 1.0
+        rest = rest.strip()
+        if rest.startswith("q="):
+            try:
+                q = float(rest[2:])
+            except ValueError:
+                q = 0.0
+        if q > best_q:
+            best, best_q = name, q
+    return None if best is None else web.ContentCoding(best)
+
+
+def decode_infer(model: str, version: str, body: bytes | bytearray, header_length: str | None,
+                 request_id: str = "") -> tuple[InferRequest, tuple[bool, dict[str, bool]]]:
+    """An infer body -> (InferRequest, (binary by default, binary per requested output))."""
+    total = len(body)
+    if header_length is None:
+        n = total
+        header = _parse_json(body)
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ServeError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}", 400) from None
+        if n < 0 or n > total:
+            raise ServeError(f"{HEADER_LENGTH} is {n} but the request body has {total} bytes", 400)
+        header = _parse_json(bytes(memoryview(body)[:n]) if n < total else body)
+    if not isinstance(header, dict):
+        raise ServeError("inference request must be a JSON object", 400)
+    rid = header.get("id", "")
+    if not isinstance(rid, str):
+        raise ServeError(f"'id' must be a string, got {rid!r}", 400)
+    parameters = _request_parameters(header.get("parameters"))
+    inputs = _decode_inputs(header.get("inputs"), body, n)
+    outputs, per_output = _decode_outputs(header.get("outputs"))
+    request = InferRequest(model=model, version=version, id=rid or request_id, inputs=inputs, outputs=outputs,
+                           parameters=parameters)
+    return request, (parameters.get("binary_data_output", False), per_output)
+
+
+def _request_parameters(p: Any) -> dict[str, Any]:
+    if p is None:
+        return {}
+    if not isinstance(p, dict):
+        raise ServeError("request 'parameters' must be a JSON object", 400)
+    for key, value in p.items():
+        if not isinstance(value, (bool, int, float, str)):
+            raise ServeError(f"request parameter {key!r} must be a bool, number or string, got {value!r}", 400)
+    for key in ("priority", "timeout"):
+        value = p.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ServeError(f"request parameter {key!r} must be a non-negative integer, got {value!r}", 400)
+    if not isinstance(p.get("binary_data_output", False), bool):
+        raise ServeError("request parameter 'binary_data_output' must be true or false", 400)
+    return p
+
+
+def _decode_inputs(items: Any, body: bytes | bytearray, pos: int) -> list[InferTensor]:
+    if not isinstance(items, list):
+        raise ServeError("'inputs' must be a list of tensors", 400)
+    view = memoryview(body)
+    total = len(body)
+    start = pos
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ServeError(f"each input must be a JSON object, got {item!r:.80}", 400)
+        name, datatype = item.get("name"), item.get("datatype")
+        if not isinstance(name, str):
+            raise ServeError(f"input name must be a string, got {name!r:.80}", 400)
+        if not isinstance(datatype, str):
+            raise ServeError(f"input {name!r}: 'datatype' must be a string, got {datatype!r:.80}", 400)
+        shape = tensors.check_shape(name, item.get("shape"))
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ServeError(f"input {name!r}: 'parameters' must be a JSON object", 400)
+        if "shared_memory_region" in params:
+            raise ServeError(f"input {name!r}: the shared memory extension is not supported", 400)
+        size = params.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ServeError(f"input {name!r}: binary_data_size must be a non-negative integer", 400)
+            if "data" in item:
+                raise ServeError(f"input {name!r} has both 'data' and binary_data_size", 400)
+            if pos + size > total:
+                raise ServeError(f"input {name!r}: binary_data_size {size} runs past the end of the request body "
+                                 f"({total - pos} bytes left)", 400)
+            data = tensors.from_raw(name, view[pos : pos + size], datatype, shape)
+            pos += size
+            params = {k: v for k, v in params.items() if k != "binary_data_size"}
+        elif "data" in item:
+            data = tensors.from_json(name, item["data"], datatype, shape)
+        else:
+            raise ServeError(f"input {name!r} has neither 'data' nor binary_data_size", 400)
+        out.append(InferTensor(name, datatype, shape, data, params))
+    if pos != total:
+        raise ServeError(f"the request body has {total - pos} bytes after the JSON header that no input claims "
+                         f"(inputs' binary_data_size add up to {pos - start})", 400)
+    return out
+
+
+def _decode_outputs(items: Any) -> tuple[list[RequestedOutput], dict[str, bool]]:
+    if items is None:
+        return [], {}
+    if not isinstance(items, list):
+        raise ServeError("'outputs' must be a list", 400)
+    outputs, binary = [], {}
+    for item in items:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            raise ServeError(f"each requested output needs a string 'name', got {item!r:.80}", 400)
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ServeError(f"output {name!r}: 'parameters' must be a JSON object", 400)
+        if params.get("classification"):
+            raise ServeError("the classification extension is not supported", 400)
+        if "shared_memory_region" in params:
+            raise ServeError(f"output {name!r}: the shared memory extension is not supported", 400)
+        if "binary_data" in params:
+            if not isinstance(params["binary_data"], bool):
+                raise ServeError(f"output {name!r}: binary_data must be true or false", 400)
+            binary[name] = params["binary_data"]
+        outputs.append(RequestedOutput(name, params))
+    return outputs, binary
+
+
+def encode_infer(result: InferResponse, binary: tuple[bool, dict[str, bool]]) -> tuple[bytes, int | None]:
+    """(body, JSON header length or None when the body is all JSON)."""
+    default, per_output = binary
+    entries, blobs = [], []
+    for t in result.outputs:
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": [int(d) for d in t.shape]}
+        params = dict(t.parameters) if t.parameters else {}
+        if per_output.get(t.name, default):
+            raw = _raw(t.data, t.datatype)
+            params["binary_data_size"] = len(raw)
+            blobs.append(raw)
+        else:
+            entry["data"] = tensors.to_json(t.data)
+        if params:
+            entry["parameters"] = params
+        entries.append(entry)
+    head: dict[str, Any] = {"model_name": result.model, "model_version": result.version}
+    if result.id:
+        head["id"] = result.id
+    if result.parameters:
+        head["parameters"] = result.parameters
+    head["outputs"] = entries
+    header = _dumps(head)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
+
+
+def _raw(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    if datatype == "BYTES":
+        return tensors.to_raw(array)
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return memoryview(flat.view(np.uint8))
