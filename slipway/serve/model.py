@@ -129,6 +129,8 @@ class ModelVersion:
                 want = ([-1] if batched else []) + list(spec.dims)
                 raise ServeError(f"input {spec.name!r}: shape {shape} does not match the model's {want}", 400)
             data = t.data
+            if spec.datatype == "BYTES" and self.platform != "python":
+                data = _text(spec.name, data)
             if spec.reshape is not None:
                 data = data.reshape(([rows] if batched else []) + list(spec.reshape))
             feeds[spec.name] = data
@@ -182,6 +184,19 @@ class ModelVersion:
         if self._closer is not None:
             self._closer()
             self._closer = None
+
+
+def _text(name: str, data: np.ndarray) -> np.ndarray:
+    """BYTES elements as str: engines hold ONNX strings as text (bytes would arrive as "b'...'")."""
+    out = np.empty(data.shape, dtype=object)
+    flat, dst = data.reshape(-1), out.reshape(-1)
+    try:
+        for i, x in enumerate(flat):
+            dst[i] = x.decode("utf-8") if isinstance(x, (bytes, bytearray)) else str(x)
+    except UnicodeDecodeError:
+        raise ServeError(f"input {name!r}: BYTES element {i} is not UTF-8 text, which ONNX strings must be", 400) \
+            from None
+    return out
 
 
 def _dims_match(shape: list[int], dims: tuple[int, ...]) -> bool:
