@@ -97,12 +97,12 @@ def test_metrics_use_triton_names(server, grpc_url) -> None:
 
 
 def _slow_model_repo(root: Path, delay_config: str = "") -> Path:
-    """A model that takes ~50 ms per run (a big MatMul chain) with a tiny queue."""
+    """A model that takes ~100 ms per run (60 MatMuls of [128, 512] x [512, 512]) with a tiny queue."""
     import onnx
     from onnx import TensorProto, helper
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 512])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 512])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 128, 512])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 128, 512])
     w = onnx.numpy_helper.from_array(np.eye(512, dtype=np.float32), "w")
     nodes, prev = [], "x"
     for i in range(60):
@@ -120,7 +120,7 @@ def test_overload_answers_503_fast(tmp_path) -> None:
     repo = _slow_model_repo(tmp_path)
     with Server(repo, http_port=0, grpc_port=None, metrics_port=None, threads=1) as server:
         url = f"127.0.0.1:{server.http_port}"
-        x = np.ones((1, 512), np.float32)
+        x = np.ones((1, 128, 512), np.float32)
         codes: list[str] = []
         fast: list[float] = []
 
@@ -212,7 +212,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(tmp_path) -> None:
     def one() -> None:
         try:
             httpclient.InferenceServerClient(url, network_timeout=60).infer(
-                "slow", [_gemm_input(httpclient, np.ones((1, 512), np.float32))])
+                "slow", [_gemm_input(httpclient, np.ones((1, 128, 512), np.float32))])
             results.append("ok")
         except Exception as e:  # noqa: BLE001
             results.append(repr(e))
@@ -282,3 +282,44 @@ def test_rss_stays_flat(grpc_url, server) -> None:
     grown = rss() - before
     assert grown < 8 << 20, f"RSS grew {grown / 2**20:.1f} MiB over 3000 requests"
 
+
+
+def test_client_that_goes_away_is_cancelled(tmp_path) -> None:
+    repo = _slow_model_repo(tmp_path, "max_queue_delay_microseconds: 0")
+    (repo / "slow" / "config.pbtxt").write_text(
+        "max_batch_size: 1\ninstance_group [{ count: 1 kind: KIND_CPU }]\ndynamic_batching { }\n")
+    with Server(repo, http_port=0, grpc_port=0, metrics_port=None, threads=1) as server:
+        x = np.ones((1, 128, 512), np.float32)
+        busy = threading.Thread(target=lambda: grpcclient.InferenceServerClient(
+            f"127.0.0.1:{server.grpc_port}").infer("slow", [_gemm_input(grpcclient, x)]))
+        busy.start()
+        time.sleep(0.02)
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            c.infer("slow", [_gemm_input(grpcclient, x)], client_timeout=0.01)  # gives up while queued
+        busy.join()
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            stats = c.get_inference_statistics("slow", as_json=True)["model_stats"][0]
+            if int(stats["inference_stats"]["fail"].get("count", 0)) == 1:
+                break
+            time.sleep(0.05)
+        assert int(stats["inference_stats"]["fail"]["count"]) == 1
+        assert server.plane._version("slow").stats.failures["CANCELED"] == 1
+        assert int(stats["inference_count"]) == 1  # the abandoned request never ran
+
+
+def test_bearer_token_and_default_host(tmp_path) -> None:
+    repo = tmp_path / "repo"
+    _save(gemm_model(), repo / "gemm" / "1" / "model.onnx")
+    server = Server(repo, http_port=0, grpc_port=None, metrics_port=None, token="s3cret")
+    assert server.host == "127.0.0.1"
+    with server:
+        url = f"127.0.0.1:{server.http_port}"
+        x = np.ones((1, 16), np.float32)
+        with pytest.raises(InferenceServerException) as e:
+            httpclient.InferenceServerClient(url).infer("gemm", [_gemm_input(httpclient, x)])
+        assert str(e.value.status()) == "401"
+        ok = httpclient.InferenceServerClient(url).infer("gemm", [_gemm_input(httpclient, x)],
+                                                          headers={"Authorization": "Bearer s3cret"})
+        np.testing.assert_allclose(ok.as_numpy("y"), x @ W + B, rtol=1e-5, atol=1e-5)
