@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,7 +238,12 @@ def _queue_policy(p) -> QueuePolicy:
 
 
 def engine_options(config, model_file: Path, threads: int = 0) -> tuple[str, Any]:
-    """(backend name, Options) for a version: tuned settings, then the config's parameters."""
+    """(backend name, Options) for a version: tuned settings, then the config's parameters.
+
+    Without a thread count from either, N > 1 instances split the cores between them (each gets
+    ``cores // N`` intra-op threads): on CPU, two single-threaded instances of a conv net outrun
+    one instance with two threads, and N instances with every core each oversubscribe the CPU.
+    """
     from slipway.backends import Options
     from slipway.settings import read_settings
 
@@ -252,6 +258,10 @@ def engine_options(config, model_file: Path, threads: int = 0) -> tuple[str, Any
     if tuned is not None and tuned["backend"].split("-")[0] == backend.split("-")[0]:
         backend = tuned["backend"] if not gpu or "gpu" in tuned["backend"] or "cuda" in tuned["backend"] else backend
         options = Options(**tuned["options"])
+    instances = _instances(config)
+    if options.threads == 0 and instances > 1:
+        # N instances each with every core would oversubscribe the CPU: split the cores between them
+        options.threads = max(1, (os.cpu_count() or 1) // instances)
     params = {k: v.string_value for k, v in config.parameters.items()}
     if "backend" in params:
         backend = params.pop("backend")

@@ -130,3 +130,16 @@ output [{ name: "y" data_type: TYPE_FP32 dims: [ 3 ] }]
         x = np.arange(6, dtype=np.float32).reshape(2, 3)
         inp.set_data_from_numpy(x)
         np.testing.assert_array_equal(c.infer("double", [inp]).as_numpy("y"), x * 2)
+
+
+def test_instances_split_the_cores(tmp_path) -> None:
+    import os
+
+    from slipway.serve.model import engine_options
+    from slipway.serve.repository import Repository
+
+    repo = tmp_path / "repo"
+    _save(gemm_model(), repo / "gemm" / "1" / "model.onnx")
+    (repo / "gemm" / "config.pbtxt").write_text('instance_group [{ count: 2 kind: KIND_CPU }]\n')
+    _, opts = engine_options(Repository(repo).config("gemm"), repo / "gemm" / "1" / "model.onnx")
+    assert opts.threads == max(1, (os.cpu_count() or 1) // 2)
