@@ -101,6 +101,8 @@ class Batcher:
         self._level_queued = [0] * len(self._policies)
         self._queued = 0
         self._running = 0
+        self._running_rows = 0
+        self._instances = instances
         self._free = list(range(instances - 1, -1, -1))  # pop() takes instance 0 first
         self._jobs: list[SimpleQueue] = [SimpleQueue() for _ in range(instances)]
         self._threads: list[threading.Thread | None] = [None] * instances
@@ -237,6 +239,7 @@ class Batcher:
         key = None
         oldest = now
         full = False
+        sizes: list[int] = []  # rows after each request taken
         for q in self._queues:
             for r in q:
                 if count == 0:
@@ -252,6 +255,7 @@ class Batcher:
                         break
                 count += 1
                 rows += r.rows
+                sizes.append(rows)
                 oldest = min(oldest, r.start_ns)
                 if rows in self._preferred:
                     best = count
@@ -261,9 +265,24 @@ class Batcher:
         expired = self._closing or (delay > 0 and now - oldest >= delay)
         if best and not expired:
             return best, 0
+        if delay == 0 and not self._closing and self._instances > 1:
+            return self._balanced(count, sizes), 0
         if full or expired or delay == 0 or rows >= self._max_preferred:
             return count, 0
         return 0, oldest + delay - now
+
+    def _balanced(self, count: int, sizes: list[int]) -> int:
+        """With several instances and no queue delay, share the rows in the system between them.
+
+        Pure greedy batching lets one instance take everything queued while the other runs a
+        batch of one, and the imbalance persists (each instance's finish refills the queue for the
+        other): large batches wait twice as long. Capping a batch at an even share of the rows
+        queued and running keeps the instances' batches even at the same throughput.
+        """
+        share = -(-(sizes[-1] + self._running_rows) // self._instances)
+        while count > 1 and sizes[count - 1] > share:
+            count -= 1
+        return count
 
     def _launch(self, count: int, now: int) -> None:
         """Take ``count`` requests off the head of the queue and give them to a free instance."""
@@ -287,6 +306,7 @@ class Batcher:
             return
         instance = self._free.pop()
         self._running += len(batch)
+        self._running_rows += sum(r.rows for r in batch)
         if self._threads[instance] is None:
             t = threading.Thread(target=self._worker, args=(instance,), name=f"slipway-{self._name}-{instance}",
                                  daemon=True)
@@ -299,6 +319,7 @@ class Batcher:
         """A batch came back from its worker: resolve the callers, record the stats."""
         self._free.append(instance)
         self._running -= len(batch)
+        self._running_rows -= sum(r.rows for r in batch)
         now = monotonic_ns()
         stats = self._stats
         if error is None:

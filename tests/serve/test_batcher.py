@@ -493,3 +493,30 @@ def test_stats_count_requests_rows_and_executions():
 def test_bad_policy_is_a_user_error(policy, message):
     with pytest.raises(UserError, match=message):
         make(Engine(), **policy)
+
+
+def test_two_instances_share_the_rows_evenly():
+    """Closed loop of 16 callers on 2 instances: batches stay near 8 + 8, not 15 + 1 (greedy ping-pong)."""
+    engine = Engine(sleep=0.01)
+
+    async def main() -> None:
+        b, _ = make(engine, instances=2, max_batch_size=32, dynamic=True)
+        engine.hold()
+        first = asyncio.create_task(b.infer(x(1)))  # one instance starts on a batch of 1 ...
+        assert await asyncio.to_thread(engine.started.wait, 5)
+        engine.hold()
+
+        async def caller() -> None:
+            for _ in range(6):
+                await b.infer(x(1))
+
+        callers = [asyncio.create_task(caller()) for _ in range(15)]  # ... while 15 callers arrive
+        await asyncio.sleep(0.05)
+        engine.released.set()
+        await asyncio.gather(first, *callers)
+        await b.close()
+
+    asyncio.run(main())
+    late = engine.rows()[6:]  # after the start-up batches
+    assert max(late) <= 9, engine.rows()
+    assert sum(late) / len(late) >= 4, engine.rows()
