@@ -41,3 +41,9 @@ class MissingDependencyError(UserError):
         super().__init__(f"{module} is not installed; install it with: pip install 'slipway[{extra}]'")
         self.module = module
         self.extra = extra
+
+
+def one_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (at most 300 characters), else its type name."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(e).__name__

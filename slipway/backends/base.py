@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
 
 __all__ = [
     "TensorInfo", "Options", "Session", "Backend", "PRECISIONS",
@@ -294,6 +294,3 @@ def check_outputs(requested: Sequence[str], known: Sequence[str]) -> list[str]:
     return names
 
 
-def one_line(e: BaseException) -> str:
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(e).__name__

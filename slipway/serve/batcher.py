@@ -31,7 +31,7 @@ from time import monotonic_ns
 
 import numpy as np
 
-from slipway.errors import ServeError, UserError
+from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.stats import ModelStats
 
 __all__ = ["QueuePolicy", "BatchPolicy", "RunFn", "Batcher"]
@@ -496,9 +496,7 @@ class Batcher:
             return e
         if isinstance(e, UserError):
             return ServeError(str(e), 400)
-        lines = str(e).strip().splitlines()
-        line = lines[0].strip() if lines else type(e).__name__
-        return ServeError(f"model {self._name} failed: {line[:500]}", 500)
+        return ServeError(f"model {self._name} failed: {one_line(e)}", 500)
 
 
 def _concat(batch: list[_Request]) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from slipway.errors import ServeError
+from slipway.errors import ServeError, one_line
 from slipway.serve.model import ModelVersion, load_version
 from slipway.serve.repository import Repository
 from slipway.serve.types import InferRequest, InferResponse
@@ -207,8 +207,7 @@ class DataPlane:
                 new = await self._load_versions(name, config, numbers)
             except Exception as e:
                 if not isinstance(e, ServeError):
-                    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    e = ServeError(f"model {name!r} failed to load: {text}", 500)
+                    e = ServeError(f"model {name!r} failed to load: {one_line(e)}", 500)
                 if not entry.versions:
                     entry.state, entry.reason = "UNAVAILABLE", str(e)
                 entry.fingerprint = fingerprint

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from slipway.errors import ServeError, UserError
+from slipway.errors import ServeError, UserError, one_line
 from slipway.serve import tensors
 from slipway.serve.batcher import Batcher, BatchPolicy, QueuePolicy
 from slipway.serve.stats import ModelStats
@@ -336,15 +336,10 @@ def _engine(name: str, version: int, config, model_file: Path, threads: int):
         warmup(config, run, instances)
     except Exception as e:
         closer()
-        raise ServeError(f"model {name!r} version {version}: warmup failed: {_one_line(e)}", 400) from None
+        raise ServeError(f"model {name!r} version {version}: warmup failed: {one_line(e)}", 400) from None
     log.info("loaded %s version %d on %s (%d instance%s, %s)", name, version, backend, instances,
              "s" if instances > 1 else "", options.to_dict())
     return config.platform or config.backend or "onnxruntime_onnx", run, closer, instances
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _python_model(path: Path):

@@ -23,7 +23,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from slipway.errors import ServeError, UserError
+from slipway.errors import ServeError, UserError, one_line
 from slipway.serve import tensors
 
 __all__ = ["Repository", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZE", "EXECUTABLE_SUFFIXES"]
@@ -256,9 +256,6 @@ def _refuse_executables(name: str, path: Path, config: mc.ModelConfig) -> None:
 # config text, engine, instances, batching
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
 
 def _parse(name: str, path: Path, override: str | dict | None) -> mc.ModelConfig:
     config = mc.ModelConfig()
@@ -270,7 +267,7 @@ def _parse(name: str, path: Path, override: str | dict | None) -> mc.ModelConfig
                 json_format.Parse(override, config)
         except (json_format.ParseError, TypeError) as e:
             raise ServeError(f"model {name!r}: the config parameter is not a valid model config: "
-                             f"{_first_line(e)}", 400) from None
+                             f"{one_line(e)}", 400) from None
         return config
     file = path / CONFIG_FILE
     if not file.is_file():
@@ -278,7 +275,7 @@ def _parse(name: str, path: Path, override: str | dict | None) -> mc.ModelConfig
     try:
         text_format.Parse(file.read_text(encoding="utf-8"), config)
     except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
-        raise ServeError(f"{name}/{CONFIG_FILE}: {_first_line(e)}", 400) from None
+        raise ServeError(f"{name}/{CONFIG_FILE}: {one_line(e)}", 400) from None
     return config
 
 
@@ -346,7 +343,7 @@ def _read_io(name: str, file: Path, rel: str) -> tuple[list[_Tensor], list[_Tens
     try:
         model = onnx.load(str(file), load_external_data=False)
     except (OSError, DecodeError, ValueError) as e:
-        raise ServeError(f"model {name!r}: {rel} is not a readable ONNX model: {_first_line(e)}", 400) from None
+        raise ServeError(f"model {name!r}: {rel} is not a readable ONNX model: {one_line(e)}", 400) from None
     graph = model.graph
     weights = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
     inputs = [_onnx_tensor(name, "input", v) for v in graph.input if v.name not in weights]
@@ -380,7 +377,7 @@ def _openvino_io(name: str, file: Path, rel: str) -> tuple[list[_Tensor], list[_
     try:
         model = ov.Core().read_model(str(file))
     except RuntimeError as e:
-        raise ServeError(f"model {name!r}: {rel} is not a readable OpenVINO model: {_first_line(e)}", 400) from None
+        raise ServeError(f"model {name!r}: {rel} is not a readable OpenVINO model: {one_line(e)}", 400) from None
 
     def tensor(port: object) -> _Tensor:
         shape = port.get_partial_shape()
