@@ -285,28 +285,37 @@ def test_rss_stays_flat(grpc_url, server) -> None:
 
 
 def test_client_that_goes_away_is_cancelled(tmp_path) -> None:
-    repo = _slow_model_repo(tmp_path, "max_queue_delay_microseconds: 0")
-    (repo / "slow" / "config.pbtxt").write_text(
-        "max_batch_size: 1\ninstance_group [{ count: 1 kind: KIND_CPU }]\ndynamic_batching { }\n")
-    with Server(repo, http_port=0, grpc_port=0, metrics_port=None, threads=1) as server:
-        x = np.ones((1, 128, 512), np.float32)
-        busy = threading.Thread(target=lambda: grpcclient.InferenceServerClient(
-            f"127.0.0.1:{server.grpc_port}").infer("slow", [_gemm_input(grpcclient, x)]))
+    """A request queued behind a 0.6 s run whose client gives up after 0.15 s never runs."""
+    repo = tmp_path / "repo"
+    (repo / "sleepy" / "1").mkdir(parents=True)
+    (repo / "sleepy" / "1" / "model.py").write_text(
+        "import time\n\ndef infer(inputs):\n    time.sleep(0.6)\n    return {'y': inputs['x']}\n")
+    (repo / "sleepy" / "config.pbtxt").write_text("""
+backend: "python"
+max_batch_size: 1
+dynamic_batching { }
+input [{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }]
+""")
+    with Server(repo, http_port=None, grpc_port=0, metrics_port=None, allow_python_models=True) as server:
+        url = f"127.0.0.1:{server.grpc_port}"
+        x = np.ones((1, 4), np.float32)
+        busy = threading.Thread(target=lambda: grpcclient.InferenceServerClient(url).infer(
+            "sleepy", [_gemm_input(grpcclient, x)]))
         busy.start()
-        time.sleep(0.02)
-        c = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        mv = server.plane._version("sleepy")
+        deadline = time.time() + 10
+        while mv.batcher.pending < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        c = grpcclient.InferenceServerClient(url)
         with pytest.raises(InferenceServerException, match="Deadline"):
-            c.infer("slow", [_gemm_input(grpcclient, x)], client_timeout=0.01)  # gives up while queued
+            c.infer("sleepy", [_gemm_input(grpcclient, x)], client_timeout=0.15)  # gives up while queued
         busy.join()
         deadline = time.time() + 5
-        while time.time() < deadline:
-            stats = c.get_inference_statistics("slow", as_json=True)["model_stats"][0]
-            if int(stats["inference_stats"]["fail"].get("count", 0)) == 1:
-                break
+        while mv.stats.failures["CANCELED"] < 1 and time.time() < deadline:
             time.sleep(0.05)
-        assert int(stats["inference_stats"]["fail"]["count"]) == 1
-        assert server.plane._version("slow").stats.failures["CANCELED"] == 1
-        assert int(stats["inference_count"]) == 1  # the abandoned request never ran
+        assert mv.stats.failures["CANCELED"] == 1
+        assert mv.stats.inference_count == 1 and mv.stats.execution_count == 1  # the abandoned one never ran
 
 
 def test_bearer_token_and_default_host(tmp_path) -> None:
