@@ -288,6 +288,3 @@ class DataPlane:
             have = ", ".join(map(str, sorted(entry.versions)))
             raise ServeError(f"model {name!r} has no version {n} loaded (loaded: {have})", 404)
         return mv
-
-    def pending(self) -> dict[tuple[str, str], int]:
-        return {(e.name, str(n)): v.batcher.pending for e in self.entries.values() for n, v in e.versions.items()}

@@ -84,7 +84,7 @@ def make_app(plane: Any, *, max_body_bytes: int = 64 << 20, token: str | None = 
         app.router.add_get(base + "/stats", _stats)
         app.router.add_post(base + "/infer", _infer)
     if metrics is not None:
-        app.router.add_get("/metrics", _metrics_handler(metrics))
+        app.router.add_get("/metrics", metrics_handler(metrics))
     return app
 
 
@@ -251,7 +251,9 @@ async def _unload(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-def _metrics_handler(metrics: Callable[[], tuple[bytes, str]]) -> Handler:
+def metrics_handler(metrics: Callable[[], tuple[bytes, str]]) -> Handler:
+    """GET /metrics: Prometheus text from ``metrics()`` (also the metrics port's only route)."""
+
     async def handler(request: web.Request) -> web.Response:
         body, content_type = metrics()
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})

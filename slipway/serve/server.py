@@ -92,12 +92,7 @@ class Server:
                 self.http_port = await self._site(app, self.http_port)
             if self.metrics_port is not None:
                 mapp = web.Application()
-
-                async def serve_metrics(_request: web.Request) -> web.Response:
-                    body, ctype = render()
-                    return web.Response(body=body, headers={"Content-Type": ctype})
-
-                mapp.router.add_get("/metrics", serve_metrics)
+                mapp.router.add_get("/metrics", http.metrics_handler(render))
                 self.metrics_port = await self._site(mapp, self.metrics_port)
             if self.grpc_port is not None:
                 from slipway.serve import grpc as grpc_adapter

@@ -20,7 +20,7 @@ from slipway.errors import ServeError
 
 __all__ = [
     "DATATYPES", "CONFIG_TYPES", "numpy_dtype", "datatype_of", "config_type", "datatype_from_config",
-    "from_raw", "to_raw", "from_json", "to_json", "bytes_size", "check_shape", "element_count",
+    "from_raw", "to_raw", "from_json", "to_json", "check_shape", "element_count",
 ]
 
 # protocol name -> numpy dtype (object for BYTES)
@@ -91,13 +91,6 @@ def check_shape(name: str, shape: Any) -> list[int]:
     if any(d < 0 for d in shape):
         raise ServeError(f"input {name!r}: shape {list(shape)} has a negative dimension", 400)
     return list(shape)
-
-
-def bytes_size(array: np.ndarray) -> int:
-    """Size of ``array`` in the binary tensor format."""
-    if array.dtype == object or array.dtype.kind in "SU":
-        return sum(4 + len(_as_bytes(x)) for x in array.reshape(-1))
-    return array.nbytes
 
 
 # ---------------------------------------------------------------------------------------------
