@@ -18,7 +18,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
 
 ModelLike = ir.Model | onnx.ModelProto | str | os.PathLike
 
@@ -66,6 +66,7 @@ def load(path: str | os.PathLike, *, validate: bool = True, infer_shapes: bool =
         raise UserError(f"{p} is not a readable ONNX model: {_one_line(e)}") from None
     if model.graph is None or (len(model.graph) == 0 and not model.graph.outputs and not model.graph.inputs):
         raise UserError(f"{p} is not an ONNX model: it has no graph (truncated file or another format)")
+    check_external_data(model, p)
     model.meta[SOURCE_KEY] = str(p.resolve())
     from slipway.settings import META_KEY, read_settings
 
@@ -105,6 +106,35 @@ def _starts_like_onnx(p: Path) -> bool:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
+
+
+def _external_tensors(model: ir.Model) -> list[ir.ExternalTensor]:
+    """Every tensor of the model whose bytes live in a side file (initializers and Constant attributes)."""
+    tensors = [v.const_value for v in model.graph.initializers.values()]
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.TENSOR:
+                tensors.append(attr.value)
+            elif attr.type == ir.AttributeType.TENSORS:
+                tensors.extend(attr.value)
+    return [t for t in tensors if isinstance(t, ir.ExternalTensor)]
+
+
+def check_external_data(model: ir.Model, path: str | os.PathLike) -> None:
+    """Refuse external data that lies outside the model's folder (an absolute ``location``, ``..``, or a
+    symlink out of it) or that is missing or shorter than the tensors it should hold."""
+    base = Path(path).resolve().parent
+    for t in _external_tensors(model):
+        where = f"{path}: tensor {t.name!r} has external data at {t.location!r}"
+        if Path(t.location).is_absolute() or Path(t.location).drive:
+            raise UserError(f"{where}: an absolute path; external data must lie in the model's folder")
+        file = (base / t.location).resolve()
+        if not file.is_relative_to(base):
+            raise UserError(f"{where}, outside the model's folder {base}; refusing to read it")
+        if not file.is_file():
+            raise UserError(f"{where}, and that file does not exist")
+        if (t.offset or 0) + t.nbytes > file.stat().st_size:
+            raise UserError(f"{where}, and that file is too short for it (truncated?)")
 
 
 def check(model: ir.Model, where: str = "model") -> None:
@@ -168,6 +198,75 @@ def weight_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
+def source_path(model: ModelLike | None) -> Path | None:
+    """The file a model comes from: the path itself, or where an ``ir.Model`` was loaded from."""
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model)
+    if isinstance(model, ir.Model) and model.meta.get(SOURCE_KEY):
+        return Path(model.meta[SOURCE_KEY])
+    return None
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: after resolving symlinks and ``.``/``..``, or as hard links."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwrite(output: str | os.PathLike, *sources: ModelLike | None) -> None:
+    """Raise the one-line ``UserError`` when ``output`` is the file one of ``sources`` was read from."""
+    for src in sources:
+        path = source_path(src)
+        if path is not None and same_file(output, path):
+            raise UserError(f"refusing to overwrite the input model {output}; choose another output path")
+
+
+def check_output(path: str | os.PathLike | None, *sources: ModelLike | None, what: str = "output",
+                 create_dirs: bool = False) -> Path | None:
+    """Refuse, before any work, an output file that cannot or must not be written.
+
+    Refused: one of the inputs (``sources``: paths or loaded models; compared after resolving
+    symlinks and ``.``/``..``), a directory, and (unless ``create_dirs``, which the Python API uses
+    so that a script may write into a new folder) a file in a directory that does not exist or is
+    not writable. Every command that writes a file calls this; ``None`` passes.
+    """
+    if path is None:
+        return None
+    out = Path(path)
+    refuse_overwrite(out, *sources)
+    if out.is_dir():
+        raise UserError(f"{what} path is a directory: {out}")
+    if create_dirs:
+        return out
+    parent = out.parent
+    if not parent.exists():
+        raise UserError(f"the directory {parent} does not exist (for the {what} {out}); create it first")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: the directory {parent} is not writable")
+    return out
+
+
+def _write_error(out: Path, e: OSError) -> UserError:
+    reason = e.strerror or one_line(e)
+    return UserError(f"cannot write {out}: {reason}")
+
+
+def _make_parent(out: Path) -> None:
+    """The folder ``out`` goes in, created if missing (the Python API); a failure is a one-line error."""
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: {out.parent} is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(out, e) from None
+
+
 def save(
     model: ModelLike,
     path: str | os.PathLike,
@@ -180,28 +279,33 @@ def save(
     Weights go to ``<name>.data`` beside the model when ``external_data`` is true, or when it
     is ``None`` and the weights are too big for one protobuf (> ~1.8 GB). The file the model
     was loaded from is refused unless ``overwrite=True``. Files appear under their final
-    names only once fully written; after a failure nothing is left behind.
+    names only once fully written; after a failure nothing is left behind. A failed write
+    (read-only folder, full disk) is a one-line ``UserError`` naming the path.
     """
     m = as_model(model)
     out = Path(path)
-    source = m.meta.get(SOURCE_KEY)
-    if source and Path(source) == out.resolve() and not overwrite:
-        raise UserError(f"refusing to overwrite the input model {out}; choose another output or pass overwrite")
+    if not overwrite:
+        refuse_overwrite(out, m)
     if out.is_dir():
         raise UserError(f"output path is a directory: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
         external_data = weight_bytes(m) > EXTERNAL_THRESHOLD
     data_name = out.name + ".data" if external_data else None
     if not external_data:
         # Weights loaded lazily from another file must travel inside the new one.
         ir.external_data.load_to_model(m)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".slipway-tmp-", dir=out.parent))
+    _make_parent(out)
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".slipway-tmp-", dir=out.parent))
+    except OSError as e:
+        raise _write_error(out, e) from None
     try:
         ir.save(m, tmpdir / out.name, external_data=data_name)
         if data_name and (tmpdir / data_name).exists():
             os.replace(tmpdir / data_name, out.parent / data_name)
         os.replace(tmpdir / out.name, out)
+    except OSError as e:
+        raise _write_error(out, e) from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
@@ -214,15 +318,24 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file so that it appears complete or not at all."""
+    """Write a text file so that it appears complete or not at all; a failed write (read-only folder,
+    full disk) is a one-line ``UserError`` naming the path."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".slipway-tmp-", dir=out.parent)
+    if out.is_dir():
+        raise UserError(f"output path is a directory: {out}")
+    _make_parent(out)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".slipway-tmp-", dir=out.parent)
+    except OSError as e:
+        raise _write_error(out, e) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open() does
         os.replace(tmp, out)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(out, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

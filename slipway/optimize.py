@@ -27,8 +27,9 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.convert import verify as v
+from slipway.convert.probe import Plan, plan_inputs
 from slipway.errors import UserError
-from slipway.model import ModelLike, as_model
+from slipway.model import ModelLike, as_model, check_output
 from slipway.passes import manager as pm
 
 __all__ = ["OptimizeResult", "Speed", "optimize", "latency_pair", "latency_compare", "latency_ratio", "TARGETS"]
@@ -100,6 +101,8 @@ def optimize(
     rtol: float | None = None,
     batch_sizes: Sequence[int] = v.DEFAULT_BATCH_SIZES,
     dim_sizes: Mapping[str, Sequence[int]] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    data: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
     allow_growth: bool = False,
     speed_check: bool = True,
     speed_tolerance: float = 0.01,
@@ -109,7 +112,10 @@ def optimize(
 ) -> OptimizeResult:
     """Optimize ``model`` (a path, ModelProto or ir.Model; the input is not modified).
 
-    Dynamic dims other than the batch are verified at ``dim_sizes[name]`` (default 16 and 32).
+    Verification and timing run on ``data`` (arrays or an ``.npz`` file), else at ``shapes``
+    (``{input: dims}``), else at ``dim_sizes[name]`` for the dynamic dims, else at sizes derived
+    from the model (:func:`slipway.convert.probe.plan_inputs`), plus a second batch size where
+    the batch dim is dynamic.
     Tolerances default to atol 1e-4 / rtol 1e-3, and for a quantized (Q/DQ) model to 1e-3 / 2e-2:
     re-quantizing a folded weight may move an output by one quantization step.
     """
@@ -117,6 +123,7 @@ def optimize(
     if target not in TARGETS:
         raise UserError(f"unknown --target {target!r} (choose from {', '.join(TARGETS)})")
     source = as_model(model, validate=True)
+    check_output(output, model, create_dirs=True)
     quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
                     for n in ir.traversal.RecursiveGraphIterator(source.graph))
     atol = atol if atol is not None else (1e-3 if quantized else 1e-4)
@@ -124,10 +131,10 @@ def optimize(
     original = pm.snapshot(source)
     options = {"target": target, "target_opset": target_opset, "allow_growth": allow_growth}
     chosen = pm.make_passes(passes, skip, **options)
-    sizes = default_dim_sizes(source, dim_sizes)
+    plan = input_plan(source, shapes=shapes, data=data, dim_sizes=dim_sizes, batch_sizes=batch_sizes)
 
     def check(before: ir.Model, after: ir.Model) -> str:
-        report = v.verify_onnx(before, after, atol=atol, rtol=rtol, batch_sizes=batch_sizes, dim_sizes=sizes)
+        report = v.verify_onnx(before, after, atol=atol, rtol=rtol, batch_sizes=batch_sizes, plan=plan)
         return "" if report.ok else (report.failure or next(o.note for o in report.outputs if not o.ok))
 
     def run(selected: list) -> tuple[ir.Model, pm.ManagerReport]:
@@ -138,22 +145,22 @@ def optimize(
     why = pm.PassManager(chosen).explain(pm.restore(original)) if explain else []
     if progress:
         progress("verifying")
-    verification = v.verify_onnx(source, candidate, atol=atol, rtol=rtol, batch_sizes=batch_sizes, dim_sizes=sizes)
+    verification = v.verify_onnx(source, candidate, atol=atol, rtol=rtol, batch_sizes=batch_sizes, plan=plan)
     verification.raise_if_failed()
 
     result = OptimizeResult(candidate, None, count_nodes(source), count_nodes(candidate), verification, report,
                             explain=why)
     if speed_check and not any(r.total for r in report.records.values()):
-        result.latency_before_ms = result.latency_after_ms = latency(source, target, sizes)
+        result.latency_before_ms = result.latency_after_ms = latency(source, target, feeds=plan.first)
         result.decision = "nothing to change"
     elif speed_check:
-        timing = Timing(target, sizes, speed_tolerance, speed_budget_s)
+        timing = Timing(target, plan.first, speed_tolerance, speed_budget_s)
         _never_slower(result, source, chosen, run, timing, progress)
         if result.model is source:
             result.model = pm.restore(original)
         if result.model is not candidate:
             result.verification = v.verify_onnx(source, result.model, atol=atol, rtol=rtol,
-                                                batch_sizes=batch_sizes, dim_sizes=sizes)
+                                                batch_sizes=batch_sizes, plan=plan)
             result.verification.raise_if_failed()
     result.nodes_after = count_nodes(result.model)
     meta = _metadata(result, target)
@@ -161,6 +168,24 @@ def optimize(
     result.path = committed.path
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def input_plan(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None = None,
+               data: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
+               dim_sizes: Mapping[str, Sequence[int]] | None = None,
+               batch_sizes: Sequence[int] = v.DEFAULT_BATCH_SIZES) -> Plan:
+    """The inputs ``model`` is verified and timed on (see :func:`optimize`)."""
+    if dim_sizes is not None and not shapes and data is None:
+        specs = v.input_specs(model)
+        rng = np.random.default_rng(0)
+        sizes = v.plan_sizes(specs, batch_sizes, default_dim_sizes(model, dim_sizes))
+        return Plan([v.random_feeds(specs, s, rng) for s in sizes], "dim_sizes")
+    return plan_inputs(model, shapes=shapes, data=None if data is None else _data_arg(data),
+                       batch_sizes=batch_sizes)
+
+
+def _data_arg(data: Mapping[str, np.ndarray] | str | os.PathLike) -> Mapping[str, np.ndarray] | str:
+    return data if isinstance(data, Mapping) else os.fspath(data)
 
 
 def default_dim_sizes(model: ir.Model, given: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]]:
@@ -174,12 +199,12 @@ def default_dim_sizes(model: ir.Model, given: Mapping[str, Sequence[int]] | None
 @dataclass
 class Timing:
     target: str
-    dim_sizes: dict[str, list[int]]
+    feeds: v.Feeds
     tolerance: float
     budget_s: float
 
     def pair(self, a: ir.Model, b: ir.Model) -> Speed:
-        return latency_compare(a, b, self.target, self.budget_s, self.dim_sizes)
+        return latency_compare(a, b, self.target, self.budget_s, None, self.feeds)
 
     def slower(self, speed: Speed) -> bool:
         """B is slower than A: its median is past the tolerance AND it lost most paired blocks (a sign
@@ -226,18 +251,20 @@ def _never_slower(result: OptimizeResult, source: ir.Model, chosen: list, run: C
                        f"slower in {100 * speed.b_slower_share:.0f}% of {speed.blocks} paired blocks)")
 
 
-def _feeds(model: ir.Model, dim_sizes: Mapping[str, Sequence[int]] | None) -> v.Feeds:
+def _feeds(model: ir.Model, dim_sizes: Mapping[str, Sequence[int]] | None, feeds: v.Feeds | None = None) -> v.Feeds:
+    if feeds is not None:
+        return feeds
     specs = v.input_specs(model)
     sizes = v.plan_sizes(specs, [1], dim_sizes)[0]
     return v.random_feeds(specs, sizes, np.random.default_rng(0))
 
 
 def latency(model: ir.Model, target: str = "ort", dim_sizes: Mapping[str, Sequence[int]] | None = None,
-            budget_s: float = 1.0) -> float:
-    """Median latency (ms) of ``model`` at batch 1 on ``target``."""
+            budget_s: float = 1.0, feeds: v.Feeds | None = None) -> float:
+    """Median latency (ms) of ``model`` on ``feeds`` (default: batch 1 at ``dim_sizes``) on ``target``."""
     from slipway import backends
 
-    feeds = _feeds(model, dim_sizes)
+    feeds = _feeds(model, dim_sizes, feeds)
     s = backends.load(model, TARGETS[target])
     try:
         return latency_ratio(lambda: s.run(feeds), lambda: s.run(feeds), budget_s).a_ms
@@ -246,19 +273,20 @@ def latency(model: ir.Model, target: str = "ort", dim_sizes: Mapping[str, Sequen
 
 
 def latency_pair(a: ir.Model, b: ir.Model, target: str = "ort", budget_s: float = 2.0,
-                 dim_sizes: Mapping[str, Sequence[int]] | None = None) -> tuple[float, float]:
-    """Median latency (ms) of ``a`` and ``b`` at batch 1 on ``target``, timed in alternating blocks
-    so that drift in machine load hits both alike."""
-    speed = latency_compare(a, b, target, budget_s, dim_sizes)
+                 dim_sizes: Mapping[str, Sequence[int]] | None = None,
+                 feeds: v.Feeds | None = None) -> tuple[float, float]:
+    """Median latency (ms) of ``a`` and ``b`` on ``feeds`` (default: batch 1) on ``target``, timed in
+    alternating blocks so that drift in machine load hits both alike."""
+    speed = latency_compare(a, b, target, budget_s, dim_sizes, feeds)
     return speed.a_ms, speed.b_ms
 
 
 def latency_compare(a: ir.Model, b: ir.Model, target: str = "ort", budget_s: float = 2.0,
-                    dim_sizes: Mapping[str, Sequence[int]] | None = None) -> Speed:
+                    dim_sizes: Mapping[str, Sequence[int]] | None = None, feeds: v.Feeds | None = None) -> Speed:
     """:func:`latency_pair` with the paired-block statistics."""
     from slipway import backends
 
-    feeds = _feeds(a, dim_sizes)
+    feeds = _feeds(a, dim_sizes, feeds)
     sa = backends.load(a, TARGETS[target])
     sb = backends.load(b, TARGETS[target])
     try:

@@ -112,6 +112,7 @@ def tune(
     max_batch: int = 32,
     batches: Sequence[int] | None = None,
     inputs: Any = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
     time_per_config_s: float = 0.4,
     write: bool = True,
     progress: Progress | None = None,
@@ -131,7 +132,7 @@ def tune(
     if not names:
         raise UserError("no backend is available here: " + "; ".join(f"{k}: {w}" for k, w in skipped.items()))
     batches = list(batches) if batches else _batches(m, objective, max_batch)
-    feeds = make_feeds(m, batches, inputs)
+    feeds = make_feeds(m, batches, inputs, shapes)
     pairs = [(b, p) for b in names for p in _precisions(engines.get(b), m) if not precisions or p in precisions]
     accuracy = _accuracy(path, m, pairs, feeds[1] if 1 in feeds else feeds[batches[0]], max_error, metric, max_drop,
                          skipped)

@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from slipway.analyze._wire import BIG_TENSOR_BYTES, read_model_bytes, tensor_nbytes
 from slipway.analyze.memory import captured_values
+from slipway.analyze.scopes import constant_weights
 from slipway.analyze.shapes import TensorInfo, dtype_of, graph_inputs
 from slipway.model import SOURCE_KEY, ModelLike, load
 
@@ -106,16 +107,16 @@ def _captured(graph: onnx.GraphProto) -> list[str]:
     """Names read anywhere inside ``graph`` (nested graphs too) that ``graph`` itself does not define."""
     own = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     own.update(o for n in graph.node for o in n.output)
-    return [name for node in _all_nodes(graph) for name in node.input if name and name not in own]
+    return [name for node in all_nodes(graph) for name in node.input if name and name not in own]
 
 
-def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     out = []
     for node in graph.node:
         out.append(node)
         for a in node.attribute:
             for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                out += _all_nodes(g)
+                out += all_nodes(g)
     return out
 
 
@@ -124,8 +125,8 @@ class ModelView:
     """What the analysis reads of a model; see the module docstring.
 
     ``inputs`` are the real graph inputs (initializers excluded) with their declared shapes;
-    ``weights`` maps every initializer to its static info (None: an initializer without a
-    value); ``light`` is the model shape inference runs on (ours to change): big initializers
+    ``weights`` maps every initializer, and every tensor a Constant node holds, to its static
+    info (None: an initializer without a value); ``light`` is the model shape inference runs on (ours to change): big initializers
     are typed graph inputs; :func:`slipway.analyze.shapes.infer_static_shapes` pins its input
     dims and clears its declared shapes.
     """
@@ -187,6 +188,7 @@ def _from_proto(model: onnx.ModelProto, path: str | None, data: bytes | None) ->
     if count != len(defined):
         return None
     weights, small, big = _split_initializers(g.initializer)
+    weights.update(constant_weights(g.node))
     outputs = {vi.name: vi for vi in g.output}
     inputs = [(vi.name, _declared_shape(vi, outputs.get(vi.name))[0]) for vi in g.input if vi.name not in weights]
     declared_graph = g if data is None else None  # an own proto loses its value_info just below
@@ -314,6 +316,7 @@ def _from_ir(model: ir.Model) -> ModelView:
     for v in graph.initializers.values():
         t = v.const_value
         weights[v.name] = None if t is None else TensorInfo(tuple(int(d) for d in t.shape.numpy()), t.dtype)
+    weights.update(constant_weights(light.graph.node))
     produced = {v.name: v for node in graph for v in node.outputs}
     constants = {v.name for v in (*graph.inputs, *produced.values()) if v.const_value is not None and v.name}
 

@@ -24,6 +24,15 @@ Conventions (all counts are for one run of the node at the resolved static shape
 * Data movement (Reshape, Transpose, Concat, Slice, Gather, Pad, Cast, ...) and Constant
   cost 0 MACs and 0 FLOPs; their bytes are still counted by the caller.
 
+* Recurrent layers (LSTM, GRU, RNN) with their default activations: the input and recurrent
+  matrix products are MACs (per step, batch row and direction: gates x hidden x (input + hidden));
+  FLOPs add the per-unit gate arithmetic (see ``RECURRENT``).
+* Control flow counts the nodes of its subgraphs (:class:`slipway.analyze.types.SubgraphCost`):
+  If the branch its condition picks when that is a constant, else the larger branch (noted);
+  Loop its body x the trip count ``M`` when that is a constant, Scan its body x the sequence
+  length. A Loop whose trip count is unknown counts one iteration and is flagged
+  ``trip_count_unknown`` (a lower bound, never zero). Bytes are the subgraph's, repeated alike.
+
 An op without a formula, or one whose shapes cannot be inferred, is "not counted": its MACs
 and FLOPs are None, never a silent zero.
 """
@@ -32,10 +41,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from slipway.analyze.scopes import trip_count
 from slipway.analyze.shapes import TensorInfo
+from slipway.analyze.types import SubgraphCost
 
 if TYPE_CHECKING:
     from slipway.analyze._proto import NodeView
@@ -52,6 +65,11 @@ class Op:
     node: NodeView
     inputs: list[TensorInfo | None]  # None for an absent optional input
     outputs: list[TensorInfo | None]
+    # Control flow: the cost of each subgraph run once, by attribute name ("then_branch", "body").
+    bodies: dict[str, SubgraphCost] = field(default_factory=dict)
+    # The value of a small constant input (by value name), None when it is not a known constant.
+    resolve: Callable[[str], np.ndarray | None] | None = None
+    opset: int = 0  # the default-domain opset the node runs under
 
     def has_input(self, i: int) -> bool:
         return i < len(self.inputs) and self.inputs[i] is not None
@@ -83,12 +101,27 @@ class Op:
     def attr_str(self, name: str, default: str) -> str:
         return self.node.attributes.get_string(name, default)
 
+    def value(self, i: int) -> np.ndarray | None:
+        """The value of input ``i`` when it is a known constant (computed from constants), else None."""
+        name = self.node.inputs[i] if i < len(self.node.inputs) else ""
+        return self.resolve(name) if name and self.resolve is not None else None
+
+    def body(self, attr: str) -> SubgraphCost:
+        if attr not in self.bodies:
+            raise NotCounted(f"{self.node.op_type} has no {attr} subgraph the analysis could read")
+        return self.bodies[attr]
+
 
 @dataclass
 class OpCost:
     macs: int
     flops: int
     note: str = ""
+    # Control flow only: bytes moved by its subgraphs (else the caller counts the node's own inputs
+    # and outputs), the iterations counted, and whether a trip count is unknown (one iteration counted).
+    bytes_moved: tuple[int, int] | None = None
+    trip_count: int | None = None
+    trip_count_unknown: bool = False
 
 
 Formula = Callable[[Op], OpCost]
@@ -116,21 +149,22 @@ def registered_ops(domain: str = "") -> list[str]:
     return sorted(op for d, op in _REGISTRY if d == domain)
 
 
-def evaluate(op: Op) -> tuple[int | None, int | None, str]:
-    """(MACs, FLOPs, note) of one node; MACs/FLOPs are None when it is not counted."""
+def evaluate(op: Op) -> tuple[OpCost | None, str]:
+    """(cost, note) of one node; the cost is None when the node is not counted (the note says why)."""
     node = op.node
-    if node.has_subgraph:
-        return None, None, f"control flow ({node.op_type}): ops inside its subgraphs are not counted"
     fn = formula_for(node.op_type, node.domain)
     if fn is None:
-        return None, None, f"no cost formula for {_qualified(node)}"
+        if node.has_subgraph:
+            return None, f"control flow op {_qualified(node)}: ops inside its subgraphs are not counted"
+        return None, f"no cost formula for {_qualified(node)}"
     try:
         c = fn(op)
     except NotCounted as e:
-        return None, None, str(e)
+        return None, str(e)
     except (IndexError, ValueError, TypeError, ZeroDivisionError) as e:  # malformed attributes or shapes
-        return None, None, f"cost formula for {_qualified(node)} failed: {e}"
-    return int(c.macs), int(c.flops), c.note
+        return None, f"cost formula for {_qualified(node)} failed: {e}"
+    c.macs, c.flops = int(c.macs), int(c.flops)
+    return c, c.note
 
 
 def _qualified(node: NodeView) -> str:
@@ -444,3 +478,79 @@ def _data_movement(op: Op) -> OpCost:
 @cost("Constant")
 def _constant(op: Op) -> OpCost:
     return OpCost(0, 0, "constant")
+
+
+# ---------------------------------------------------------------- recurrent layers
+
+# (gates, FLOPs per hidden unit per step besides the matrix products, bias adds per unit):
+# LSTM: 4 gate sums of Wx and Rh, 3 sigmoids (4 each), tanh of g, c = f*c + i*g (3), tanh of c,
+# o * tanh(c) = 22; GRU: 3 sums, 2 sigmoids, r * (Rh + Rb), tanh, h = (1 - z) * n + z * h (3) = 16;
+# RNN: one sum and a tanh = 2.
+RECURRENT: dict[str, tuple[int, int, int]] = {"LSTM": (4, 22, 8), "GRU": (3, 16, 6), "RNN": (1, 2, 2)}
+
+
+@cost(*RECURRENT)
+def _recurrent(op: Op) -> OpCost:
+    gates, per_unit, bias_adds = RECURRENT[op.node.op_type]
+    x, w = op.in_shape(0), op.in_shape(1)  # X [seq, batch, input] (layout 0), W [directions, gates*H, input]
+    seq, batch = (x[1], x[0]) if op.attr_int("layout", 0) else (x[0], x[1])
+    directions, hidden = w[0], w[1] // gates
+    steps = seq * batch * directions  # every (step, batch row, direction) runs the cell once
+    macs = steps * gates * hidden * (x[2] + hidden)
+    flops = 2 * macs + steps * hidden * (per_unit + (bias_adds if op.has_input(3) else 0))
+    return OpCost(macs, flops, "default activations assumed")
+
+
+# ---------------------------------------------------------------- control flow
+
+
+def _repeat(body: SubgraphCost, times: int, note: str, *, loop: bool = True, unknown: bool = False) -> OpCost:
+    """The cost of running ``body`` ``times`` times (once, flagged, when a ``loop``'s count is ``unknown``)."""
+    notes = [note, *body.notes]
+    if body.not_counted:
+        notes.append("not counted inside: " + ", ".join(sorted(set(body.not_counted))))
+    return OpCost(
+        times * body.macs, times * body.flops, "; ".join(notes),
+        bytes_moved=(times * body.bytes_read, times * body.bytes_written),
+        trip_count=times if loop and not unknown else None,
+        trip_count_unknown=unknown or body.trip_count_unknown,
+    )
+
+
+@cost("If")
+def _if(op: Op) -> OpCost:
+    then, other = op.body("then_branch"), op.body("else_branch")
+    cond = op.value(0)
+    if cond is not None and cond.size == 1:
+        taken = "then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"
+        return _repeat(op.body(taken), 1, f"condition is a constant: {taken} runs", loop=False)
+    taken = "then_branch" if (then.macs, then.flops) >= (other.macs, other.flops) else "else_branch"
+    note = (f"branch unknown statically: counted the larger, {taken} (then {then.flops:,} FLOPs, "
+            f"else {other.flops:,} FLOPs)")
+    return _repeat(op.body(taken), 1, note, loop=False)
+
+
+@cost("Loop")
+def _loop(op: Op) -> OpCost:
+    body = op.body("body")
+    trips = trip_count(op.value(0))
+    if trips is None:
+        return _repeat(body, 1, "trip count unknown: cost of one iteration", unknown=True)
+    note = f"{trips} iterations"
+    if op.has_input(1) and op.value(1) is None:
+        note = f"at most {trips} iterations (the loop may stop early on its condition)"
+    return _repeat(body, trips, note)
+
+
+@cost("Scan")
+def _scan(op: Op) -> OpCost:
+    body = op.body("body")
+    if op.opset < 9:
+        raise NotCounted("Scan-8 (with a batch axis) is not counted")
+    first = len(op.inputs) - op.attr_int("num_scan_inputs", 0)
+    axes = op.node.attributes.get_ints("scan_input_axes", None) or [0]
+    info = op.inputs[first] if 0 <= first < len(op.inputs) else None
+    if info is None or info.shape is None:
+        return _repeat(body, 1, "sequence length unknown: cost of one iteration", unknown=True)
+    trips = info.shape[axes[0] % len(info.shape)]
+    return _repeat(body, trips, f"{trips} iterations (sequence length)")

@@ -134,14 +134,17 @@ def _dims_text(dims: list) -> str:
     return "x".join(str(d if isinstance(d, int) else (d.value or "?")) for d in dims)
 
 
-def infer_static_shapes(view: ModelView, input_shapes: dict[str, list[int]]) -> dict[str, TensorInfo]:
+def infer_static_shapes(
+    view: ModelView, input_shapes: dict[str, list[int]], known: dict[str, TensorInfo] | None = None
+) -> dict[str, TensorInfo]:
     """Run ONNX shape inference (with data propagation) at ``input_shapes``.
 
     Returns a map from value name to :class:`TensorInfo` for every value of the main graph
     (inputs, initializers, node outputs). Values that inference cannot reach (outputs of ops
     from other domains) take the shape the model declares for them, when it is static at
-    these inputs, and inference runs again from there. The model is left unchanged. Raises
-    :class:`UserError` when the shapes are inconsistent with the model.
+    these inputs, and inference runs again from there; ``known`` gives more such shapes up
+    front (control-flow outputs typed by :mod:`slipway.analyze.scopes`). The model is left
+    unchanged. Raises :class:`UserError` when the shapes are inconsistent with the model.
     """
     proto = view.light
     for vi in proto.graph.input:
@@ -153,21 +156,27 @@ def infer_static_shapes(view: ModelView, input_shapes: dict[str, list[int]]) -> 
         vi.type.tensor_type.ClearField("shape")
     shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in input_shapes.items())
     # Initializers get their own dims below: skip reading what inference says of them.
-    known = {n for n, info in view.weights.items() if info is not None and all(d >= 0 for d in info.shape)}
-    table = _infer(proto, shown, known)
+    known_weights = {n for n, info in view.weights.items() if info is not None and all(d >= 0 for d in info.shape)}
+    _declare(proto, known or {})
+    table = _infer(proto, shown, known_weights)
     missing = _declared_shapes(view, input_shapes, table)
     if missing:
-        for name, info in missing.items():
-            elem = int(info.dtype) if info.dtype is not None else 0
-            proto.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(info.shape or ())))
-        table = _infer(proto, shown, known)
-        for name, info in missing.items():
-            if name not in table or table[name].shape is None:
-                table[name] = info
+        _declare(proto, missing)
+        table = _infer(proto, shown, known_weights)
+    for name, info in {**missing, **(known or {})}.items():
+        if name not in table or table[name].shape is None:
+            table[name] = info
     for name, info in view.weights.items():
         if info is not None:
             table[name] = info
     return table
+
+
+def _declare(proto: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
+    """Declare these static shapes in the model's value_info, for inference to start from."""
+    for name, info in infos.items():
+        elem = int(info.dtype) if info.dtype is not None else 0
+        proto.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(info.shape or ())))
 
 
 def _infer(proto: onnx.ModelProto, shown: str, skip: set[str]) -> dict[str, TensorInfo]:

@@ -24,6 +24,12 @@ class NodeCost:
     bytes_written: int = 0
     counted: bool = True
     note: str = ""
+    # Control flow (If / Loop / Scan): the costs above include the nodes of its subgraphs.
+    trip_count: int | None = None  # iterations counted for a Loop / Scan whose trip count is known
+    # True when this node, or a loop inside it, runs an unknown number of times: the costs above
+    # count one iteration of that loop (a lower bound), never zero.
+    trip_count_unknown: bool = False
+    not_counted_inside: list[str] = field(default_factory=list)  # op types in its subgraphs without a cost
     # Filled by profiling (slipway.analyze.profile):
     time_ms: float | None = None
     bound: str | None = None  # "memory" | "compute"
@@ -43,6 +49,37 @@ class NodeCost:
         d = asdict(self)
         d["intensity"] = self.intensity
         return d
+
+
+@dataclass
+class SubgraphCost:
+    """Summed static cost of one subgraph (an If branch, a Loop or Scan body) run once.
+
+    What the If / Loop / Scan formulas of :mod:`slipway.analyze.cost` combine. ``params``
+    counts the weights the subgraph holds (its initializers and Constant tensors).
+    """
+
+    macs: int = 0
+    flops: int = 0
+    params: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    not_counted: list[str] = field(default_factory=list)  # op types inside without a cost
+    trip_count_unknown: bool = False  # a loop inside runs an unknown number of times (counted once)
+    notes: list[str] = field(default_factory=list)  # what the shape walk could not pin down
+
+    def add(self, n: NodeCost) -> None:
+        """Add one node of the subgraph (its own not-counted ops and inner loops included)."""
+        if n.counted:
+            self.macs += n.macs or 0
+            self.flops += n.flops or 0
+        else:
+            self.not_counted.append(n.op_type)
+        self.params += n.params
+        self.bytes_read += n.bytes_read
+        self.bytes_written += n.bytes_written
+        self.not_counted += n.not_counted_inside
+        self.trip_count_unknown |= n.trip_count_unknown
 
 
 @dataclass
@@ -98,7 +135,11 @@ class Analysis:
             "bytes_written": sum(n.bytes_written for n in self.nodes),
             "peak_activation_bytes": self.peak_activation_bytes,
             "nodes": len(self.nodes),
-            "not_counted": sorted({n.op_type for n in self.nodes if not n.counted}),
+            "not_counted": sorted({n.op_type for n in self.nodes if not n.counted}
+                                  | {op for n in self.nodes for op in n.not_counted_inside}),
+            # Nodes whose costs count one iteration of a loop with an unknown trip count: the totals
+            # above are then a lower bound.
+            "trip_count_unknown": [n.name for n in self.nodes if n.trip_count_unknown],
         }
 
     def to_dict(self) -> dict:

@@ -153,7 +153,7 @@ def _session_options(ort: Any, opts: Options) -> Any:
         spin = "1" if s["spin"] else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    so.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    so.log_severity_level = 4  # none: run errors come back as exceptions (one line); warnings are noise here
     return so
 
 

@@ -11,7 +11,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from slipway.cli.common import console, err_console, parse_shapes, print_json
+from slipway.cli.common import DATA_OPTION, SHAPE_OPTION, console, err_console, parse_shapes, print_json
 from slipway.errors import UserError
 
 
@@ -21,8 +21,9 @@ def bench(
     batch: str = typer.Option(None, "--batch", help="batch sizes, comma-separated (default: the --inputs batch, else 1 or the model's static batch)"),
     threads: str = typer.Option("0", "--threads", help="intra-op threads (Options.threads), comma-separated; 0 = engine default"),
     concurrency: str = typer.Option("1", "--concurrency", help="concurrent instances (weights shared), comma-separated"),
-    inputs: Path | None = typer.Option(None, "--inputs", help=".npz of input arrays by name (default: random inputs)"),
-    shape: list[str] = typer.Option(None, "--shape", help="sizes of dynamic dims besides batch: NAME=D0,D1,... (repeatable)"),
+    data: Path | None = DATA_OPTION,
+    inputs: Path | None = typer.Option(None, "--inputs", hidden=True, help="the old name of --data"),
+    shape: list[str] = SHAPE_OPTION,
     min_time: float = typer.Option(2.0, "--time", help="seconds to measure each configuration at least"),
     max_time: float | None = typer.Option(None, "--max-time", help="stop a configuration here even if unstable (default: 3 x --time, at least --time + 1)"),
     warmup: int = typer.Option(5, "--warmup", help="warm-up runs per instance, not timed"),
@@ -33,10 +34,10 @@ def bench(
     report: Path | None = typer.Option(None, "--report", help="write a self-contained HTML report here"),
 ) -> None:
     """Measure p50/p90/p99 latency, throughput and peak memory for every combination of the options."""
+    from slipway.model import check_output
     from slipway.perf import benchmark
 
-    if report is not None and report.is_dir():
-        raise UserError(f"--report must be a file path, got a directory: {report}")
+    check_output(report, model, what="--report")
     if not min_time > 0:
         raise UserError(f"--time must be more than 0 seconds, got {min_time}")
     options = dict(
@@ -44,7 +45,7 @@ def bench(
         batches=None if batch is None else parse_ints(batch, "--batch", 1),
         threads=parse_ints(threads, "--threads", 0),
         concurrency=parse_ints(concurrency, "--concurrency", 1),
-        inputs=inputs, shapes=parse_shapes(shape) or None, warmup=warmup, min_time_s=min_time,
+        inputs=data if data is not None else inputs, shapes=parse_shapes(shape) or None, warmup=warmup, min_time_s=min_time,
         max_time_s=max_time, min_runs=min_runs, settings=parse_settings(setting), isolate=isolate,
     )
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from slipway.cli.common import console, err_console, print_json
+from slipway.cli.common import DATA_OPTION, SHAPE_OPTION, console, err_console, parse_shapes, print_json
 from slipway.errors import UserError
 
 HELP = """Compare two runs layer by layer and name the first node whose output diverges.
@@ -33,8 +33,9 @@ def compare(
     set_b: list[str] = typer.Option(None, "--set-b", help="backend setting for B, KEY=VALUE; B takes A's otherwise"),
     precision: str = typer.Option("fp32", "--precision", help="precision the engine runs A in (fp32, fp16, bf16)"),
     precision_b: str | None = typer.Option(None, "--precision-b", help="precision for B (default: --precision)"),
-    inputs: Path | None = typer.Option(None, "--inputs", help=".npz file of inputs keyed by input name "
-                                                              "(default: random inputs)"),
+    data: Path | None = DATA_OPTION,
+    inputs: Path | None = typer.Option(None, "--inputs", hidden=True, help="the old name of --data"),
+    shape: list[str] = SHAPE_OPTION,
     atol: float = typer.Option(1e-4, "--atol", help="absolute tolerance"),
     rtol: float = typer.Option(1e-3, "--rtol", help="tolerance relative to max|A| of each tensor"),
     batch: int = typer.Option(1, "--batch", help="batch size of random inputs"),
@@ -54,10 +55,12 @@ def compare(
 
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
+    inputs = data if data is not None else inputs
+    shapes = parse_shapes(shape) or None
     if bisect:
         if model_b is not None:
             raise UserError("--bisect takes one model (it compares the model before and after each pass)")
-        _bisect(model_a, backend, passes, inputs, atol, rtol, batch, seed, parse_dims(dim), as_json, top, fail)
+        _bisect(model_a, backend, passes, inputs, atol, rtol, batch, seed, parse_dims(dim), as_json, top, fail, shapes)
         return
     settings_a = parse_settings(set_a, "--set-a")
     options_a = Options(precision=precision, settings=settings_a)
@@ -68,7 +71,7 @@ def compare(
     with err_console.status("running both models..."):
         report = run_compare(model_a, model_b, backend_a=backend, backend_b=backend_b, options_a=options_a,
                              options_b=options_b, feeds=inputs, atol=atol, rtol=rtol, batch=batch, seed=seed,
-                             dims=parse_dims(dim))
+                             dims=parse_dims(dim), shapes=shapes)
     if as_json:
         print_json(report.to_dict())
     else:
@@ -80,14 +83,15 @@ def compare(
 
 
 def _bisect(model: Path, backend: str, passes: str | None, inputs: Path | None, atol: float, rtol: float,
-            batch: int, seed: int, dims: dict[str, int], as_json: bool, top: int, fail: bool) -> None:
+            batch: int, seed: int, dims: dict[str, int], as_json: bool, top: int, fail: bool,
+            shapes: dict[str, list[int]] | None = None) -> None:
     from slipway.compare import bisect as run_bisect
     from slipway.passes.manager import make_passes
 
     chosen = make_passes([p.strip() for p in (passes or "").split(",") if p.strip()] or None)
     with err_console.status(f"bisecting {len(chosen)} passes..."):
         result = run_bisect(model, chosen, backend=backend, feeds=inputs, atol=atol, rtol=rtol, batch=batch,
-                            seed=seed, dims=dims)
+                            seed=seed, dims=dims, shapes=shapes)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -70,17 +70,20 @@ def convert(
     rtol: float = typer.Option(1e-3, "--rtol", help="tolerance relative to max |reference| of each output"),
     batch_sizes: str = typer.Option("1,3", "--batch-sizes", help="batch sizes to verify at"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading pickles (scikit-learn files, "
+                                      ".pt2 files with pickled parts): this runs code from the file"),
 ) -> None:
     """Convert MODEL to ONNX, verify it against its framework at several batch sizes, write OUTPUT."""
     from slipway.convert import FORMATS, detect_format, from_file
+    from slipway.model import check_output
 
     options = {"shapes": parse_shapes(shape), "dtypes": parse_dtypes(dtype), "dynamic_dims": parse_dynamic(dynamic),
                "batch_sizes": parse_sizes(batch_sizes)}
     fmt = detect_format(model)
-    if fmt == "sklearn":
-        err_console.print("[yellow]warning:[/] unpickling runs code from the file; only convert files you trust")
+    check_output(output, model)
     with err_console.status(f"converting {model.name} ({FORMATS[fmt]}) and verifying it"):
-        result = from_file(model, output, sample=sample, opset=opset, atol=atol, rtol=rtol, **options)
+        result = from_file(model, output, sample=sample, opset=opset, atol=atol, rtol=rtol,
+                           trust_pickle=trust_pickle, **options)
     data = _result_dict(model, fmt, result)
     if as_json:
         print_json(data)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from slipway.cli.common import console, err_console, print_json
+from slipway.cli.common import DATA_OPTION, SHAPE_OPTION, console, err_console, parse_shapes, print_json
 from slipway.errors import UserError
 
 
@@ -22,6 +22,8 @@ def optimize(
     skip: str | None = typer.Option(None, "--skip", help="comma-separated passes to leave out"),
     target: str = typer.Option("ort", "--target", help="engine the result must not be slower on: ort | openvino"),
     target_opset: int | None = typer.Option(None, "--target-opset", help="convert to this ONNX opset first"),
+    shape: list[str] = SHAPE_OPTION,
+    data: Path | None = DATA_OPTION,
     verify_each: bool = typer.Option(False, "--verify-each", help="verify after every pass (names the pass that broke it)"),
     atol: float | None = typer.Option(None, "--atol", help="absolute tolerance of the verification "
                                                            "(default 1e-4; 1e-3 for a Q/DQ model)"),
@@ -46,11 +48,15 @@ def optimize(
         raise UserError("give the ONNX model to optimize (or --list-passes)")
     if output is None and not explain:
         raise UserError("give an output file with -o OUT (or --explain to only see what would match)")
+    from slipway.model import check_output
+
+    check_output(output, model)
     with err_console.status("optimizing...") as status:
         result = run_optimize(
             model, output, passes=_names(passes) or None, skip=_names(skip), target=target,
             target_opset=target_opset, verify_each=verify_each, atol=atol, rtol=rtol,
             allow_growth=allow_growth, speed_check=not no_speed_check, explain=explain,
+            shapes=parse_shapes(shape) or None, data=data,
             progress=lambda text: status.update(f"optimizing: {text}"),
         )
     if as_json:
@@ -72,7 +78,9 @@ def _print(result, explain: bool) -> None:
     console.print(f"nodes: {result.nodes_before} -> {result.nodes_after}   "
                   f"iterations: {result.passes.iterations}")
     if ver is not None:
-        console.print(f"verified at batch {ver.batch_sizes}: max_abs {d['max_abs']:.3g}, max_rel {d['max_rel']:.3g}")
+        console.print(f"verified on {'; '.join(ver.runs)}: max_abs {d['max_abs']:.3g}, max_rel {d['max_rel']:.3g}")
+        for note in ver.notes:
+            console.print(f"  {note}")
     if result.latency_before_ms is not None:
         ratio = result.latency_before_ms / max(result.latency_after_ms, 1e-9)
         console.print(f"latency: {result.latency_before_ms:.3f} ms -> {result.latency_after_ms:.3f} ms "

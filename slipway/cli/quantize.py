@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from slipway.cli.common import console, err_console, print_json
+from slipway.cli.common import DATA_OPTION, SHAPE_OPTION, console, err_console, parse_shapes, print_json
 from slipway.errors import UserError
 
 SENSITIVITY_ROWS = 15
@@ -104,6 +104,8 @@ def quantize(
     scale: float | None = typer.Option(None, "--scale", help="images: pixel scale before mean/std (default 1/255)"),
     bgr: bool = typer.Option(False, "--bgr", help="images: keep OpenCV's BGR channel order"),
     resize: str = typer.Option("stretch", "--resize", help="images: stretch | letterbox"),
+    shape: list[str] = SHAPE_OPTION,
+    data: Path | None = DATA_OPTION,
     no_prepare: bool = typer.Option(False, "--no-prepare", help="skip the graph clean-up before placing Q/DQ"),
     no_speed_check: bool = typer.Option(False, "--no-speed-check", help="skip timing FP32 vs quantized"),
     speed_budget: float = typer.Option(2.0, "--speed-budget", help="seconds to spend timing FP32 vs quantized"),
@@ -111,8 +113,10 @@ def quantize(
 ) -> None:
     """Quantize to INT8 (QDQ) with calibration, or convert to FP16/BF16; evaluate against FP32, keep the most
     sensitive layers in float until --max-drop holds, and time FP32 vs quantized on the target engine."""
+    from slipway.model import check_output
     from slipway.quantize import quantize as run_quantize
 
+    check_output(output, model)
     chosen_metric = load_metric(metric)
     spec = preprocess_spec(size, mean, std, scale, bgr, resize)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -127,7 +131,8 @@ def quantize(
             per_channel=not per_tensor, reduce_range=reduce_range, max_drop=max_drop, eval_data=eval_data, metric=chosen_metric,
             fallback=fallback, target=target, cache=cache, preprocess=spec, calib_limit=calib_limit,
             eval_limit=eval_limit, prepare=not no_prepare, speed_check=not no_speed_check,
-            speed_budget_s=speed_budget, progress=progress,
+            speed_budget_s=speed_budget, progress=progress, shapes=parse_shapes(shape) or None,
+            data=None if data is None else str(data),
         )
     if as_json:
         print_json(result.to_dict())

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from slipway.cli.common import console, err_console, print_json
+from slipway.cli.common import DATA_OPTION, SHAPE_OPTION, console, err_console, parse_shapes, print_json
 from slipway.errors import UserError
 
 
@@ -38,7 +38,9 @@ def tune(
     metric: str | None = typer.Option(None, "--metric", help="MODULE:FUNCTION(outputs, reference) -> drop"),
     max_drop: float | None = typer.Option(None, "--max-drop", help="budget for --metric's drop"),
     max_batch: int = typer.Option(32, "--max-batch", help="largest batch tried for --objective throughput"),
-    inputs: Path | None = typer.Option(None, "--inputs", help=".npz of inputs (default: random)"),
+    data: Path | None = DATA_OPTION,
+    inputs: Path | None = typer.Option(None, "--inputs", hidden=True, help="the old name of --data"),
+    shape: list[str] = SHAPE_OPTION,
     seconds: float = typer.Option(0.4, "--time", help="seconds per configuration (finalists get 3x)"),
     no_write: bool = typer.Option(False, "--no-write", help="do not write MODEL.tune.json"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -55,7 +57,8 @@ def tune(
         task = bar.add_task("tuning", total=None)
         result = run_tune(model, objective=objective, backends=names, precisions=precs, max_latency_ms=max_latency_ms,
                           max_error=max_error, metric=_load_metric(metric), max_drop=max_drop, max_batch=max_batch,
-                          inputs=inputs, time_per_config_s=seconds, write=not no_write,
+                          inputs=data if data is not None else inputs, shapes=parse_shapes(shape) or None,
+                          time_per_config_s=seconds, write=not no_write,
                           progress=lambda done, _total, what: bar.update(task, completed=done,
                                                                          description=f"tuning: {what}"))
     if as_json:

@@ -23,7 +23,7 @@ diverges from the original model, with the layer report of the model before vs a
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -51,12 +51,14 @@ def compare(
     batch: int = 1,
     seed: int = 0,
     dims: Mapping[str, int] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> CompareReport:
     """Compare model ``a`` on ``backend_a`` with ``b`` (default: ``a`` again) on ``backend_b``.
 
     ``backend_b`` defaults to ``backend_a`` and ``options_b`` to ``options_a``. ``feeds`` is a
     dict or an ``.npz`` path keyed by input name; without it, random inputs are drawn (``seed``)
-    with the batch dim set to ``batch`` and other dynamic dims to ``dims[name]`` (default 16).
+    at ``shapes`` (``{input: dims}``), else with the batch dim set to ``batch`` and other dynamic
+    dims to ``dims[name]`` (default: sizes the model runs on, derived by probing it).
     """
     if atol < 0 or rtol < 0:
         raise UserError(f"tolerances must be >= 0, got atol={atol} rtol={rtol}")
@@ -66,7 +68,7 @@ def compare(
         raise UserError("nothing to compare: give a model B, another backend for B or other backend options for B")
     backend_b = backend_b or backend_a
     options_b = options_b if options_b is not None else options_a
-    inputs = make_feeds(model_a, model_b, feeds, batch=batch, seed=seed, dims=dims)
+    inputs = make_feeds(model_a, model_b, feeds, batch=batch, seed=seed, dims=dims, shapes=shapes)
     matching = match(model_a, model_b)
 
     final_a = run_model(model_a, inputs, backend=backend_a, options=options_a)
@@ -149,6 +151,7 @@ def bisect(
     batch: int = 1,
     seed: int = 0,
     dims: Mapping[str, int] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> BisectReport:
     """Apply ``passes`` (Pass objects or pass names) one by one to a copy of ``model``.
 
@@ -160,4 +163,4 @@ def bisect(
     from slipway.compare.bisect import run_bisect
 
     return run_bisect(model, passes, backend=backend, options=options, feeds=feeds, atol=atol, rtol=rtol,
-                      batch=batch, seed=seed, dims=dims)
+                      batch=batch, seed=seed, dims=dims, shapes=shapes)

@@ -44,14 +44,15 @@ def _one_line(e: BaseException) -> str:
 
 def run_bisect(model: object, passes: Sequence[Pass | str], *, backend: str, options: Options | None,
                feeds: Mapping[str, np.ndarray] | str | os.PathLike | None, atol: float, rtol: float,
-               batch: int, seed: int, dims: Mapping[str, int] | None) -> BisectReport:
+               batch: int, seed: int, dims: Mapping[str, int] | None,
+               shapes: Mapping[str, Sequence[int]] | None = None) -> BisectReport:
     from slipway.compare import compare
 
     if atol < 0 or rtol < 0:
         raise UserError(f"tolerances must be >= 0, got atol={atol} rtol={rtol}")
     chosen = as_passes(passes)
     original = typed_copy(load_model(model, "to bisect"))
-    inputs = make_feeds(original, original, feeds, batch=batch, seed=seed, dims=dims)
+    inputs = make_feeds(original, original, feeds, batch=batch, seed=seed, dims=dims, shapes=shapes)
     reference = run_model(original, inputs, backend=backend, options=options)
     current = original.clone()
     steps: list[BisectStep] = []

@@ -13,6 +13,7 @@ from onnx_ir.passes.common import ShapeInferencePass
 
 from slipway.backends import Options
 from slipway.convert.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
+from slipway.convert.probe import derive_dim_sizes, plan_inputs
 from slipway.errors import UserError
 from slipway.model import as_model
 
@@ -59,13 +60,19 @@ def _specs_checked(a: ir.Model, b: ir.Model) -> list[InputSpec]:
 
 
 def make_feeds(a: ir.Model, b: ir.Model, feeds: Mapping[str, np.ndarray] | str | os.PathLike | None, *,
-               batch: int, seed: int, dims: Mapping[str, int] | None = None) -> Feeds:
+               batch: int, seed: int, dims: Mapping[str, int] | None = None,
+               shapes: Mapping[str, Sequence[int]] | None = None) -> Feeds:
     """The user's feeds (a dict or an .npz file) checked against A's inputs, else random ones.
 
-    Random inputs: the batch dim (dim 0 of the first input, when dynamic) takes ``batch``, other
-    dynamic dims ``dims[name]`` or :data:`DEFAULT_DIM`.
+    Random inputs: at ``shapes`` (``--shape``) when given; else the batch dim (dim 0 of the first
+    input, when dynamic) takes ``batch``, other dynamic dims ``dims[name]``, else sizes A runs
+    on (derived by :func:`slipway.convert.probe.derive_dim_sizes`).
     """
     specs = _specs_checked(a, b)
+    if shapes:
+        if feeds is not None:
+            raise UserError("give either --data or --shape, not both (the data has its shapes)")
+        return plan_inputs(a, shapes=shapes, batch_sizes=(), seed=seed).first
     if feeds is None:
         if batch < 1:
             raise UserError(f"batch must be at least 1, got {batch}")
@@ -74,7 +81,9 @@ def make_feeds(a: ir.Model, b: ir.Model, feeds: Mapping[str, np.ndarray] | str |
         if unknown:
             raise UserError(f"no dynamic dim named {unknown[0]!r} (the model's dynamic dims: {sorted(named)})")
         batch_dim = specs[0].dims[0] if specs and specs[0].dims and isinstance(specs[0].dims[0], str) else None
-        sizes = {n: [int((dims or {}).get(n, DEFAULT_DIM))] for n in named if n != batch_dim or n in (dims or {})}
+        derived = {} if named - {batch_dim} <= set(dims or {}) else derive_dim_sizes(a)
+        sizes = {n: [int((dims or {}).get(n, derived.get(n, DEFAULT_DIM)))] for n in named
+                 if n != batch_dim or n in (dims or {})}
         plan = plan_sizes(specs, [batch], sizes)
         return random_feeds(specs, plan[0], np.random.default_rng(seed))
     given = _read_npz(feeds) if isinstance(feeds, (str, os.PathLike)) else dict(feeds)

@@ -13,18 +13,22 @@ more batch sizes (see :mod:`slipway.convert.verify`), records the errors in the 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import pickle
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slipway.convert.sklearn import from_sklearn
-from slipway.convert.torch import DynamicDims, from_torch, require_torch
+from slipway.convert.torch import DynamicDims, from_torch, quiet, require_torch
 from slipway.convert.verify import DEFAULT_BATCH_SIZES, VerifiedModel, VerifyReport
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
+from slipway.model import check_output
 
 __all__ = ["from_torch", "from_sklearn", "from_file", "detect_format", "VerifiedModel", "VerifyReport", "FORMATS"]
 
@@ -35,6 +39,15 @@ FORMATS = {
 }
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib"}
 _COMPRESSED = (b"\x1f\x8b", b"x\x01", b"x\x5e", b"x\x9c", b"x\xda", b"BZh", b"\xfd7zXZ", b"\x5d\x00\x00")
+# Parts of a torch.export archive that torch loads with pickle (or as native code) rather than as raw tensors.
+_PT2_CODE_DIR = "/data/aotinductor/"
+_PT2_PICKLED_OBJECTS = ("custom_obj_", "opaque_obj_")
+
+
+def untrusted_pickle(p: Path, what: str) -> UserError:
+    """The one-line error for a file whose loading would run code from it."""
+    return UserError(f"{p} {what}: loading it would run code from the file; if you trust where it comes from, "
+                     "pass --trust-pickle (trust_pickle=True in Python)")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -107,6 +120,7 @@ def from_file(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     seed: int = 0,
+    trust_pickle: bool = False,
 ) -> VerifiedModel:
     """Convert a model file (see :func:`detect_format`) to ONNX with verification.
 
@@ -114,18 +128,22 @@ def from_file(
     TorchScript, optional for an ExportedProgram (default: the inputs saved in it); for
     scikit-learn, the last number is the feature count. ``dtypes`` set TorchScript input dtypes
     (default float32). ``sample`` (an array or a ``.npy`` path) holds the rows a scikit-learn
-    model is verified on; without it, random normal rows are used. Unpickling a scikit-learn
-    file runs code from it: only convert files you trust. The input file is never overwritten.
+    model is verified on; without it, random normal rows are used. The input file is never overwritten.
+
+    Unpickling runs code from the file, so a pickle (a scikit-learn ``.pkl``/``.joblib``, or a
+    ``.pt2`` whose weights, constants or example inputs need more than torch's weights-only
+    loader) is refused unless ``trust_pickle=True``. TorchScript files load without Python pickle.
     """
     p = Path(path)
     fmt = detect_format(p)
-    if output_path is not None and Path(output_path).resolve() == p.resolve():
-        raise UserError(f"refusing to overwrite the input file {p}; choose another output path")
+    check_output(output_path, p, create_dirs=True)
     common = {"atol": atol, "rtol": rtol, "batch_sizes": batch_sizes, "opset": opset, "seed": seed}
     if fmt == "sklearn":
         if dynamic_dims or dtypes:
             raise UserError("dynamic dims and dtypes do not apply to scikit-learn models (input X is float32 "
                             "[batch, n_features])")
+        if not trust_pickle:
+            raise untrusted_pickle(p, "is a Python pickle")
         estimator = _load_pickle(p)
         X = _sklearn_sample(estimator, shapes, sample, seed)
         result = from_sklearn(estimator, X, output_path, source=p.name, **common)
@@ -136,20 +154,78 @@ def from_file(
     if sample is not None:
         raise UserError("a sample (--sample) applies to scikit-learn models only; torch models take --shape")
     torch = require_torch()
-    model = _load_torch(p, fmt, torch)
+    model = _load_torch(p, fmt, torch, trust_pickle)
     args = _torch_inputs(p, model, fmt, shapes or {}, dtypes or {}, seed, torch)
     return from_torch(model, args, output_path, dynamic_dims=dynamic_dims, dim_sizes=dim_sizes,
                       source=p.name, **common)
 
 
-def _load_torch(p: Path, fmt: str, torch: Any) -> Any:
+def _load_torch(p: Path, fmt: str, torch: Any, trust_pickle: bool) -> Any:
+    """Load a .pt2 (without pickle unless trusted) or a TorchScript file (its unpickler builds no Python objects)."""
+    if fmt == "exported_program" and not trust_pickle:
+        why = pt2_pickled_parts(p)
+        if why:
+            raise untrusted_pickle(p, why)
     try:
-        if fmt == "exported_program":
-            return torch.export.load(str(p))
-        return torch.jit.load(str(p), map_location="cpu")
+        with _weights_only(fmt == "exported_program" and not trust_pickle), quiet():
+            if fmt == "exported_program":
+                return torch.export.load(str(p))
+            return torch.jit.load(str(p), map_location="cpu")
+    except pickle.UnpicklingError:
+        if trust_pickle:
+            raise UserError(f"cannot load {p} as a {FORMATS[fmt]}: its pickled data is unreadable") from None
+        raise untrusted_pickle(p, "holds pickled objects that are not plain tensors") from None
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise UserError(f"cannot load {p} as a {FORMATS[fmt]}: {first}") from None
+        raise UserError(f"cannot load {p} as a {FORMATS[fmt]}: {one_line(e)}") from None
+
+
+def pt2_pickled_parts(p: Path) -> str:
+    """What in a torch.export archive torch would load with pickle or as native code ("" if nothing).
+
+    Plain tensors are stored raw; pickle is used for tensor subclasses, script and opaque objects,
+    and legacy ``.pt`` weight files (example inputs are read with the weights-only loader, forced on).
+    """
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = ["/" + n for n in z.namelist()]
+            configs = {n: z.read(n[1:]) for n in names if n.endswith("_config.json") and "/data/" in n}
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{p} is a damaged zip archive: {e}") from None
+    if any(_PT2_CODE_DIR in n for n in names):
+        return "holds compiled code (an AOTInductor package)"
+    if any(("/data/weights/" in n or "/data/constants/" in n) and n.endswith(".pt") for n in names):
+        return "stores its weights in the legacy pickled format"
+    for name, raw in configs.items():
+        try:
+            entries = json.loads(raw).get("config", {}).values()
+        except (ValueError, AttributeError):
+            return f"has an unreadable payload config ({name})"
+        for e in entries:
+            if not isinstance(e, dict) or e.get("use_pickle") or str(e.get("path_name", "")).startswith(
+                    _PT2_PICKLED_OBJECTS):
+                return "stores pickled weights or objects (tensor subclasses, script objects)"
+    return ""
+
+
+@contextlib.contextmanager
+def _weights_only(on: bool) -> Iterator[None]:
+    """Make every ``torch.load`` weights-only (tensors and plain containers, no code), even where torch
+    passes ``weights_only=False`` (its .pt2 loader does so for pickled payloads and as a fallback)."""
+    if not on:
+        yield
+        return
+    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _torch_inputs(p: Path, model: Any, fmt: str, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str],

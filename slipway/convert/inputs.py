@@ -12,6 +12,7 @@ from slipway.errors import UserError
 
 Feeds = dict[str, np.ndarray]
 DEFAULT_BATCH_SIZES = (1, 3)
+UNNAMED = ("?", "-1", "None")
 
 
 @dataclass
@@ -26,10 +27,16 @@ class InputSpec:
     dims: list[int | str]
     dtype: np.dtype
     example: np.ndarray | None = None
+    anonymous: tuple[int, ...] = ()  # axes whose dim had no name in the model (named here)
 
 
 def input_specs(model: ir.Model, examples: Mapping[str, np.ndarray] | None = None) -> list[InputSpec]:
-    """Specs of a model's graph inputs; unnamed dynamic dims are named ``<input>.<axis>``."""
+    """Specs of a model's graph inputs; unnamed dynamic dims are named ``<input>.<axis>``.
+
+    Exporters mark a dynamic dim in several ways: a name, no value at all, ``-1`` (old
+    paddle2onnx) or ``"?"`` (which two dims can share without being equal); the last three are
+    unnamed here.
+    """
     specs = []
     for v in model.graph.inputs:
         if v.name in model.graph.initializers:
@@ -37,9 +44,17 @@ def input_specs(model: ir.Model, examples: Mapping[str, np.ndarray] | None = Non
         if v.shape is None or v.dtype is None:
             raise UserError(f"input {v.name!r} has no shape or dtype; slipway cannot make inputs for it")
         dims: list[int | str] = []
+        anonymous: list[int] = []
         for axis, d in enumerate(v.shape):
-            dims.append(d if isinstance(d, int) else (d.value or f"{v.name}.{axis}"))
-        specs.append(InputSpec(v.name, dims, np.dtype(v.dtype.numpy()), (examples or {}).get(v.name)))
+            if isinstance(d, int) and d >= 0:
+                dims.append(d)
+            elif isinstance(d, int) or not d.value or d.value in UNNAMED:
+                dims.append(f"{v.name}.{axis}")
+                anonymous.append(axis)
+            else:
+                dims.append(d.value)
+        specs.append(InputSpec(v.name, dims, np.dtype(v.dtype.numpy()), (examples or {}).get(v.name),
+                               tuple(anonymous)))
     return specs
 
 

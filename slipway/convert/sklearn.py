@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from slipway.convert.verify import DEFAULT_BATCH_SIZES, Feeds, Runner, VerifiedModel, commit, input_specs, verify
 from slipway.errors import MissingDependencyError, UserError
-from slipway.model import check
+from slipway.model import check, check_output
 
 CONVERTED_FROM = "slipway.converted_from"
 
@@ -65,6 +65,7 @@ def from_sklearn(
     estimators with ``predict_proba``). Past tolerance a ``VerificationError`` names the output
     and nothing is written. Returns a ``VerifiedModel``.
     """
+    check_output(output_path, create_dirs=True)
     sklearn, skl2onnx = require_sklearn()
     X = _sample(X_sample, estimator)
     model = _convert(estimator, X.shape[1], options, opset, input_name)

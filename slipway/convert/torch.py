@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from slipway.convert.verify import DEFAULT_BATCH_SIZES, Feeds, Runner, VerifiedModel, commit, input_specs, verify
 from slipway.errors import MissingDependencyError, SlipwayError, UserError
-from slipway.model import check
+from slipway.model import check, check_output
 
 DynamicDims = Mapping[str, Mapping[int, "str | None"]]
 CONVERTED_FROM = "slipway.converted_from"
@@ -72,6 +72,7 @@ def from_torch(
     output and nothing is written; otherwise the errors go into ``metadata_props`` and the model
     is saved atomically to ``output_path`` when given. Returns a ``VerifiedModel``.
     """
+    check_output(output_path, create_dirs=True)
     torch = require_torch()
     kind = _kind(model, torch)
     args = _example_args(model, example_inputs, kind, torch)

@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -50,6 +51,9 @@ from slipway.convert.inputs import (
 )
 from slipway.errors import UserError, VerificationError
 from slipway.model import EXTERNAL_THRESHOLD, save, weight_bytes
+
+if TYPE_CHECKING:
+    from slipway.convert.probe import Plan
 
 __all__ = [
     "DEFAULT_BATCH_SIZES", "Feeds", "InputSpec", "OutputCheck", "VerifyReport", "VerifiedModel", "Runner",
@@ -244,7 +248,7 @@ def ort_runner(model: ir.Model, *, optimization: str = "disabled", threads: int 
     so = ort.SessionOptions()
     so.graph_optimization_level = levels[optimization]
     so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions; ORT's own log stays off the terminal
     keep: list[object] = []
     if weight_bytes(model) > EXTERNAL_THRESHOLD:  # too big for one protobuf: go through a file
         tmp = tempfile.TemporaryDirectory(prefix="slipway-verify-")
@@ -303,7 +307,13 @@ def compare_runs(
     failure = ""
     for feeds in feeds_list:
         where = _where(feeds, batch_dim_of)
-        ref = reference(feeds)
+        try:
+            ref = reference(feeds)
+        except UserError:
+            raise
+        except Exception as e:  # the reference itself cannot run these inputs: the user must say which
+            raise UserError(f"the reference model does not run {_at('', where).strip()}: {_one_line(e)}; give "
+                            "valid input sizes with --shape NAME=D0,D1,... or real inputs with --data FILE.npz") from None
         try:
             act = candidate(feeds)
         except UserError:
@@ -348,18 +358,22 @@ def verify(
     reference_name: str = "",
     optimization: str = "disabled",
     adjust: Adjust | None = None,
+    feeds: Sequence[Feeds] | None = None,
+    notes: Sequence[str] = (),
 ) -> VerifyReport:
     """Compare ``reference`` with ``candidate`` run in onnxruntime.
 
-    Runs ``extra_feeds`` (for example the user's example inputs) and then random inputs at the
-    sizes :func:`plan_sizes` picks. Returns the report; it does not raise on a mismatch (use
+    Runs ``extra_feeds`` (for example the user's example inputs) and then ``feeds`` when given
+    (a :func:`slipway.convert.probe.plan_inputs` plan), else random inputs at the sizes
+    :func:`plan_sizes` picks. Returns the report; it does not raise on a mismatch (use
     :meth:`VerifyReport.raise_if_failed` or :func:`commit`).
     """
     if atol < 0 or rtol < 0:
         raise UserError(f"tolerances must be >= 0, got atol={atol} rtol={rtol}")
-    rng = np.random.default_rng(seed)
-    plan = plan_sizes(specs, batch_sizes, dim_sizes, ranges)
-    feeds_list = list(extra_feeds) + [random_feeds(specs, sizes, rng) for sizes in plan]
+    if feeds is None:
+        rng = np.random.default_rng(seed)
+        feeds = [random_feeds(specs, sizes, rng) for sizes in plan_sizes(specs, batch_sizes, dim_sizes, ranges)]
+    feeds_list = list(extra_feeds) + list(feeds)
     first = specs[0] if specs else None
 
     def batch_of(feeds: Feeds) -> int | None:
@@ -371,7 +385,7 @@ def verify(
                                    feeds_list, atol=atol, rtol=rtol, batch_dim_of=batch_of, adjust=adjust)
     batches = sorted({b for b in (batch_of(f) for f in feeds_list) if b is not None})
     return VerifyReport(checks, atol, rtol, batches, [describe(f) for f in feeds_list],
-                        reference_name, engine_name(optimization), failure)
+                        reference_name, engine_name(optimization), failure, list(notes))
 
 
 def verify_onnx(
@@ -384,12 +398,24 @@ def verify_onnx(
     dim_sizes: Mapping[str, Sequence[int]] | None = None,
     examples: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
+    plan: Plan | None = None,
 ) -> VerifyReport:
-    """Verify a transformed ONNX model against the model it came from (both in onnxruntime)."""
+    """Verify a transformed ONNX model against the model it came from (both in onnxruntime).
+
+    The inputs: ``plan`` (from :func:`slipway.convert.probe.plan_inputs`: the user's data or
+    shapes, or sizes derived from the model), else random ones at ``dim_sizes``; with neither,
+    a plan is derived here.
+    """
     specs = input_specs(reference_model, examples)
-    return verify(ort_runner(reference_model), candidate_model, specs, atol=atol, rtol=rtol,
+    reference = ort_runner(reference_model)
+    if plan is None and dim_sizes is None and examples is None:
+        from slipway.convert.probe import plan_inputs
+
+        plan = plan_inputs(reference_model, reference, batch_sizes=batch_sizes, seed=seed)
+    return verify(reference, candidate_model, specs, atol=atol, rtol=rtol,
                   batch_sizes=batch_sizes, dim_sizes=dim_sizes, seed=seed,
-                  reference_name="the input ONNX model in " + engine_name())
+                  reference_name="the input ONNX model in " + engine_name(),
+                  feeds=plan.feeds if plan is not None else None, notes=plan.notes if plan is not None else ())
 
 
 def record(model: ir.Model, report: VerifyReport, prefix: str = "slipway.verify") -> None:

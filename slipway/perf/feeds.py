@@ -14,15 +14,18 @@ whose dim 0 carries the same name is batched with it.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 from slipway.convert.inputs import Feeds, InputSpec, input_specs, random_feeds
+from slipway.convert.probe import at_batch, with_value_hints
 from slipway.errors import UserError
 
 InputsLike = Mapping[str, np.ndarray] | str | os.PathLike
@@ -69,46 +72,101 @@ def make_feeds(model: ir.Model, batches: Sequence[int] | None, inputs: InputsLik
             batch = model_batch(specs)
             batches = (int(data[specs[0].name].shape[0]),) if isinstance(batch, str) else (batch,)
         check_batches(specs, batches)
-        return {b: batch_data(specs, data, b) for b in batches}
+        check_memory({b: data_bytes(specs, data, b) for b in batches})
+        with _out_of_memory(max(batches)):
+            return {b: batch_data(specs, data, b) for b in batches}
     batches = default_batches(specs) if batches is None else batches
     check_batches(specs, batches)
-    sizes = dim_sizes(specs, shapes or {})
+    sizes = _sizes(model, specs, shapes or {})
     batch = model_batch(specs)
+    base = int(shapes[specs[0].name][0]) if isinstance(batch, str) and shapes and specs[0].name in shapes else 1
+    per_batch = {b: (at_batch(specs, sizes, b, base) if isinstance(batch, str) else sizes) for b in batches}
+    check_memory({b: random_bytes(specs, s) for b, s in per_batch.items()})
     rng = np.random.default_rng(seed)
     out = {}
-    for b in batches:
-        if isinstance(batch, str):
-            sizes[batch] = b
-        out[b] = random_feeds(specs, sizes, rng)
+    for b, s in per_batch.items():
+        with _out_of_memory(b):
+            out[b] = random_feeds(specs, s, rng)
     return out
 
 
-def with_value_hints(model: ir.Model, specs: list[InputSpec]) -> list[InputSpec]:
-    """Integer inputs that index a table (``Gather`` indices) draw from [0, min(9, rows - 1)]."""
-    for spec in specs:
-        if not np.issubdtype(spec.dtype, np.integer) or spec.example is not None:
-            continue
-        rows = _gather_rows(model, spec.name)
-        if rows:
-            spec.example = np.array([0, min(9, rows - 1)], dtype=spec.dtype)
-    return specs
+def random_bytes(specs: Sequence[InputSpec], sizes: Mapping[str, int]) -> int:
+    """Bytes of one random feed dict at ``sizes``, plus the float64 draw a float input is made from."""
+    total = 0
+    for s in specs:
+        n = math.prod(d if isinstance(d, int) else int(sizes[d]) for d in s.dims)
+        total += n * (s.dtype.itemsize + (8 if np.issubdtype(s.dtype, np.floating) else 0))
+    return total
 
 
-def _gather_rows(model: ir.Model, name: str) -> int | None:
-    value = next((v for v in model.graph.inputs if v.name == name), None)
-    smallest = None
-    for node, index in value.uses() if value is not None else ():
-        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or index != 1:
-            continue
-        data = node.inputs[0]
-        attr = node.attributes.get("axis")
-        axis = attr.as_int() if attr is not None else 0
-        if data is None or data.shape is None or not -len(data.shape) <= axis < len(data.shape):
-            continue
-        rows = data.shape[axis]
-        if isinstance(rows, int) and rows > 0:
-            smallest = rows if smallest is None else min(smallest, rows)
-    return smallest
+def data_bytes(specs: Sequence[InputSpec], data: Mapping[str, np.ndarray], batch: int) -> int:
+    """Bytes of ``data`` tiled or cut to ``batch`` rows (see :func:`batch_data`)."""
+    name = model_batch(specs)
+    total = 0
+    for s in specs:
+        a = data[s.name]
+        batched = isinstance(name, str) and s.dims and s.dims[0] == name and a.shape[0] > 0
+        total += a.nbytes // a.shape[0] * batch if batched else a.nbytes
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the kernel's MemAvailable, capped by a cgroup v2 limit;
+    None where neither is known."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cg = Path("/sys/fs/cgroup")
+        limit = (cg / "memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int((cg / "memory.current").read_text().strip())
+            avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def check_memory(need: Mapping[int, int], available: int | None = None) -> None:
+    """Refuse batch sizes whose inputs cannot fit in memory before anything is allocated."""
+    available = available_memory() if available is None else available
+    if available is None or not need:
+        return
+    total = 0
+    for b in sorted(need):
+        total += need[b]
+        if total > available:
+            raise UserError(f"batch {b} is too large for memory: the inputs need {_gb(total)} and "
+                            f"{_gb(available)} is available; use a smaller batch")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"
+
+
+@contextlib.contextmanager
+def _out_of_memory(batch: int) -> Iterator[None]:
+    try:
+        yield
+    except MemoryError:
+        raise UserError(f"batch {batch} is too large for memory: its inputs cannot be allocated; "
+                        "use a smaller batch") from None
+
+
+def _sizes(model: ir.Model, specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """:func:`dim_sizes` of ``shapes``; dynamic dims it leaves open take sizes the model runs on."""
+    batch = model_batch(specs)
+    open_dims = [d for s in specs for d in s.dims if isinstance(d, str) and d != batch]
+    given = {s.name for s in specs} & set(shapes)
+    if all(any(d in s.dims for s in specs if s.name in given) for d in open_dims):
+        return dim_sizes(specs, shapes)
+    from slipway.convert.probe import derive_dim_sizes
+
+    return derive_dim_sizes(model, shapes)
 
 
 def dim_sizes(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:

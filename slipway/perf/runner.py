@@ -171,6 +171,9 @@ def run_config(model: Any, config: Config, feeds: Feeds, budget: Budget,
         sessions = engine.load(model, options, instances=config.concurrency)
         try:
             m = measure(sessions, feeds, budget)
+        except MemoryError:
+            raise UserError(f"batch {config.batch} is too large for memory on {config.backend}: "
+                            "use a smaller batch") from None
         finally:
             for s in sessions:
                 s.close()

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ import onnx_ir as ir
 
 from slipway.convert import verify as v
 from slipway.errors import UserError, VerificationError
-from slipway.model import ModelLike, as_model
+from slipway.model import ModelLike, as_model, check_output
 from slipway.quantize import evaluate as ev
 from slipway.quantize import sensitivity as sens
 from slipway.quantize import speed
@@ -82,6 +83,8 @@ def quantize(
     speed_check: bool = True,
     speed_budget_s: float = 2.0,
     progress: Progress | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    data: Any = None,
 ) -> QuantizeResult:
     """Quantize ``model`` (path, ModelProto or ir.Model; not modified); see the module docstring.
 
@@ -94,27 +97,33 @@ def quantize(
     symmetric int8 on ARM; an explicit ``symmetric=True`` means symmetric int8). ``max_drop`` is in the metric's units (points for top-1 / agreement).
     ``speed_budget_s`` is the time given to the FP32 vs quantized latency measurement.
     ``progress(stage, done, total)`` reports each stage (and the calibration's samples).
+    ``shapes`` / ``data`` (``--shape`` / ``--data``) are the inputs the graph preparation is verified
+    on and, with neither ``eval_data`` nor ``calib``, the evaluation set (``data``) or the sizes of
+    its random inputs (``shapes``); without them sizes are derived from the model.
     """
     t0 = time.perf_counter()
     _check_args(method, precision, fallback, target, max_drop)
     say = _Say(progress)
     source = as_model(model, validate=True)
+    check_output(output, model, create_dirs=True)
     _require_floats(source)
     result = QuantizeResult(precision=precision, method=method if precision == "int8" else "", target=target,
                             max_drop=max_drop)
     if precision == "int8":
         formats = _formats(symmetric, per_channel, reduce_range, result)
-        final = _int8(source, result, say, calib=calib, method=method, formats=formats, max_drop=max_drop,
+        inputs = _Inputs(shapes, data)
+        final = _int8(source, result, say, inputs, calib=calib, method=method, formats=formats, max_drop=max_drop,
                       eval_data=eval_data, metric=metric, fallback=fallback, cache=cache, preprocess=preprocess,
                       calib_limit=calib_limit, eval_limit=eval_limit, prepare=prepare)
     else:
-        final = _low(source, result, say, eval_data=eval_data, calib=calib, metric=metric, preprocess=preprocess,
+        final = _low(source, result, say, _Inputs(shapes, data), eval_data=eval_data, calib=calib, metric=metric,
+                     preprocess=preprocess,
                      eval_limit=eval_limit, max_drop=max_drop)
     engine = result.engine
     result.speed = speed.isa_check(precision, engine)
     if speed_check:
         say("timing FP32 vs quantized on " + engine)
-        speed.measure(result.speed, source, final, budget_s=speed_budget_s)
+        speed.measure(result.speed, source, final, budget_s=speed_budget_s, feeds=result.verify_feeds[0])
     say("verifying")
     report = _verify(source, final, result, precision)
     committed = v.commit(final, report, output, prefix="slipway.quantize", metadata=result.metadata())
@@ -163,11 +172,28 @@ def _name_nodes(model: ir.Model) -> None:
             used.add(name)
 
 
-def _prepared(source: ir.Model, prepare: bool, result: QuantizeResult) -> ir.Model:
+@dataclass
+class _Inputs:
+    """The user's ``--shape`` / ``--data``: what preparation is verified on, and the fallback evaluation set."""
+
+    shapes: Mapping[str, Sequence[int]] | None = None
+    data: Any = None
+
+    def random_set(self, model: ir.Model) -> ev.EvalData:
+        if self.data is not None:
+            return ev.from_feeds(model, self.data, what="--data")
+        from slipway.convert.probe import derive_dim_sizes
+
+        return ev.random_set(model, RANDOM_SAMPLES, dims=derive_dim_sizes(model, self.shapes))
+
+
+def _prepared(source: ir.Model, prepare: bool, result: QuantizeResult, inputs: _Inputs) -> ir.Model:
     if prepare:
         from slipway.optimize import optimize
 
-        done = optimize(source, None, skip=["sink-transposes", "matmul-add-to-gemm"], speed_check=False)
+        done = optimize(source, None, skip=["sink-transposes", "matmul-add-to-gemm"], speed_check=False,
+                        shapes=inputs.shapes, data=inputs.data)
+        result.notes.extend(n for n in done.verification.notes if n not in result.notes)
         changes = {name: r.total for name, r in done.passes.records.items() if r.total}
         if changes:
             result.notes.append("prepared with " + ", ".join(f"{k}={n}" for k, n in changes.items()))
@@ -179,14 +205,14 @@ def _prepared(source: ir.Model, prepare: bool, result: QuantizeResult) -> ir.Mod
 
 
 def _eval_set(model: ir.Model, eval_data: Any, calib: Any, preprocess: Any, limit: int | None,
-              result: QuantizeResult) -> ev.EvalData:
+              result: QuantizeResult, inputs: _Inputs) -> ev.EvalData:
     if eval_data is not None:
         data = ev.from_feeds(model, eval_data, limit=limit, preprocess=preprocess)
     elif calib is not None and _one_shot(calib):
         if result.max_drop is not None:
             raise UserError("the calibration data is a one-shot iterator, so it cannot also be the evaluation set "
                             "for max_drop: give eval_data (--eval)")
-        data = ev.random_set(model, RANDOM_SAMPLES)
+        data = inputs.random_set(model)
         result.warnings.append("no evaluation data and the calibration data is a one-shot iterator: agreement "
                                f"with FP32 measured on {data.samples} random inputs; give eval_data")
     elif calib is not None:
@@ -194,8 +220,11 @@ def _eval_set(model: ir.Model, eval_data: Any, calib: Any, preprocess: Any, limi
                              preprocess=preprocess)
         result.notes.append(f"no evaluation data: evaluated on {data.samples} calibration samples "
                             "(agreement with FP32 on the data the ranges came from is optimistic)")
+    elif inputs.data is not None:
+        data = inputs.random_set(model)
+        result.notes.append(f"no evaluation data: agreement with FP32 measured on the {data.samples} --data samples")
     else:
-        data = ev.random_set(model, RANDOM_SAMPLES)
+        data = inputs.random_set(model)
         result.notes.append(f"no evaluation data: agreement with FP32 measured on {data.samples} random inputs")
     result.notes.extend(data.notes)
     result.eval_samples, result.eval_source = data.samples, data.source
@@ -238,7 +267,7 @@ def _formats(symmetric: bool | None, per_channel: bool, reduce_range: bool | Non
     return formats
 
 
-def _int8(source: ir.Model, result: QuantizeResult, say: _Say, *, calib: Any, method: str,
+def _int8(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *, calib: Any, method: str,
           formats: dict[str, Any], max_drop: float | None, eval_data: Any, metric: Any, fallback: str, cache: Any,
           preprocess: Any, calib_limit: int | None, eval_limit: int | None, prepare: bool) -> ir.Model:
     from slipway.quantize import calibrate, qdq
@@ -248,7 +277,7 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, *, calib: Any, me
         raise UserError("INT8 quantization needs calibration data: give calib= (--calib DATA)")
     result.engine = result.target
     say("preparing the graph")
-    prepared = _prepared(source, prepare, result)
+    prepared = _prepared(source, prepare, result, inputs)
     data = calibration_data(calib, prepared, preprocess=preprocess, limit=calib_limit)
     cal = calibrate.collect(prepared, data, progress=lambda done, total: say("calibrating", done, total),
                             cache=cache)
@@ -261,7 +290,7 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, *, calib: Any, me
         raise UserError("nothing in the model can be quantized to INT8 (no Conv, Gemm, MatMul, Add, pooling ...)")
     result.quant = report
     say("evaluating")
-    judge = _Judge(source, _eval_set(prepared, eval_data, calib, preprocess, eval_limit, result), metric,
+    judge = _Judge(source, _eval_set(prepared, eval_data, calib, preprocess, eval_limit, result, inputs), metric,
                    result.engine)
     result.metric, result.score = judge.metric, judge(quant)
     say("sensitivity per layer")
@@ -322,21 +351,30 @@ class _Builder:
 
 
 def _budget(build: _Builder, judge: _Judge, result: QuantizeResult, max_drop: float, say: _Say) -> ir.Model:
-    """Revert the most sensitive layers to float until the drop is within ``max_drop``."""
+    """Revert the most sensitive layers to float until the drop is within ``max_drop``.
+
+    The last candidate (every ranked layer float) also reverts the quantized nodes the ranking leaves
+    out (a Concat quantizes its inputs and output on its own; sensitivity ranks compute layers only),
+    so it has no Q/DQ left: with ``fallback="fp32"`` it is the prepared FP32 graph and the budget is
+    reachable unless the metric does not give the FP32 model its own score.
+    """
     ranking = [s.node for s in result.sensitivity]
+    ranked = set(ranking)
+    unranked = [name for name in result.quant.quantized if name not in ranked]
     result.steps.append(Step(0, result.score.drop, result.score.value))
     tried: dict[int, tuple[ir.Model, Any, ev.Score, str]] = {}
 
     def attempt(n: int) -> bool:
         say(f"accuracy budget: {n} of {len(ranking)} layers float")
-        model, report = build(ranking[:n])
+        layers = ranking[:n] if n < len(ranking) else ranking + unranked
+        model, report = build(layers)
         try:
             score = judge(model)
         except UserError as e:
             if build.fallback != "fp16":
                 raise
             build._give_up(f"{judge.engine} cannot run it: {e}")
-            model, report = build(ranking[:n])
+            model, report = build(layers)
             score = judge(model)
         tried[n] = (model, report, score, build.fallback)
         result.steps.append(Step(n, score.drop, score.value))
@@ -350,10 +388,8 @@ def _budget(build: _Builder, judge: _Judge, result: QuantizeResult, max_drop: fl
         lo, n = n, (n * 2 if n < len(ranking) else len(ranking) + 1)
         n = min(n, len(ranking)) if lo < len(ranking) else n
     if hi is None:
-        last = tried[len(ranking)][2].drop if ranking else result.score.drop
-        raise VerificationError(
-            f"cannot meet max_drop {max_drop:g}: with all {len(ranking)} quantized layers back in float the drop is "
-            f"still {last:.3g} ({judge.metric.name}); nothing written")
+        raise VerificationError(f"cannot meet max_drop {max_drop:g}: {_unreachable(tried.get(len(ranking)), judge)}; "
+                                "nothing written")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if attempt(mid):
@@ -370,7 +406,24 @@ def _budget(build: _Builder, judge: _Judge, result: QuantizeResult, max_drop: fl
     return model
 
 
-def _low(source: ir.Model, result: QuantizeResult, say: _Say, *, eval_data: Any, calib: Any, metric: Any,
+def _unreachable(last: tuple[ir.Model, Any, ev.Score, str] | None, judge: _Judge) -> str:
+    """Why even the model with every layer float misses the budget (``last``: that attempt, None if none was made)."""
+    if last is None:
+        return "no quantized layer could be ranked by sensitivity, so none can be reverted"
+    model, _, score, fallback = last
+    said = f"with every quantized layer back in {fallback} the drop is still {score.drop:.3g} ({judge.metric.name})"
+    left = sorted({n.name for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")})
+    if left:  # every quantized node was excluded: a placement rule quantizes nodes it was not asked to
+        return f"{said}, and {len(left)} Q/DQ nodes remain ({', '.join(left[:3])}{' ...' if len(left) > 3 else ''})"
+    if fallback == "fp16":
+        return f"{said}: FP16 is not accurate enough for this budget (try fallback='fp32')"
+    return (f"{said}, although that model has no Q/DQ left (it is the prepared FP32 graph, equal to FP32 within "
+            "float rounding): the metric does not give the FP32 model its own score (is it deterministic?) or "
+            "max_drop is below float rounding")
+
+
+def _low(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *, eval_data: Any, calib: Any,
+         metric: Any,
          preprocess: Any, eval_limit: int | None, max_drop: float | None) -> ir.Model:
     from slipway.quantize.precision import convert_precision
 
@@ -383,7 +436,7 @@ def _low(source: ir.Model, result: QuantizeResult, say: _Say, *, eval_data: Any,
         result.warnings.append("onnxruntime's CPU engine has no BF16 kernels: the BF16 model was evaluated and "
                                "timed on openvino")
     say("evaluating")
-    judge = _Judge(source, _eval_set(source, eval_data, calib, preprocess, eval_limit, result), metric,
+    judge = _Judge(source, _eval_set(source, eval_data, calib, preprocess, eval_limit, result, inputs), metric,
                    result.engine)
     result.metric, result.score = judge.metric, judge(model)
     if max_drop is not None and result.score.drop > max_drop:

@@ -183,7 +183,7 @@ def _session(model: ir.Model, exposed: list[str], stack: contextlib.ExitStack) -
     model.graph.outputs.extend(by_name[n] for n in exposed)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions; ORT's own log stays off the terminal
     try:
         return ort.InferenceSession(stack.enter_context(onnx_source(model)), so, providers=["CPUExecutionProvider"])
     except Exception as e:

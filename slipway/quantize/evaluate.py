@@ -178,17 +178,18 @@ def from_feeds(model: ir.Model, data: Any, *, limit: int | None = None, what: st
     return _build(specs, rows, labels_list, source, limit, what, batch)
 
 
-def random_set(model: ir.Model, samples: int, seed: int = 0) -> EvalData:
-    """Random inputs (standard normal floats) as an evaluation set without labels."""
+def random_set(model: ir.Model, samples: int, seed: int = 0, dims: Mapping[str, int] | None = None) -> EvalData:
+    """Random inputs (standard normal floats) as an evaluation set without labels; dynamic dims other
+    than the batch at ``dims[name]`` (default :data:`DEFAULT_DIM`)."""
     specs = input_specs(model)
     dim = _batch_dim(specs)
     rng = np.random.default_rng(seed)
+    size = {d: [int((dims or {}).get(d, DEFAULT_DIM))] for s in specs for d in s.dims if isinstance(d, str)}
     if isinstance(dim, str):
-        plan = plan_sizes(specs, [samples], {d: [DEFAULT_DIM] for s in specs for d in s.dims[1:]
-                                             if isinstance(d, str) and d != dim})[0]
+        plan = plan_sizes(specs, [samples], {d: n for d, n in size.items() if d != dim})[0]
         rows = [random_feeds(specs, plan, rng)]
     else:
-        plan = plan_sizes(specs, [1], {d: [DEFAULT_DIM] for s in specs for d in s.dims if isinstance(d, str)})[0]
+        plan = plan_sizes(specs, [1], size)[0]
         rows = [random_feeds(specs, plan, rng) for _ in range(max(1, samples // max(int(dim), 1)))]
     return _build(specs, rows, None, "random inputs", None, "random inputs", BATCH)
 

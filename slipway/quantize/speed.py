@@ -18,6 +18,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 from slipway.analyze.machine import cpu_features, cpu_model, int8_isa
@@ -113,11 +114,14 @@ def isa_check(precision: str, target: str, features: Mapping[str, bool] | None =
 
 
 def measure(report: SpeedReport, fp32: ir.Model, quantized: ir.Model, *, budget_s: float = 2.0,
-            dim_sizes: Mapping[str, Sequence[int]] | None = None) -> SpeedReport:
-    """Time ``fp32`` and ``quantized`` at batch 1 on ``report.target`` (alternating blocks); fills the latencies."""
+            dim_sizes: Mapping[str, Sequence[int]] | None = None,
+            feeds: Mapping[str, np.ndarray] | None = None) -> SpeedReport:
+    """Time ``fp32`` and ``quantized`` on ``feeds`` (default: batch 1 at ``dim_sizes``) on ``report.target``
+    (alternating blocks); fills the latencies."""
     from slipway.optimize import latency_pair
 
-    before, after = latency_pair(fp32, quantized, report.target, budget_s, dim_sizes)
+    before, after = latency_pair(fp32, quantized, report.target, budget_s, dim_sizes,
+                                 dict(feeds) if feeds is not None else None)
     report.latency_fp32_ms, report.latency_quant_ms = before, after
     if after > before * 1.02:
         report.warnings.append(

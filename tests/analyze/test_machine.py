@@ -40,6 +40,16 @@ CPU implementer\t: 0x41
 """
 
 AVX2_ONLY = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx avx2 fma\n"
+AVX512_VNNI = "model name\t: Intel(R) Xeon(R) Gold 6248\nflags\t\t: fpu avx avx2 fma avx512f avx512bw avx512_vnni\n"
+ARM_SDOT = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32 atomics asimdrdm asimddp\nCPU implementer\t: 0x41\n"
+# one cpuinfo per int8 instruction set the tests force: (text, int8_isa(features))
+VARIANTS = {
+    "avx2": (AVX2_ONLY, ("AVX2 (no int8 dot-product instruction)", False)),
+    "avx512_vnni": (AVX512_VNNI, ("AVX512-VNNI", True)),
+    "amx": (X86_CPUINFO, ("AMX-INT8", True)),
+    "arm_sdot": (ARM_SDOT, ("ARM SDOT", True)),
+    "arm_i8mm": (ARM_CPUINFO, ("ARM I8MM", True)),
+}
 
 
 def test_features_parse_from_x86_cpuinfo():
@@ -64,6 +74,27 @@ def test_features_parse_from_arm_and_avx2_cpuinfo():
     assert machine.parse_features("") == dict.fromkeys(machine.FEATURE_FLAGS, False)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_int8_isa_per_cpu_variant(variant):
+    text, expected = VARIANTS[variant]
+    assert machine.int8_isa(machine.parse_features(text)) == expected
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_measure_reports_the_forced_cpu_features(monkeypatch, variant):
+    # the features and the int8 instruction set come from cpuinfo, not from the measurement: each
+    # variant is forced (cpuinfo text and fake probes), whatever this host has
+    text, (isa, _) = VARIANTS[variant]
+    monkeypatch.setattr(machine, "cpuinfo_text", lambda: text)
+    monkeypatch.setattr(machine, "matmul_gflops", lambda seconds, threads: (100.0, "fake fp32"))
+    monkeypatch.setattr(machine, "matmul_int8_gops", lambda seconds, threads: (400.0, "fake int8"))
+    monkeypatch.setattr(machine, "bandwidth_gbs", lambda seconds, threads: (10.0, "fake bandwidth"))
+    p = machine.measure(seconds=0.01, threads=1)
+    assert p.features == machine.parse_features(text) and p.cpu == machine.cpu_model(text)
+    assert p.methods["int8_isa"] == isa and p.methods["int8"] == f"fake int8; int8 instruction set: {isa}"
+    assert (p.fp32_gflops, p.int8_gops, p.mem_bandwidth_gbs) == (100.0, 400.0, 10.0)
+
+
 def test_gflops_formula_with_a_fake_clock(monkeypatch):
     # Every perf_counter() call advances 10 ms, so each timed run takes exactly 10 ms.
     clock = iter(np.arange(0.0, 1000.0, 0.01))
@@ -80,9 +111,11 @@ def test_measure_returns_plausible_peaks_quickly():
     t0 = time.perf_counter()
     p = machine.measure(seconds=0.3, threads=1)
     assert time.perf_counter() - t0 < 30
-    # One thread: above a slow scalar loop, below 5 GHz x 64 FP32 FLOP/cycle (2 AVX-512 FMA units).
+    # One thread: above a slow scalar loop, below 5 GHz x 64 FP32 FLOP/cycle (2 AVX-512 FMA units);
+    # int8 below 5 GHz x 2048 ops/cycle, AMX-INT8's 1024 MACs per cycle (the widest int8 unit of any
+    # CPU: the bound holds on AVX2, VNNI, AMX and ARM alike)
     assert 0.5 < p.fp32_gflops < 320
-    assert p.int8_gops is not None and 0.5 < p.int8_gops < 16 * 320
+    assert p.int8_gops is not None and 0.5 < p.int8_gops < 5 * 2048
     assert 0.3 < p.mem_bandwidth_gbs < 1000
     assert p.threads == 1 and p.cores >= 1 and p.cpu
     assert set(p.methods) >= {"fp32", "int8", "bandwidth", "int8_isa"}

@@ -111,6 +111,39 @@ def test_precisions_follow_the_cpu_capabilities():
                 backend.load(model, Options(precision=precision))
 
 
+# OPTIMIZATION_CAPABILITIES as OpenVINO's CPU plugin reports them: BF16 with AVX512-BF16 / AMX, FP16
+# with AVX512-FP16 / AMX-FP16 or on ARM; the precisions offered must follow them on every CPU
+CPU_CAPABILITIES = {
+    "avx2": (["FP32", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32", "int8")),
+    "avx512_vnni": (["WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32", "int8")),
+    "amx": (["BF16", "WINOGRAD", "FP32", "FP16", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32", "bf16", "fp16", "int8")),
+    "arm_sdot": (["FP32", "FP16", "INT8", "EXPORT_IMPORT"], ("fp32", "fp16", "int8")),
+}
+
+
+@pytest.mark.parametrize("cpu", list(CPU_CAPABILITIES))
+def test_precisions_per_cpu_variant(monkeypatch, cpu):
+    caps, expected = CPU_CAPABILITIES[cpu]
+
+    class FakeCore:  # what the device reports, forced; nothing is compiled
+        available_devices = ["CPU"]
+
+        def get_property(self, device, name):
+            assert (device, name) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+            return caps
+
+        def read_model(self, source):
+            raise RuntimeError("not compiled in this test")
+
+    monkeypatch.setattr(ovb, "core", FakeCore)
+    backend = get("openvino")
+    assert backend.precisions == expected
+    for precision in ("bf16", "fp16"):
+        if precision not in expected:
+            with pytest.raises(UserError, match=f"precision '{precision}' is not supported here"):
+                backend.load(mlp(), Options(precision=precision))
+
+
 def test_config_reaches_the_compiled_model():
     (session,) = get("openvino").load(mlp(), Options(threads=2, settings={"hint": "throughput", "streams": 2}))
     compiled = session._compiled

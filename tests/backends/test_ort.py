@@ -40,9 +40,12 @@ def two_io() -> ir.Model:
 
 
 def reference(model: ir.Model | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """A plain onnxruntime session, default options."""
+    """A plain onnxruntime session, default options but one intra-op thread: the reference must not
+    depend on the host's core count (how a kernel splits its work between threads)."""
     source = model if isinstance(model, str) else ir.serde.serialize_model(model).SerializeToString()
-    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 def x(batch: int) -> dict[str, np.ndarray]:

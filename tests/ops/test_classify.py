@@ -31,10 +31,11 @@ def test_softmax_is_stable_on_huge_logits() -> None:
 
 
 def test_sigmoid_matches_torch_and_never_overflows() -> None:
-    # float32 over [-100, 100]: max abs diff <= one float32 ulp at 1.0 (2**-23, rounding order);
-    # float64 to 1e-15
+    # float32 over [-100, 100]: max abs diff <= 2 float32 ulps at 1.0 (2**-22): both libraries
+    # take exp from a CPU-dependent SIMD path (numpy's AVX2 / AVX-512 loops, torch's SLEEF), each
+    # within a few ulps, and round 1 + e and the division in their own order; float64 to 1e-15
     x = np.linspace(-100, 100, 2001, dtype=np.float32)
-    assert np.abs(sigmoid(x) - torch.sigmoid(torch.from_numpy(x)).numpy()).max() <= 2.0**-23
+    assert np.abs(sigmoid(x) - torch.sigmoid(torch.from_numpy(x)).numpy()).max() <= 2.0**-22
     x64 = np.array([-1000.0, -30.0, 0.0, 30.0, 1000.0])
     with np.errstate(over="raise"):
         out = sigmoid(x64)
