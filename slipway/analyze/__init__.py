@@ -20,7 +20,6 @@ from slipway.analyze.memory import MemoryPlan, Step, ordered, plan_memory
 from slipway.analyze.scopes import Scope, main_scope
 from slipway.analyze.shapes import TensorInfo, infer_static_shapes, resolve_input_shapes
 from slipway.analyze.types import Analysis, MachinePeaks, NodeCost, SubgraphCost
-from slipway.errors import UserError
 from slipway.model import KNOWN_DOMAINS, ModelLike, check, is_weight, load
 
 __all__ = ["analyze", "Analysis", "NodeCost", "MachinePeaks"]
@@ -38,16 +37,10 @@ def analyze(model: ModelLike, shapes: dict[str, list[int]] | None = None) -> Ana
     view = model_view(model)
     _validate(view, model)
     input_shapes = resolve_input_shapes(view, shapes)
-    table, scope = _static_shapes(view, input_shapes)
     indices = ordered(_producers(view), [n.name or n.op_type for n in view.nodes])
+    table, scope = _static_shapes(view, input_shapes, indices)
     order = [view.nodes[i] for i in indices]
-    seen: set[tuple[int, str]] = set()
-    opset = view.opsets.get("", view.opsets.get("ai.onnx", 0))
-    nodes = [
-        _node_cost(view.nodes[i], view.nodes[i].name or f"{view.nodes[i].op_type}_{k}", scope,
-                   scope.children.get(i, {}), seen, opset)
-        for k, i in enumerate(indices)
-    ]
+    nodes = _main_costs(view, scope, indices)
     plan = _memory_plan(view, order, {name: info.nbytes for name, info in table.items()})
     not_counted = [n for n in nodes if not n.counted]
     summary = {
@@ -83,26 +76,28 @@ def _validate(view: ModelView, model: ModelLike) -> None:
         load(model)  # raises the same one-line UserError as every other command
 
 
-def _static_shapes(view: ModelView, input_shapes: dict[str, list[int]]) -> tuple[dict[str, TensorInfo], Scope]:
-    """Shapes of the main graph (ONNX inference) and the scope that types its subgraphs too.
+def _static_shapes(
+    view: ModelView, input_shapes: dict[str, list[int]], order: list[int]
+) -> tuple[dict[str, TensorInfo], Scope]:
+    """Shapes of the main graph and the scope that types its subgraphs too.
 
-    Outputs of If / Loop / Scan that only the walk of their subgraphs can type are fed back to
-    inference, so that the nodes after them get static shapes as well.
+    ONNX inference types the main graph; the walk of :func:`slipway.analyze.scopes.main_scope`
+    then types what it could not: If / Loop / Scan bodies and outputs, and values whose shape
+    hangs on constants computed from shapes, with everything after them.
     """
     table = infer_static_shapes(view, input_shapes)
-    scope = main_scope(view.light.graph, table, view.opsets, view.weights)
-    known: dict[str, TensorInfo] = {}
-    for _ in range(3):  # each round can type control flow that depends on the previous one's outputs
-        if not scope.improved:
-            break
-        known.update(scope.improved)
-        try:
-            table = infer_static_shapes(view, input_shapes, known)
-        except UserError:  # the walk and inference disagree: keep inference's own shapes
-            table.update(scope.improved)
-            break
-        scope = main_scope(view.light.graph, table, view.opsets, view.weights)
-    return table, scope
+    return table, main_scope(view.light.graph, table, view.opsets, view.weights, order)
+
+
+def _main_costs(view: ModelView, scope: Scope, indices: list[int]) -> list[NodeCost]:
+    """Costs of the main graph's nodes in run order (``indices``); a weight shared anywhere counts once."""
+    seen: set[tuple[int, str]] = set()
+    opset = view.opsets.get("", view.opsets.get("ai.onnx", 0))
+    out = []
+    for k, i in enumerate(indices):
+        node = view.nodes[i]
+        out.append(_node_cost(node, node.name or f"{node.op_type}_{k}", scope, scope.children.get(i, {}), seen, opset))
+    return out
 
 
 def _producers(view: ModelView) -> list[set[int]]:
@@ -151,7 +146,6 @@ def _node_cost(
     if unknown:
         extra = "size of some inputs/outputs unknown; bytes are a lower bound"
         note = f"{note}; {extra}" if note else extra
-    inside = sorted({op for b in bodies.values() for op in b.not_counted})
     return NodeCost(
         name=name,
         op_type=node.op_type if default_domain else f"{node.domain}::{node.op_type}",
@@ -166,7 +160,7 @@ def _node_cost(
         note=note,
         trip_count=None if c is None else c.trip_count,
         trip_count_unknown=c is not None and c.trip_count_unknown,
-        not_counted_inside=inside if c is not None else [],
+        not_counted_inside=[] if c is None else c.not_counted,
     )
 
 

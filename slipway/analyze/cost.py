@@ -122,6 +122,7 @@ class OpCost:
     bytes_moved: tuple[int, int] | None = None
     trip_count: int | None = None
     trip_count_unknown: bool = False
+    not_counted: list[str] = field(default_factory=list)  # op types inside the subgraph counted
 
 
 Formula = Callable[[Op], OpCost]
@@ -514,6 +515,7 @@ def _repeat(body: SubgraphCost, times: int, note: str, *, loop: bool = True, unk
         bytes_moved=(times * body.bytes_read, times * body.bytes_written),
         trip_count=times if loop and not unknown else None,
         trip_count_unknown=unknown or body.trip_count_unknown,
+        not_counted=sorted(set(body.not_counted)),
     )
 
 
@@ -544,9 +546,9 @@ def _loop(op: Op) -> OpCost:
 
 @cost("Scan")
 def _scan(op: Op) -> OpCost:
-    body = op.body("body")
     if op.opset < 9:
         raise NotCounted("Scan-8 (with a batch axis) is not counted")
+    body = op.body("body")
     first = len(op.inputs) - op.attr_int("num_scan_inputs", 0)
     axes = op.node.attributes.get_ints("scan_input_axes", None) or [0]
     info = op.inputs[first] if 0 <= first < len(op.inputs) else None

@@ -100,8 +100,10 @@ def _kv(key: str, value: str, detail: str = "") -> str:
 def summary_html(a: Analysis) -> str:
     """Totals, machine peaks and measured latency as a grid of cards."""
     t = a.totals
+    bound = " (lower bound: trip count unknown in " + ", ".join(t["trip_count_unknown"]) + ")" \
+        if t["trip_count_unknown"] else ""
     cards = [
-        _kv("MACs (multiply-accumulates)", si(t["macs"]), f"{t['macs']:,}"),
+        _kv("MACs (multiply-accumulates)", si(t["macs"]), f"{t['macs']:,}{bound}"),
         _kv("FLOPs (2 per MAC)", si(t["flops"]), f"{t['flops']:,}"),
         _kv("Parameters", si(t["params"]), f"{t['params']:,}"),
         _kv("Bytes read", binary(t["bytes_read"]), "input activations + weights"),

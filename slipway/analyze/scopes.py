@@ -1,16 +1,17 @@
-"""Static shapes and small constant values inside control flow (If / Loop / Scan subgraphs).
+"""Static shapes and small constant values where ONNX shape inference stops.
 
-ONNX shape inference (:mod:`slipway.analyze.shapes`) types the main graph, but inside a
-subgraph it loses most dims: they hang on small computations over constants and shapes
-(``Shape -> Gather -> Equal -> If``, pads built by ``ConstantOfShape -> Concat -> Reshape``)
-that its data propagation does not follow. A :class:`Scope` walks a subgraph node by node
+ONNX shape inference (:mod:`slipway.analyze.shapes`) types most of the main graph, but it
+loses dims that hang on small computations over constants and shapes which its data
+propagation does not follow (pads built by ``ConstantOfShape -> Concat``, Reshape targets
+from ``Shape -> Slice -> Concat``, conditions ``Shape -> Gather -> Equal -> If``), and inside
+If / Loop / Scan subgraphs it keeps almost none. A :class:`Scope` walks a graph node by node
 instead: each node is typed by its op's own ONNX inference function, given the values of its
-small constant inputs. Those values are computed on the way, on demand: ``Shape`` / ``Size`` of
-a value of static shape, and any deterministic standard op whose inputs are all known constants
-(ONNX's reference evaluator, for results of at most ``SMALL`` elements). Nested control flow is
-walked alike, so an If whose condition became a constant takes the shapes of the branch that
-runs. The main graph's scope keeps the types inference gave it; only its If / Loop / Scan
-bodies are walked, and its constant values are computed when asked for (a Loop's trip count).
+small constant inputs. Those values are computed on demand: ``Shape`` / ``Size`` of a value of
+static shape, and any deterministic standard op whose inputs are all known constants (ONNX's
+reference evaluator, for results of at most ``SMALL`` elements). Nested control flow is walked
+alike, so an If whose condition became a constant takes the shapes of the branch that runs. In
+the main graph (:func:`main_scope`) only the nodes inference left untyped, and every control-flow
+body, are walked.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from slipway.analyze.shapes import TensorInfo, dtype_of
 
@@ -137,6 +137,8 @@ class Scope:
         info = self.type_of(name)
         if info.numel is None or info.numel > SMALL or info.dtype == ir.DataType.STRING:
             return None
+        from onnx.reference import ReferenceEvaluator  # 75 ms to import: only for models that need it
+
         feeds = {}
         for i in node.input:
             if i:
@@ -231,7 +233,7 @@ class Scope:
         self.children[i] = {"body": body}
         outs = [body.type_of(o.name) for o in graph.output][1:]
         after = (outs + [UNKNOWN] * len(carried))[: len(carried)]
-        if any(a.shape != b.shape for a, b in zip(carried, after, strict=True)):
+        if any(None not in (a.shape, b.shape) and a.shape != b.shape for a, b in zip(carried, after, strict=True)):
             body.notes.append(_CHANGING)
         trips = trip_count(self.value_of(node.input[0]) if node.input and node.input[0] else None)
         scans = [_stacked(o, trips, 0) for o in outs[len(carried):]]
@@ -244,7 +246,7 @@ class Scope:
         slices, length = [], None
         for k, name in enumerate(node.input[n_states:]):
             info = self.type_of(name)
-            if info.shape is None:
+            if not info.shape:  # unknown (or a scalar, which cannot be scanned)
                 slices.append(TensorInfo(None, info.dtype))
                 continue
             axis = (in_axes[k] if k < len(in_axes) else 0) % len(info.shape)
@@ -259,15 +261,26 @@ class Scope:
 
 
 def main_scope(graph: onnx.GraphProto, table: dict[str, TensorInfo], opsets: dict[str, int],
-               weights: dict[str, TensorInfo | None]) -> Scope:
-    """The main graph's scope over the types ONNX inference gave it (``table``), its control flow walked."""
+               weights: dict[str, TensorInfo | None], order: list[int]) -> Scope:
+    """The main graph's scope over the types ONNX inference gave it (``table``).
+
+    The walk visits the nodes in run ``order``: it types the subgraphs of every If / Loop / Scan,
+    and the outputs of the nodes inference left without a static shape (a Reshape whose target
+    shape is computed from constants and shapes, and everything after it). What it finds is
+    written into ``table`` and listed in ``improved``.
+    """
     scope = Scope(graph, table, None, opsets, weights)
-    for i, node in enumerate(graph.node):
-        if not _has_graph(node):
+    for i in order:
+        node = graph.node[i]
+        if _has_graph(node):
+            outs = scope.control_flow(i, node)
+        elif all(table.get(o, UNKNOWN).shape is not None for o in node.output if o):
             continue
-        for name, info in zip(node.output, scope.control_flow(i, node), strict=False):
+        else:
+            outs = scope._infer(node)
+        for name, info in zip(node.output, outs, strict=False):
             if name and info.shape is not None and table.get(name, UNKNOWN).shape is None:
-                scope.improved[name] = info
+                table[name] = scope.improved[name] = info
     return scope
 
 

@@ -109,7 +109,7 @@ def _resolve_one(name: str, shape: ir.Shape | None, given: list[int] | None) -> 
                 f"{len(declared)} ({_dims_text(declared)})"
             )
         for axis, (g, d) in enumerate(zip(given, declared, strict=True)):
-            if isinstance(d, int) and d != g:
+            if _fixed(d) and d != g:
                 raise UserError(
                     f"--shape for input {name!r} sets axis {axis} to {g}, but the model fixes it at {d}"
                 )
@@ -118,7 +118,7 @@ def _resolve_one(name: str, shape: ir.Shape | None, given: list[int] | None) -> 
         raise UserError(f"input {name!r} has no declared shape; give one with --shape {name}=D0,D1,...")
     out = []
     for axis, d in enumerate(declared):
-        if isinstance(d, int):
+        if _fixed(d):
             out.append(d)
         elif axis == 0:
             out.append(1)
@@ -130,21 +130,24 @@ def _resolve_one(name: str, shape: ir.Shape | None, given: list[int] | None) -> 
     return out
 
 
+def _fixed(d: object) -> bool:
+    """A declared dim of fixed size; a symbolic one or a negative size (paddle2onnx writes -1) is dynamic."""
+    return isinstance(d, int) and d >= 0
+
+
 def _dims_text(dims: list) -> str:
     return "x".join(str(d if isinstance(d, int) else (d.value or "?")) for d in dims)
 
 
-def infer_static_shapes(
-    view: ModelView, input_shapes: dict[str, list[int]], known: dict[str, TensorInfo] | None = None
-) -> dict[str, TensorInfo]:
+def infer_static_shapes(view: ModelView, input_shapes: dict[str, list[int]]) -> dict[str, TensorInfo]:
     """Run ONNX shape inference (with data propagation) at ``input_shapes``.
 
     Returns a map from value name to :class:`TensorInfo` for every value of the main graph
     (inputs, initializers, node outputs). Values that inference cannot reach (outputs of ops
     from other domains) take the shape the model declares for them, when it is static at
-    these inputs, and inference runs again from there; ``known`` gives more such shapes up
-    front (control-flow outputs typed by :mod:`slipway.analyze.scopes`). The model is left
-    unchanged. Raises :class:`UserError` when the shapes are inconsistent with the model.
+    these inputs, and inference runs again from there. What it still cannot type is left to
+    :mod:`slipway.analyze.scopes`. The model is left unchanged. Raises :class:`UserError` when
+    the shapes are inconsistent with the model.
     """
     proto = view.light
     for vi in proto.graph.input:
@@ -156,14 +159,13 @@ def infer_static_shapes(
         vi.type.tensor_type.ClearField("shape")
     shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in input_shapes.items())
     # Initializers get their own dims below: skip reading what inference says of them.
-    known_weights = {n for n, info in view.weights.items() if info is not None and all(d >= 0 for d in info.shape)}
-    _declare(proto, known or {})
-    table = _infer(proto, shown, known_weights)
+    known = {n for n, info in view.weights.items() if info is not None and all(d >= 0 for d in info.shape)}
+    table = _infer(proto, shown, known)
     missing = _declared_shapes(view, input_shapes, table)
     if missing:
         _declare(proto, missing)
-        table = _infer(proto, shown, known_weights)
-    for name, info in {**missing, **(known or {})}.items():
+        table = _infer(proto, shown, known)
+    for name, info in missing.items():
         if name not in table or table[name].shape is None:
             table[name] = info
     for name, info in view.weights.items():
@@ -173,10 +175,16 @@ def infer_static_shapes(
 
 
 def _declare(proto: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
-    """Declare these static shapes in the model's value_info, for inference to start from."""
+    """Declare these static shapes for inference to start from: on the graph output, else in value_info."""
+    outputs = {vi.name: vi for vi in proto.graph.output}
     for name, info in infos.items():
         elem = int(info.dtype) if info.dtype is not None else 0
-        proto.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(info.shape or ())))
+        if name in outputs:  # inference types a graph output from its own entry, not from value_info
+            if elem and not outputs[name].type.tensor_type.elem_type:
+                outputs[name].type.tensor_type.elem_type = elem
+            _set_dims(outputs[name], list(info.shape or ()))
+        else:
+            proto.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(info.shape or ())))
 
 
 def _infer(proto: onnx.ModelProto, shown: str, skip: set[str]) -> dict[str, TensorInfo]:
@@ -215,7 +223,7 @@ def _declared_shapes(
     for name, (shape, dtype) in view.declared(unknown).items():
         if shape is None:
             continue
-        dims = [d if isinstance(d, int) else names.get(d.value or "") for d in shape]
+        dims = [d if _fixed(d) else names.get(getattr(d, "value", None) or "") for d in shape]
         if all(isinstance(d, int) for d in dims):
             out[name] = TensorInfo(tuple(dims), dtype)
     return out

@@ -78,19 +78,23 @@ def print_analysis(a: Analysis, top: int) -> None:
         table.add_column(col, justify="right", no_wrap=True)
     total_ms = sum(n.time_ms or 0.0 for n in a.nodes + a.engine_nodes) or 1.0
     for n in nodes:
-        flops = _c(n.flops) if n.counted else "n/c"
+        per = "×?" if n.trip_count_unknown else ""  # one iteration of a loop whose trip count is unknown
+        flops = _c(n.flops) + per if n.counted else "n/c"
         intensity = "-" if n.intensity is None else f"{n.intensity:.3g}"
         if a.profiled:
             frac = n.roofline_fraction
             row = [flops, intensity, f"{n.time_ms or 0.0:.3f}", f"{100 * (n.time_ms or 0.0) / total_ms:.1f}",
                    n.bound or "-", "-" if frac is None else f"{100 * frac:.0f}"]
         else:
-            row = [_c(n.macs) if n.counted else "n/c", flops, _c(n.params), _c(n.bytes_read + n.bytes_written, "B"),
+            row = [_c(n.macs) + per if n.counted else "n/c", flops, _c(n.params), _c(n.bytes_read + n.bytes_written, "B"),
                    intensity]
         table.add_row(n.name, n.op_type, *row)
     console.print(table)
     console.print(f"MACs: {human(t['macs'])} ({t['macs']:,})   FLOPs: {human(t['flops'])} ({t['flops']:,})   "
                   f"params: {t['params']:,}")
+    if t["trip_count_unknown"]:
+        console.print(f"[yellow]lower bound:[/] trip count unknown in {', '.join(t['trip_count_unknown'])}: "
+                      "one iteration of each such loop is counted (marked ×?)")
     console.print("[dim]n/c = not counted (no cost formula); bytes = read + written; FLOP/B = arithmetic intensity"
                   + ("; %roof = achieved / attainable (over 100: data stayed in cache)" if a.profiled else "") + "[/]")
     console.print(f"bytes read: {human(t['bytes_read'], 'B')}   written: {human(t['bytes_written'], 'B')}   "

@@ -273,7 +273,7 @@ def _from_data(specs: list[InputSpec], reference: Runner, data: Mapping[str, np.
 
     arrays, label = load_inputs(data)
     check_data(specs, arrays, label)
-    first = {s.name: np.ascontiguousarray(arrays[s.name]) for s in specs}
+    first = {s.name: np.require(arrays[s.name], requirements="C") for s in specs}  # keeps 0-d arrays 0-d
     _must_run(reference, first, f"on {label}")
     plan = Plan([first], "data")
     batch = _batch_dim(specs)

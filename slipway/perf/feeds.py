@@ -263,7 +263,7 @@ def batch_data(specs: Sequence[InputSpec], data: Mapping[str, np.ndarray], batch
         a = data[s.name]
         if isinstance(name, str) and s.dims and s.dims[0] == name and a.shape[0] != batch:
             a = np.take(a, np.arange(batch) % a.shape[0], axis=0)
-        feeds[s.name] = np.ascontiguousarray(a)
+        feeds[s.name] = np.require(a, requirements="C")  # ascontiguousarray makes a 0-d array 1-d
     return feeds
 
 

@@ -210,6 +210,12 @@ def _build(specs: Sequence[InputSpec], rows: list[Feeds], labels: list[np.ndarra
            limit: int | None, what: str, batch: int) -> EvalData:
     if not rows or not specs:
         raise UserError(f"{what} is empty: no samples")
+    for s in specs:
+        shapes = sorted({tuple(r[s.name].shape[1:]) for r in rows})
+        if len(shapes) > 1:
+            raise UserError(f"{what}: input {s.name!r} comes in {len(shapes)} shapes ({list(shapes[0])}, "
+                            f"{list(shapes[1])}, ...); evaluation needs one shape per input: resize or pad the "
+                            "samples, or give eval_data (--eval) of one shape")
     whole = {s.name: np.concatenate([r[s.name] for r in rows], axis=0) for s in specs}
     n = int(whole[specs[0].name].shape[0])
     sizes = {k: int(v.shape[0]) for k, v in whole.items()}

@@ -129,7 +129,12 @@ class _Shadow:
     """Copies quantized layers of B (with their input Q/DQ chains) into a copy of A."""
 
     def __init__(self, fp32: ir.Model) -> None:
+        from slipway.passes.opset import convert, default_opset
+        from slipway.quantize.qdq import MIN_OPSET
+
         self.model = typed_copy(fp32)
+        if (default_opset(self.model) or MIN_OPSET) < MIN_OPSET:  # as quantize_qdq: per-axis DQ needs opset 13
+            convert(self.model, MIN_OPSET)
         g = self.model.graph
         self.values: dict[str, ir.Value] = {v.name: v for v in g.inputs}
         self.values.update(g.initializers)

@@ -3,6 +3,10 @@
 Used by ``slipway demo``, the benchmarks and the test zoo. ResNet-18 and MobileNetV2 follow
 torchvision's layer layout (so published MAC and parameter counts apply); the others are
 compact models with the op mix of their real counterparts. Needs torch (``slipway[torch]``).
+
+One model is *trained* rather than random, for numbers that need meaningful outputs (INT8
+accuracy): :func:`slipway.zoo.digits.train_digits_cnn`, a small CNN trained in seconds on CPU on
+scikit-learn's bundled digits (needs ``slipway[sklearn]`` too; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from slipway.errors import MissingDependencyError, UserError
+from slipway.zoo.digits import train_digits_cnn
 
 
 class Entry(NamedTuple):
@@ -28,6 +33,7 @@ ZOO: dict[str, Entry] = {
     "pose": Entry("TinyPose", (1, 3, 128, 96), {}),
 }
 NAMES = list(ZOO)
+__all__ = ["Entry", "ZOO", "NAMES", "build", "train_digits_cnn"]
 
 
 def _randomize_bn(module) -> None:

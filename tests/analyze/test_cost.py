@@ -213,7 +213,7 @@ def test_elementwise_per_op_costs_and_broadcasting():
     assert a.totals["flops"] == 24 * (4 + 1 + 2 + 5)
 
 
-# ------------------------------------------------------------------ not counted, control flow
+# ------------------------------------------------------------------ not counted (control flow: test_control_flow.py)
 
 
 def test_unknown_op_is_not_counted_never_zero():
@@ -239,26 +239,6 @@ def test_op_from_another_domain_is_not_counted_and_shapes_flow_past_it():
     assert a.totals["not_counted"] == ["com.microsoft::Gelu"]
     assert [n.flops for n in a.nodes] == [24, None, 24]  # the second Relu still knows its 3x8 shape
     assert a.nodes[1].bytes_written == 96
-
-
-def test_if_node_is_reported_not_counted():
-    def branch(op):
-        out = helper.make_tensor_value_info(f"{op}_out", F, None)
-        return helper.make_graph([helper.make_node(op, ["x", "x"], [f"{op}_out"])], op, [], [out])
-
-    nodes = [
-        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
-        helper.make_node("Greater", ["s", "zero"], ["c"]),
-        helper.make_node("If", ["c"], ["y"], then_branch=branch("Add"), else_branch=branch("Mul")),
-    ]
-    a = analyze(make(nodes, [("x", [4])], ["y"], {"zero": np.array(0, np.float32)}))
-    if_node = node(a, "If")
-    assert not if_node.counted and "subgraph" in if_node.note
-    assert a.totals["not_counted"] == ["If"]
-    assert node(a, "ReduceSum").flops == 4
-    # The branches read x from the outer scope, so x (16 B) stays live until If runs:
-    # If: x 16 + c 1 (bool) + y 16 = 33; freeing x after ReduceSum would give 20.
-    assert a.peak_activation_bytes == 33
 
 
 # ------------------------------------------------------------------ parameters, bytes, dtypes
@@ -334,6 +314,16 @@ def test_shapes_the_model_cannot_take_are_user_errors():
         analyze(unranked, {"x": [1, 3, 5]})  # rank 3 into a 2-D conv
     with pytest.raises(UserError, match="no declared shape"):
         analyze(unranked)
+
+
+def test_negative_declared_dims_are_dynamic():
+    # paddle2onnx declares dynamic dims as -1 (inputs and outputs alike).
+    model = make([helper.make_node("Relu", ["x"], ["y"])], [("x", [-1, 8])], ["y"])
+    model.graph.output[0].type.tensor_type.shape.dim.add().dim_value = -1
+    model.graph.output[0].type.tensor_type.shape.dim.add().dim_value = 8
+    assert analyze(model).input_shapes == {"x": [1, 8]}
+    a = analyze(model, {"x": [3, 8]})
+    assert a.totals["flops"] == 24 and a.summary["outputs"] == {"y": [3, 8]}
 
 
 def test_dynamic_non_batch_dim_must_be_given():

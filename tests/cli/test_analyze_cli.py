@@ -13,6 +13,7 @@ import pytest
 from slipway.analyze.machine import cache_key, default_threads
 from slipway.analyze.types import MachinePeaks
 from tests.analyze.test_profile import conv_relu_model
+from tests.analyze.test_real_models import packaged
 
 PEAKS = MachinePeaks(cpu="cached cpu", cores=2, threads=default_threads(), features={"avx2": True},
                      fp32_gflops=123.0, int8_gops=None, mem_bandwidth_gbs=12.0, methods={"fp32": "from the test"})
@@ -97,6 +98,58 @@ def test_missing_and_non_onnx_models_exit_1(env, tmp_path):
     r = slipway(env, "analyze", text, "--profile")
     assert r.returncode == 1 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and "is not an ONNX model" in r.stderr
+
+
+def test_silero_with_several_inputs_in_one_shape_option(env):
+    silero = packaged("silero_vad", "data", "silero_vad.onnx")
+    r = slipway(env, "analyze", silero, "--shape", "input=1,512,state=2,1,128", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["input_shapes"] == {"input": [1, 512], "state": [2, 1, 128], "sr": []}
+    assert d["totals"]["macs"] == 563_968 > 0  # the network inside the If on sr (test_real_models.py)
+    assert d["totals"]["trip_count_unknown"] == [] and d["totals"]["not_counted"] == []
+    top = next(n for n in d["nodes"] if n["op_type"] == "If")
+    assert top["macs"] == 563_968 and "branch unknown" in top["note"]
+    r = slipway(env, "analyze", silero, "--shape", "input=1,512,state=2,1,128")
+    assert r.returncode == 0, r.stderr
+    assert "(563,968)" in r.stdout and "params: 545,282" in r.stdout
+
+
+def test_unknown_trip_count_is_flagged_in_table_and_json(env, tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    from tests.analyze.test_control_flow import loop_model
+
+    path = tmp_path / "loop.onnx"
+    onnx.save(loop_model([], extra_inputs=[("M", TensorProto.INT64, [])]), path)  # M comes with the data
+    r = slipway(env, "analyze", path, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["totals"]["macs"] == 64 and d["totals"]["trip_count_unknown"] == ["loop"]
+    loop = next(n for n in d["nodes"] if n["name"] == "loop")
+    assert loop["trip_count_unknown"] is True and loop["trip_count"] is None and loop["macs"] == 64
+    r = slipway(env, "analyze", path)
+    assert r.returncode == 0, r.stderr
+    assert "64×?" in r.stdout and "lower bound: trip count unknown in loop" in r.stdout
+
+
+def test_unknown_domain_exits_1_like_info(env, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Magic", ["x"], ["y"], domain="com.example.unknown")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
+                                                       helper.make_opsetid("com.example.unknown", 1)]), path)
+    info = slipway(env, "info", path)
+    analyzed = slipway(env, "analyze", path, "--json")
+    assert info.returncode == analyzed.returncode == 1 and analyzed.stdout == ""
+    lines = analyzed.stderr.strip().splitlines()
+    assert lines == info.stderr.strip().splitlines() and len(lines) == 1
+    assert "unknown domain 'com.example.unknown'" in lines[0]
 
 
 def test_machine_reads_the_cache(env):

@@ -244,6 +244,15 @@ def test_convert_into_a_read_only_folder(capsys, tmp_path, monkeypatch):
     assert list(folder.iterdir()) == []
 
 
+def test_api_write_failure_is_a_user_error_and_still_an_os_error(model, tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    deny_writes_in(monkeypatch, folder)
+    with pytest.raises(UserError, match="cannot write .*Permission denied") as caught:
+        slipway.save(slipway.load(model), folder / "o.onnx")
+    assert isinstance(caught.value, OSError) and list(folder.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["optimize", "quantize", "bench", "analyze"])
 def test_output_under_a_regular_file(capsys, model, tmp_path, command):
     blocker = tmp_path / "file.txt"
@@ -287,39 +296,42 @@ def _external_model(folder: Path, location: str) -> Path:
     return path
 
 
-@pytest.fixture(params=["dotdot", "absolute", "symlink"])
-def escaping_model(request, tmp_path: Path) -> Path:
+def escaping(tmp_path: Path, how: str) -> Path:
+    """A model whose external data leaves its folder: by ``..``, by an absolute path, or by a symlink."""
     secret = tmp_path / "secret.bin"
     secret.write_bytes(np.arange(N, dtype=np.float32).tobytes())
     folder = tmp_path / "a" / "b"
     folder.mkdir(parents=True)
-    if request.param == "symlink":
+    if how == "symlink":
         (folder / "w.bin").symlink_to(secret)
         return _external_model(folder, "w.bin")
-    return _external_model(folder, "../../secret.bin" if request.param == "dotdot" else str(secret))
+    return _external_model(folder, "../../secret.bin" if how == "dotdot" else str(secret))
 
 
-def test_compare_refuses_external_data_outside_the_model_folder(capsys, escaping_model, model):
-    code, _, err = cli(capsys, "compare", escaping_model, model)
-    one_error(code, err, str(escaping_model), "external data")
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_compare_refuses_external_data_outside_the_model_folder(capsys, tmp_path, model, how):
+    evil = escaping(tmp_path, how)
+    code, _, err = cli(capsys, "compare", evil, model)
+    one_error(code, err, str(evil), "external data")
 
 
-@pytest.mark.parametrize("command", ["info", "bench"])
-def test_every_command_refuses_external_data_outside_the_folder(capsys, escaping_model, command):
+@pytest.mark.parametrize("how, command", [("dotdot", "info"), ("absolute", "info"), ("symlink", "info"),
+                                          ("dotdot", "bench"), ("symlink", "bench")])
+def test_every_command_refuses_external_data_outside_the_folder(capsys, tmp_path, how, command):
     extra = FAST_BENCH if command == "bench" else ()
-    code, _, err = cli(capsys, command, escaping_model, *extra)
+    code, _, err = cli(capsys, command, escaping(tmp_path, how), *extra)
     one_error(code, err, "external data")
 
 
-def test_load_refuses_external_data_outside_the_folder(escaping_model):
-    with pytest.raises(UserError, match="external data"):
-        slipway.load(escaping_model)
-
-
-def test_external_data_inside_the_folder_still_loads(tmp_path):
-    (tmp_path / "w.bin").write_bytes(np.arange(N, dtype=np.float32).tobytes())
-    m = slipway.load(_external_model(tmp_path, "w.bin"))
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_load_refuses_external_data_outside_the_folder_only(tmp_path, how):
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    (inside / "w.bin").write_bytes(np.arange(N, dtype=np.float32).tobytes())
+    m = slipway.load(_external_model(inside, "w.bin"))  # data in the model's folder still loads
     np.testing.assert_array_equal(m.graph.initializers["w"].const_value.numpy(), np.arange(N, dtype=np.float32))
+    with pytest.raises(UserError, match="external data"):
+        slipway.load(escaping(tmp_path, how))
 
 
 # 4. no silent folders ----------------------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ from slipway.quantize.qat import FoldQatBatchNorm, fold_bn_into_qdq_conv, has_qd
 from tests.passes.util import copy, make, op_types, run, tensor
 
 SX, SY = 0.02, 0.05  # input and output activation scales
-# 7-bit weights, as quantize_qdq(reduce_range=True) makes them: this CPU has no VNNI, and onnxruntime's
-# and OpenVINO's u8 x s8 kernels saturate int16 pair sums of full 8-bit weights (2 x 255 x 127 >
-# 32767), which shows as 14 quantization steps of error on a few outputs of this very model.
+# 7-bit weights, as quantize_qdq(reduce_range=True) makes them, so that the fused kernels give the
+# same numbers on every CPU: without VNNI/AMX, onnxruntime's and OpenVINO's u8 x s8 kernels saturate
+# int16 pair sums of full 8-bit weights (2 x 255 x 127 > 32767), which shows as 14 quantization steps
+# of error on a few outputs of this very model (on AVX2; VNNI/AMX do not saturate).
 QMAX = 63
 
 
