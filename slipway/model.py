@@ -327,7 +327,12 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file so that it appears complete or not at all; a failed write (read-only folder,
+    """Write a text file so that it appears complete or not at all (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a file so that it appears complete or not at all; a failed write (read-only folder,
     full disk) is a one-line ``UserError`` naming the path."""
     out = Path(path)
     if out.is_dir():
@@ -338,8 +343,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     except OSError as e:
         raise _write_error(out, e) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open() does
         os.replace(tmp, out)
     except OSError as e:
@@ -368,14 +373,26 @@ def dtype_name(value: ir.Value) -> str:
     return value.dtype.name.lower() if value.dtype is not None else "unknown"
 
 
+def _subgraphs(graph: ir.Graph) -> list[ir.Graph]:
+    """Every graph nested in ``graph``'s nodes (If branches, Loop and Scan bodies), recursively."""
+    out: list[ir.Graph] = []
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                out.append(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                out.extend(attr.value)
+    return out
+
+
 def summary(model: ModelLike) -> dict:
     """Inputs/outputs, opsets, op histogram, parameter count and bytes, file size."""
     m = as_model(model)
     params = 0
     pbytes = 0
-    tensors = [v.const_value for v in m.graph.initializers.values()]
-    # Constant nodes carry weights too in some exporters.
-    tensors += [n.attributes["value"].value for n in m.graph
+    tensors = [v.const_value for g in (m.graph, *_subgraphs(m.graph)) for v in g.initializers.values()]
+    # Constant nodes carry weights too in some exporters, in subgraphs (If / Loop bodies) as well.
+    tensors += [n.attributes["value"].value for n in ir.traversal.RecursiveGraphIterator(m.graph)
                 if n.op_type == "Constant" and n.domain == "" and "value" in n.attributes]
     for t in tensors:
         if is_weight(t):

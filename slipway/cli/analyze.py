@@ -26,8 +26,11 @@ def analyze(
     """Per-node MACs, FLOPs, parameters, bytes and intensity; with --profile, measured time and roofline."""
     from slipway.analyze import analyze as run_analysis
 
+    from slipway.model import check_output
+
     shapes = parse_shapes(shape)
     _check_options(runs, warmup, threads, top, report)
+    check_output(report, model, what="--report")
     with err_console.status("analyzing..."):
         result = run_analysis(model, shapes=shapes or None)
     if profile:

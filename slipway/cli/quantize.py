@@ -117,6 +117,8 @@ def quantize(
     from slipway.quantize import quantize as run_quantize
 
     check_output(output, model)
+    if cache is not None:
+        check_output(cache, model, what="--cache")
     chosen_metric = load_metric(metric)
     spec = preprocess_spec(size, mean, std, scale, bgr, resize)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

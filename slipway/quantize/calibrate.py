@@ -49,7 +49,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.errors import UserError
-from slipway.model import ModelLike
+from slipway.model import ModelLike, atomic_write_bytes
 from slipway.quantize.data import CalibrationData, calibration_data
 from slipway.quantize.types import METHODS, Calibration, Ranges, TensorStats
 
@@ -471,16 +471,4 @@ def _from_cache(path: Path, mdigest: str, ddigest: str | None, bins: int, names:
 def _atomic_write_bytes(out: Path, data: bytes) -> Path:
     if out.is_dir():
         raise UserError(f"calibration cache path is a directory: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".slipway-tmp-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write_bytes(out, data)

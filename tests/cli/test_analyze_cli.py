@@ -53,7 +53,7 @@ def test_json_has_the_required_keys(env, model):
 
 
 def test_profile_json_and_report(env, model, tmp_path):
-    out = tmp_path / "out" / "report.html"
+    out = tmp_path / "report.html"
     r = slipway(env, "analyze", model, "--shape", "x=1,3,32,32", "--json", "--profile", "--runs", "5",
                 "--report", out)
     assert r.returncode == 0, r.stderr
