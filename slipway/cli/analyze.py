@@ -8,13 +8,14 @@ import typer
 from rich.table import Table
 
 from slipway.analyze.types import Analysis
-from slipway.cli.common import console, err_console, human, parse_shapes, print_json
+from slipway.cli.common import DATA_OPTION, SHAPE_OPTION, console, err_console, human, parse_shapes, print_json
 from slipway.errors import UserError
 
 
 def analyze(
     model: Path = typer.Argument(..., help="ONNX model file"),
-    shape: list[str] = typer.Option(None, "--shape", help="input shape NAME=D0,D1,... (repeatable)"),
+    shape: list[str] = SHAPE_OPTION,
+    data: Path | None = DATA_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the analysis as JSON (nothing else on stdout)"),
     profile: bool = typer.Option(False, "--profile", help="measure per-node time in onnxruntime and the roofline"),
     runs: int = typer.Option(20, "--runs", help="profiled runs (after warm-up)"),
@@ -25,10 +26,15 @@ def analyze(
 ) -> None:
     """Per-node MACs, FLOPs, parameters, bytes and intensity; with --profile, measured time and roofline."""
     from slipway.analyze import analyze as run_analysis
-
     from slipway.model import check_output
 
     shapes = parse_shapes(shape)
+    if data is not None:
+        from slipway.perf.feeds import load_inputs
+
+        if shapes:
+            raise UserError("give either --data or --shape, not both (the data has its shapes)")
+        shapes = {k: list(a.shape) for k, a in load_inputs(data)[0].items()}
     _check_options(runs, warmup, threads, top, report)
     check_output(report, model, what="--report")
     with err_console.status("analyzing..."):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from slipway.cli.common import console, err_console, parse_shapes, print_json
+from slipway.cli.common import DATA_OPTION, SHAPE_OPTION, console, err_console, parse_shapes, print_json
 from slipway.errors import UserError
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ def parse_sizes(text: str) -> list[int]:
 def convert(
     model: Path = typer.Argument(..., help="torch.export .pt2, TorchScript .pt/.ts, or scikit-learn .pkl/.joblib"),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write (only if verification passes)"),
-    shape: list[str] = typer.Option(None, "--shape", help="input shape NAME=D0,D1,... (repeatable)"),
+    shape: list[str] = SHAPE_OPTION,
+    data: Path | None = DATA_OPTION,
     dynamic: list[str] = typer.Option(None, "--dynamic", help="dynamic dims INPUT:AXIS=NAME[,...]; NAME 'static' fixes one"),
     dtype: list[str] = typer.Option(None, "--dtype", help="input dtype NAME=DTYPE for TorchScript (default float32)"),
     sample: Path = typer.Option(None, "--sample", help=".npy rows to verify a scikit-learn model on"),
@@ -83,7 +84,7 @@ def convert(
     check_output(output, model)
     with err_console.status(f"converting {model.name} ({FORMATS[fmt]}) and verifying it"):
         result = from_file(model, output, sample=sample, opset=opset, atol=atol, rtol=rtol,
-                           trust_pickle=trust_pickle, **options)
+                           trust_pickle=trust_pickle, data=data, **options)
     data = _result_dict(model, fmt, result)
     if as_json:
         print_json(data)

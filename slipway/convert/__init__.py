@@ -121,6 +121,7 @@ def from_file(
     rtol: float = 1e-3,
     seed: int = 0,
     trust_pickle: bool = False,
+    data: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
 ) -> VerifiedModel:
     """Convert a model file (see :func:`detect_format`) to ONNX with verification.
 
@@ -128,7 +129,9 @@ def from_file(
     TorchScript, optional for an ExportedProgram (default: the inputs saved in it); for
     scikit-learn, the last number is the feature count. ``dtypes`` set TorchScript input dtypes
     (default float32). ``sample`` (an array or a ``.npy`` path) holds the rows a scikit-learn
-    model is verified on; without it, random normal rows are used. The input file is never overwritten.
+    model is verified on; without it, random normal rows are used. ``data`` (a dict or an ``.npz``
+    of arrays by input name, ``--data``) gives real inputs instead: a torch model's example inputs,
+    a scikit-learn model's rows. The input file is never overwritten.
 
     Unpickling runs code from the file, so a pickle (a scikit-learn ``.pkl``/``.joblib``, or a
     ``.pt2`` whose weights, constants or example inputs need more than torch's weights-only
@@ -138,7 +141,12 @@ def from_file(
     fmt = detect_format(p)
     check_output(output_path, p, create_dirs=True)
     common = {"atol": atol, "rtol": rtol, "batch_sizes": batch_sizes, "opset": opset, "seed": seed}
+    arrays = _data_arrays(data, shapes, sample)
     if fmt == "sklearn":
+        if arrays is not None:
+            if len(arrays) != 1:
+                raise UserError(f"--data for a scikit-learn model holds one array of rows, got {sorted(arrays)}")
+            sample = next(iter(arrays.values()))
         if dynamic_dims or dtypes:
             raise UserError("dynamic dims and dtypes do not apply to scikit-learn models (input X is float32 "
                             "[batch, n_features])")
@@ -155,7 +163,7 @@ def from_file(
         raise UserError("a sample (--sample) applies to scikit-learn models only; torch models take --shape")
     torch = require_torch()
     model = _load_torch(p, fmt, torch, trust_pickle)
-    args = _torch_inputs(p, model, fmt, shapes or {}, dtypes or {}, seed, torch)
+    args = _torch_inputs(p, model, fmt, shapes or {}, dtypes or {}, seed, torch, arrays)
     return from_torch(model, args, output_path, dynamic_dims=dynamic_dims, dim_sizes=dim_sizes,
                       source=p.name, **common)
 
@@ -228,13 +236,31 @@ def _weights_only(on: bool) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _data_arrays(data: Mapping[str, np.ndarray] | str | os.PathLike | None, shapes: Mapping | None,
+                 sample: Any) -> dict[str, np.ndarray] | None:
+    if data is None:
+        return None
+    if shapes or sample is not None:
+        raise UserError("give either --data or --shape / --sample, not both (the data has its shapes)")
+    from slipway.perf.feeds import load_inputs
+
+    return load_inputs(data)[0]
+
+
 def _torch_inputs(p: Path, model: Any, fmt: str, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str],
-                  seed: int, torch: Any) -> tuple | None:
-    """Example inputs: the program's own, with any ``shapes`` replaced by random tensors."""
+                  seed: int, torch: Any, data: Mapping[str, np.ndarray] | None = None) -> tuple | None:
+    """Example inputs: ``data`` by input name, else the program's own with any ``shapes`` replaced by
+    random tensors."""
     from slipway.convert.torch import input_names_of
 
     kind = "ExportedProgram" if fmt == "exported_program" else "TorchScript"
     names = input_names_of(model, kind)
+    if data is not None:
+        missing, extra = [n for n in names if n not in data], sorted(set(data) - set(names))
+        if missing or extra:
+            raise UserError(f"--data must hold the model inputs {names}: "
+                            + (f"{missing[0]!r} is missing" if missing else f"{extra[0]!r} is not an input"))
+        return tuple(torch.from_numpy(np.ascontiguousarray(data[n])) for n in names)
     stored = None
     if fmt == "exported_program" and model.example_inputs is not None:
         stored = model.example_inputs[0]
