@@ -1,0 +1,131 @@
+"""Judging OCR and layout models by what they read and find, with the peers' own pre/post-processing.
+
+* recognition: single text lines rendered at known text, pre-processed by RapidOCR's own
+  ``TextRecognizer.resize_norm_img`` into ``[1, 3, 48, 320]`` (the model's standard input), read
+  with slipway's CTC greedy decoder and the character list the model carries in its metadata;
+  accuracy = mean character accuracy against the drawn text;
+* detection: RapidOCR's whole pipeline with the detector swapped, on rendered pages;
+* layout: RapidLayout with the model swapped; agreement = boxes matched at IoU >= 0.5 with the
+  same class, over the larger of the two box counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from tests.corpus import char_accuracy, model, render_page, render_text, text_lines
+
+REC_SHAPE = (3, 48, 320)
+
+
+def line_crops(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """``n`` single-line crops (BGR, 48 px high, at most 320 px wide) and the text drawn on each."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    crops, texts = [], []
+    for i, line in enumerate(text_lines(n, seed)):
+        text = " ".join(line.split()[:2]) if len(line) > 18 else line
+        font = ImageFont.load_default(size=int(rng.integers(26, 34)))
+        w = int(min(316, font.getlength(text) + 12))
+        img = Image.new("RGB", (w, 48), tuple(int(c) for c in rng.integers(215, 256, 3)))
+        ImageDraw.Draw(img).text((6, 6 + i % 3), text, fill=tuple(int(c) for c in rng.integers(0, 60, 3)), font=font)
+        crops.append(np.ascontiguousarray(np.asarray(img)[:, :, ::-1]))
+        texts.append(text)
+    return crops, texts
+
+
+def rec_inputs(crops: list[np.ndarray]) -> np.ndarray:
+    """The crops pre-processed as RapidOCR does for one line (height 48, padded to width 320)."""
+    from rapidocr_onnxruntime.ch_ppocr_rec.text_recognize import TextRecognizer
+
+    prep = TextRecognizer.__new__(TextRecognizer)  # only the pre-processing: no session needed
+    prep.rec_image_shape = list(REC_SHAPE)
+    return np.stack([prep.resize_norm_img(c, REC_SHAPE[2] / REC_SHAPE[1]) for c in crops]).astype(np.float32)
+
+
+def charset(path: str | Path) -> list[str]:
+    """The recognizer's characters (its ``character`` metadata) plus the space PaddleOCR appends."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return meta["character"].splitlines() + [" "]
+
+
+def read_texts(outputs: np.ndarray, chars: list[str]) -> list[str]:
+    from slipway.ops.ocr import ctc_greedy_decode
+
+    return [t for t, _ in ctc_greedy_decode(outputs, chars)]
+
+
+def text_accuracy(path: str | Path, inputs: np.ndarray, truths: list[str], chars: list[str]) -> float:
+    """Mean character accuracy (percent) of ``path`` reading ``inputs`` (onnxruntime CPU)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    out = np.concatenate([sess.run(None, {"x": inputs[i:i + 8]})[0] for i in range(0, len(inputs), 8)])
+    return 100.0 * float(np.mean([char_accuracy(p, t) for p, t in zip(read_texts(out, chars), truths, strict=True)]))
+
+
+def text_metric(truths: list[str], chars: list[str]):
+    """A quantize metric ``(outputs, labels) -> percent``: labels are indices into ``truths``."""
+
+    def ocr_char_accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
+        texts = read_texts(outputs[0], chars)
+        return 100.0 * float(np.mean([char_accuracy(p, truths[int(i)]) for p, i in zip(texts, labels, strict=True)]))
+
+    return ocr_char_accuracy
+
+
+def pipeline_accuracy(det: str | Path | None = None, rec: str | Path | None = None, pages: int = 4,
+                      seed: int = 0) -> float:
+    """RapidOCR end to end (its det pre/post-processing, crops, rec) on rendered pages: mean character
+    accuracy (percent) of the lines read top to bottom against the drawn lines."""
+    from rapidocr_onnxruntime import RapidOCR
+
+    engine = RapidOCR(use_cls=False, det_model_path=str(det or model("ppocr_det")),
+                      rec_model_path=str(rec or model("ppocr_rec")))
+    scores = []
+    for i in range(pages):
+        lines = text_lines(5, seed=seed + i)
+        found, _ = engine(render_text(lines))
+        got = [r[1] for r in sorted(found or [], key=lambda r: r[0][0][1])]
+        scores += [char_accuracy(got[k] if k < len(got) else "", t) for k, t in enumerate(lines)]
+    return 100.0 * float(np.mean(scores))
+
+
+def layout_boxes(path: str | Path, pages: int = 3, seed: int = 0) -> list[tuple[np.ndarray, list[str]]]:
+    from rapid_layout import RapidLayout
+
+    engine = RapidLayout(model_dir_or_path=str(path))
+    out = []
+    for i in range(pages):
+        r = engine(render_page(seed + i))
+        out.append((np.asarray(r.boxes if r.boxes is not None else np.zeros((0, 4)), dtype=np.float64).reshape(-1, 4),
+                    list(r.class_names or [])))
+    return out
+
+
+def layout_agreement(a: list[tuple[np.ndarray, list[str]]], b: list[tuple[np.ndarray, list[str]]]) -> float:
+    """Percent of boxes matched one to one (IoU >= 0.5, same class), over the larger count per page."""
+    from slipway.ops.detect import box_iou as iou
+
+    matched = total = 0
+    for (ba, ca), (bb, cb) in zip(a, b, strict=True):
+        total += max(len(ba), len(bb))
+        if not len(ba) or not len(bb):
+            continue
+        m = np.asarray(iou(ba, bb))
+        used: set[int] = set()
+        for i in np.argsort(-m.max(axis=1)):
+            for j in np.argsort(-m[i]):
+                if m[i, j] < 0.5:
+                    break
+                if j not in used and ca[i] == cb[j]:
+                    used.add(int(j))
+                    matched += 1
+                    break
+    return 100.0 * matched / total if total else 100.0
