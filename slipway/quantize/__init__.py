@@ -20,8 +20,9 @@ The INT8 pipeline, in order:
 8. **write** - the outputs are compared with FP32 on the evaluation data at two batch sizes (a
    broken model fails here), and the result goes into ``metadata_props`` and is written atomically.
 
-FP16 / BF16 skip calibration and the budget: convert (:mod:`slipway.quantize.precision`),
-evaluate, time, verify, write. onnxruntime's CPU engine has no BF16 kernels, so a BF16 model is
+FP16 / BF16 skip calibration and the budget: prepare (as for INT8: a BatchNormalization folded into
+its Conv, whose running variance FP16 cannot hold - PP-OCRv4 det's first BN is off by 72 in FP16
+otherwise), convert (:mod:`slipway.quantize.precision`), evaluate, time, verify, write. onnxruntime's CPU engine has no BF16 kernels, so a BF16 model is
 evaluated and timed on OpenVINO. Bad input (no or empty calibration data, wrong shapes, a model
 without float tensors, a metric that raises) is one ``UserError`` and nothing is written.
 """
@@ -117,8 +118,7 @@ def quantize(
                       calib_limit=calib_limit, eval_limit=eval_limit, prepare=prepare)
     else:
         final = _low(source, result, say, _Inputs(shapes, data), eval_data=eval_data, calib=calib, metric=metric,
-                     preprocess=preprocess,
-                     eval_limit=eval_limit, max_drop=max_drop)
+                     preprocess=preprocess, eval_limit=eval_limit, max_drop=max_drop, prepare=prepare)
     engine = result.engine
     result.speed = speed.isa_check(precision, engine)
     if speed_check:
@@ -263,6 +263,11 @@ def _formats(symmetric: bool | None, per_channel: bool, reduce_range: bool | Non
                "activation_type": "int8" if sym and symmetric is not None else choice.activation_type,
                "reduce_range": choice.reduce_range if reduce_range is None else bool(reduce_range),
                "per_channel": bool(per_channel)}
+    if choice.reduce_range and reduce_range is False and formats["activation_type"] == "uint8":
+        result.warnings.append("full-range weights on a CPU without VNNI/AMX: onnxruntime's uint8 x int8 kernels "
+                               "here sum pairs in int16 and saturate, so accuracy measured on this machine is "
+                               "lower than on a CPU with VNNI, AMX or ARM dot products (omit --full-range to get "
+                               "7-bit weights)")
     result.formats = formats
     return formats
 
@@ -423,12 +428,14 @@ def _unreachable(last: tuple[ir.Model, Any, ev.Score, str] | None, judge: _Judge
 
 
 def _low(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *, eval_data: Any, calib: Any,
-         metric: Any,
-         preprocess: Any, eval_limit: int | None, max_drop: float | None) -> ir.Model:
+         metric: Any, preprocess: Any, eval_limit: int | None, max_drop: float | None, prepare: bool) -> ir.Model:
     from slipway.quantize.precision import convert_precision
 
+    if prepare:  # folded BatchNormalization: its variance and 1/sqrt(var + eps) are what FP16 cannot hold
+        say("preparing the graph")
+    prepared = _prepared(source, prepare, result, inputs) if prepare else source
     say(f"converting to {result.precision}")
-    model, report = convert_precision(source, result.precision)
+    model, report = convert_precision(prepared, result.precision)
     result.precision_report = report
     result.engine = result.target
     if result.precision == "bf16" and result.target == "ort":

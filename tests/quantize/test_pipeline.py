@@ -368,6 +368,13 @@ def test_explicit_formats_override_the_cpu(cnn, data, monkeypatch):
     assert all(not np.any(q.inputs[2].const_value.numpy()) for q in zero_points)  # symmetric: zero point 0
 
 
+@pytest.mark.parametrize("cpu", ["avx2", "amx"])
+def test_full_range_weights_warn_where_the_kernels_saturate(cnn, data, monkeypatch, cpu):
+    as_cpu(monkeypatch, cpu)
+    r = quantize(cnn, None, calib=data[0][:32], reduce_range=False, speed_check=False)
+    assert any("saturate" in w for w in r.warnings) == (cpu == "avx2")
+
+
 def test_one_shot_calibration_iterator(cnn, data, tmp_path):
     x_tr = data[0]
     r = quantize(cnn, None, calib=(x_tr[i:i + 8] for i in range(0, 64, 8)), speed_check=False)
