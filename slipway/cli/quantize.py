@@ -106,6 +106,10 @@ def quantize(
     resize: str = typer.Option("stretch", "--resize", help="images: stretch | letterbox"),
     shape: list[str] = SHAPE_OPTION,
     data: Path | None = DATA_OPTION,
+    atol: float | None = typer.Option(None, "--atol", help="absolute tolerance of the final check against FP32 "
+                                                           "(default: int8 1e-3, fp16 1e-3, bf16 1e-2)"),
+    rtol: float | None = typer.Option(None, "--rtol", help="tolerance relative to FP32's largest output "
+                                                           "(default: int8 1.0, fp16 0.05, bf16 0.2)"),
     no_prepare: bool = typer.Option(False, "--no-prepare", help="skip the graph clean-up before placing Q/DQ"),
     no_speed_check: bool = typer.Option(False, "--no-speed-check", help="skip timing FP32 vs quantized"),
     speed_budget: float = typer.Option(2.0, "--speed-budget", help="seconds to spend timing FP32 vs quantized"),
@@ -134,7 +138,7 @@ def quantize(
             fallback=fallback, target=target, cache=cache, preprocess=spec, calib_limit=calib_limit,
             eval_limit=eval_limit, prepare=not no_prepare, speed_check=not no_speed_check,
             speed_budget_s=speed_budget, progress=progress, shapes=parse_shapes(shape) or None,
-            data=None if data is None else str(data),
+            data=None if data is None else str(data), atol=atol, rtol=rtol,
         )
     if as_json:
         print_json(result.to_dict())

@@ -86,6 +86,8 @@ def quantize(
     progress: Progress | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
     data: Any = None,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` (path, ModelProto or ir.Model; not modified); see the module docstring.
 
@@ -101,9 +103,13 @@ def quantize(
     ``shapes`` / ``data`` (``--shape`` / ``--data``) are the inputs the graph preparation is verified
     on and, with neither ``eval_data`` nor ``calib``, the evaluation set (``data``) or the sizes of
     its random inputs (``shapes``); without them sizes are derived from the model.
+    ``atol`` / ``rtol`` replace the final check's tolerances (default :data:`TOLERANCE`: what marks
+    a broken model, not a small accuracy loss - that is ``max_drop``'s job).
     """
     t0 = time.perf_counter()
     _check_args(method, precision, fallback, target, max_drop)
+    if (atol is not None and not atol >= 0) or (rtol is not None and not rtol >= 0):
+        raise UserError(f"tolerances must be >= 0, got atol={atol} rtol={rtol}")
     say = _Say(progress)
     source = as_model(model, validate=True)
     check_output(output, model, create_dirs=True)
@@ -125,7 +131,7 @@ def quantize(
         say("timing FP32 vs quantized on " + engine)
         speed.measure(result.speed, source, final, budget_s=speed_budget_s, feeds=result.verify_feeds[0])
     say("verifying")
-    report = _verify(source, final, result, precision)
+    report = _verify(source, final, result, precision, atol, rtol)
     committed = v.commit(final, report, output, prefix="slipway.quantize", metadata=result.metadata())
     result.model, result.path, result.verification = final, committed.path, report
     result.seconds = time.perf_counter() - t0
@@ -452,12 +458,14 @@ def _low(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *
     return model
 
 
-def _verify(source: ir.Model, final: ir.Model, result: QuantizeResult, precision: str) -> v.VerifyReport:
+def _verify(source: ir.Model, final: ir.Model, result: QuantizeResult, precision: str,
+            atol: float | None = None, rtol: float | None = None) -> v.VerifyReport:
     """Outputs of ``final`` on the target engine vs FP32 (onnxruntime, optimizations off) on real samples."""
     from slipway import backends
     from slipway.optimize import TARGETS
 
-    atol, rtol = TOLERANCE[precision]
+    atol = TOLERANCE[precision][0] if atol is None else atol
+    rtol = TOLERANCE[precision][1] if rtol is None else rtol
     feeds_list = result.verify_feeds
     session = backends.load(final, TARGETS[result.engine])
     try:
@@ -467,7 +475,7 @@ def _verify(source: ir.Model, final: ir.Model, result: QuantizeResult, precision
     batches = sorted({int(next(iter(f.values())).shape[0]) for f in feeds_list if f})
     if failure:
         failure = (f"the {precision} model is broken, its outputs are off by more than {rtol:g} x the largest FP32 "
-                   f"output: {failure}")
+                   f"output (--atol / --rtol set this check): {failure}")
     return v.VerifyReport(checks, atol, rtol, batches, [v.describe(f) for f in feeds_list],
                           "the FP32 model in " + v.engine_name(), f"{result.engine} (engine optimizations on)",
                           failure)
