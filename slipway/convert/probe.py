@@ -80,7 +80,7 @@ def plan_inputs(
     if data is not None:
         return _from_data(specs, reference, data, batch_sizes)
     if shapes:
-        fixed = _fixed_dims(specs, shapes)
+        fixed = fixed_dims(specs, shapes)
         first = random_feeds(specs, _with_batch(specs, fixed, _user_batch(specs, shapes)), rng)
         _must_run(reference, first, "at the given --shape")
         plan = Plan([first], "shapes")
@@ -94,8 +94,8 @@ def derive_dim_sizes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None
     """Sizes of every dynamic dim except the batch: the user's (``shapes``), the rest derived."""
     specs = with_value_hints(model, input_specs(model))
     batch = _batch_dim(specs)
-    if all(d == batch or d in _fixed_dims(specs, shapes or {}) for d in _dynamic(specs)):
-        return {d: n for d, n in _fixed_dims(specs, shapes or {}).items() if d != batch}
+    if all(d == batch or d in fixed_dims(specs, shapes or {}) for d in _dynamic(specs)):
+        return {d: n for d, n in fixed_dims(specs, shapes or {}).items() if d != batch}
     plan = plan_inputs(model, reference, shapes=shapes, batch_sizes=(1,), specs=specs)
     sizes = sizes_of(specs, plan.first)
     return {d: n for d, n in sizes.items() if d != batch}
@@ -182,8 +182,10 @@ def _tied(specs: Sequence[InputSpec]) -> set[str]:
     return {s.dims[a] for s in specs[1:] for a in s.anonymous if isinstance(s.dims[a], str)}
 
 
-def _fixed_dims(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
-    """The dim sizes ``shapes`` gives, checked against the model (one-line errors)."""
+def fixed_dims(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]],
+               free_batch: bool = False) -> dict[str, int]:
+    """The dim sizes ``shapes`` gives, checked against the model (one-line errors). ``free_batch``:
+    the batch (the first input's dim 0) is set elsewhere (``--batch``), so a static one is not checked."""
     names = {s.name: s for s in specs}
     sizes: dict[str, int] = {}
     for name, dims in shapes.items():
@@ -195,6 +197,10 @@ def _fixed_dims(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]])
             raise UserError(f"--shape {name}: got {len(dims)} dims, the input has rank {len(spec.dims)} "
                             f"{_show(spec.dims)}")
         for axis, (want, d) in enumerate(zip(dims, spec.dims, strict=True)):
+            if int(want) < 1:
+                raise UserError(f"--shape {name}: dims must be positive, got {list(dims)}")
+            if free_batch and axis == 0 and spec is specs[0]:
+                continue
             if isinstance(d, int) and int(want) != d:
                 raise UserError(f"--shape {name}: dim {axis} is {want}, the model fixes it at {d}")
             if isinstance(d, str) and sizes.setdefault(d, int(want)) != int(want):
@@ -210,7 +216,7 @@ def _user_batch(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]])
     batch = _batch_dim(specs)
     if batch is None:
         return 1
-    return int(_fixed_dims(specs, shapes).get(batch, 1))
+    return int(fixed_dims(specs, shapes).get(batch, 1))
 
 
 def _with_batch(specs: Sequence[InputSpec], sizes: Mapping[str, int], batch: int) -> dict[str, int]:

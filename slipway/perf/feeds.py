@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.convert.inputs import Feeds, InputSpec, input_specs, random_feeds
-from slipway.convert.probe import at_batch, with_value_hints
+from slipway.convert.probe import at_batch, fixed_dims, with_value_hints
 from slipway.errors import UserError
 
 InputsLike = Mapping[str, np.ndarray] | str | os.PathLike
@@ -171,26 +171,8 @@ def _sizes(model: ir.Model, specs: Sequence[InputSpec], shapes: Mapping[str, Seq
 
 def dim_sizes(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
     """Sizes of the named dims other than the batch, from ``shapes``; a missing one is an error."""
-    names = {s.name: s for s in specs}
-    for name, dims in shapes.items():
-        spec = names.get(name)
-        if spec is None:
-            raise UserError(f"--shape names {name!r}, which is not a model input (inputs: {', '.join(names) or 'none'})")
-        if len(dims) != len(spec.dims):
-            raise UserError(f"--shape {name}: got {len(dims)} dims, the input has rank {len(spec.dims)}")
-        if any(int(d) < 1 for d in dims):
-            raise UserError(f"--shape {name}: dims must be positive, got {list(dims)}")
     batch = model_batch(specs)
-    sizes: dict[str, int] = {}
-    for s in specs:
-        given = shapes.get(s.name)
-        for axis, d in enumerate(s.dims):
-            if isinstance(d, int):
-                if given is not None and given[axis] != d and not (axis == 0 and s is specs[0]):
-                    raise UserError(f"--shape {s.name}: dim {axis} is {given[axis]}, the model fixes it at {d}")
-                continue
-            if d != batch and given is not None and sizes.setdefault(d, int(given[axis])) != int(given[axis]):
-                raise UserError(f"--shape gives dim {d!r} two sizes: {sizes[d]} and {given[axis]}")
+    sizes = {d: n for d, n in fixed_dims(specs, shapes, free_batch=True).items() if d != batch}
     for s in specs:
         for axis, d in enumerate(s.dims):
             if isinstance(d, str) and d != batch and d not in sizes:
