@@ -93,6 +93,26 @@ def _ort_static(src: Path, out: Path, calib: list[dict[str, np.ndarray]], **kw: 
     return out
 
 
+def _peer(rows: list[dict[str, Any]], variant: str, make: Any) -> None:
+    """Add the peer's variant, or the one-line reason it failed (a failure is a result here)."""
+    try:
+        path = make()
+        import onnxruntime as ort
+
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # loads at all?
+        rows.append({"variant": variant, "path": path})
+    except Exception as e:
+        rows.append({"variant": variant, "error": str(e).strip().splitlines()[-1][-160:]})
+
+
+def _measure(rows: list[dict[str, Any]], src: Path, feeds: dict[str, np.ndarray], accuracy: Any) -> None:
+    for r in rows:
+        if "error" in r:
+            continue
+        r.setdefault("acc", accuracy(r["path"]))
+        r["fp32_ms"], r["ms"] = _latency(src, r["path"], feeds)
+
+
 def _latency(a: Path, b: Path, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
     import onnxruntime as ort
 
@@ -122,13 +142,10 @@ def rec_int8(tmp: Path) -> list[dict[str, Any]]:
                       metric=text_metric(eval_texts, chars), max_drop=1.0, speed_check=False)
     rows.append({"variant": "slipway INT8, max_drop 1 point of char accuracy", "path": budget.path,
                  "seconds": budget.seconds, "float_layers": len(budget.float_layers)})
-    rows.append({"variant": "ORT quantize_static (defaults)", "path": _ort_static(src, tmp / "rec.ort.onnx", calib)})
-    rows.append({"variant": "ORT quantize_static (per_channel, reduce_range)",
-                 "path": _ort_static(src, tmp / "rec.ort.pc.onnx", calib, per_channel=True, reduce_range=True)})
-    feeds = {"x": test_x[:1]}
-    for r in rows:
-        r.setdefault("acc", text_accuracy(r["path"], test_x, test_texts, chars))
-        r["fp32_ms"], r["ms"] = _latency(src, r["path"], feeds)
+    _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "rec.ort.onnx", calib))
+    _peer(rows, "ORT quantize_static (per_channel, reduce_range)",
+          lambda: _ort_static(src, tmp / "rec.ort.pc.onnx", calib, per_channel=True, reduce_range=True))
+    _measure(rows, src, {"x": test_x[:1]}, lambda p: text_accuracy(p, test_x, test_texts, chars))
     return rows
 
 
@@ -143,10 +160,10 @@ def det_int8(tmp: Path) -> list[dict[str, Any]]:
     rows = [{"variant": "FP32", "path": src}]
     plain = quantize(src, tmp / "det.int8.onnx", calib=calib, metric=None, speed_check=False)
     rows.append({"variant": "slipway INT8 (defaults)", "path": plain.path, "seconds": plain.seconds})
-    rows.append({"variant": "ORT quantize_static (defaults)", "path": _ort_static(src, tmp / "det.ort.onnx", calib)})
-    for r in rows:
-        r["acc"] = pipeline_accuracy(det=r["path"], pages=4, seed=7000)
-        r["fp32_ms"], r["ms"] = _latency(src, r["path"], calib[0])
+    _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "det.ort.onnx", calib))
+    _peer(rows, "ORT quantize_static (per_channel, reduce_range)",
+          lambda: _ort_static(src, tmp / "det.ort.pc.onnx", calib, per_channel=True, reduce_range=True))
+    _measure(rows, src, calib[0], lambda p: pipeline_accuracy(det=p, pages=4, seed=7000))
     return rows
 
 
@@ -162,11 +179,17 @@ def layout_int8(tmp: Path) -> list[dict[str, Any]]:
     rows = [{"variant": "FP32", "path": src}]
     plain = quantize(src, tmp / "layout.int8.onnx", calib=calib, metric=None, speed_check=False)
     rows.append({"variant": "slipway INT8 (defaults)", "path": plain.path, "seconds": plain.seconds})
-    rows.append({"variant": "ORT quantize_static (defaults)", "path": _ort_static(src, tmp / "lay.ort.onnx", calib)})
-    for r in rows:
-        r["acc"] = layout_agreement(reference, layout_boxes(r["path"], pages=4, seed=4000))
-        r["fp32_ms"], r["ms"] = _latency(src, r["path"], calib[0])
+    _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "lay.ort.onnx", calib))
+    _peer(rows, "ORT quantize_static (per_channel, reduce_range)",
+          lambda: _ort_static(src, tmp / "lay.ort.pc.onnx", calib, per_channel=True, reduce_range=True))
+    _measure(rows, src, calib[0], lambda p: layout_agreement(reference, layout_boxes(p, pages=4, seed=4000)))
     return rows
+
+
+def _int8_row(r: dict[str, Any]) -> list[str]:
+    if "error" in r:
+        return [r["variant"], "failed: " + r["error"], "-", "-"]
+    return [r["variant"], f"{r['acc']:.1f}", f"{fmt(r['fp32_ms'])} -> {fmt(r['ms'])}", f"{r['fp32_ms'] / r['ms']:.2f}x"]
 
 
 def main() -> None:
@@ -187,8 +210,7 @@ def main() -> None:
     sections = [("stages at a realistic size", heads, body)]
     for title, rows in int8.items():
         sections.append((title, ["variant", "accuracy %", "ORT ms (FP32 -> this)", "speed-up"],
-                         [[r["variant"], f"{r['acc']:.1f}", f"{fmt(r['fp32_ms'])} -> {fmt(r['ms'])}",
-                           f"{r['fp32_ms'] / r['ms']:.2f}x"] for r in rows]))
+                         [_int8_row(r) for r in rows]))
     notes = ("\nINT8 variants are calibrated on the same samples; slipway's formats are its CPU defaults "
              "(`speed.int8_defaults`: on x86 without VNNI, asymmetric uint8 activations and 7-bit weights). "
              "Accuracy is the task's (characters read, boxes found), measured with the peers' own pre- and "

@@ -52,6 +52,13 @@ class MissingDependencyError(UserError):
 
 
 def one_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message (at most 300 characters), else its type name."""
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    """The first non-empty line of an exception's message (at most 300 characters), else its type name.
+
+    onnxruntime's run errors nest ("... running If node ... Status Message: ... running Pad node ...
+    Status Message: <why>"): only the innermost reason is kept.
+    """
+    text = str(e).strip()
+    if "Status Message:" in text:
+        text = text.rsplit("Status Message:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0][:300] if lines else type(e).__name__

@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.convert.inputs import DEFAULT_BATCH_SIZES, Feeds, InputSpec, describe, input_specs, random_feeds
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
 
 # sizes tried for a dynamic dim, cheapest combination first: multiples of 16 and 32 (strided
 # image models), powers of two and the usual audio chunk lengths
@@ -254,7 +254,7 @@ def _try(reference: Runner, feeds: Feeds) -> str:
     except UserError:
         raise
     except Exception as e:  # onnxruntime's errors are plain exceptions
-        return _one_line(e)
+        return one_line(e)
     return ""
 
 
@@ -262,15 +262,6 @@ def _must_run(reference: Runner, feeds: Feeds, how: str) -> None:
     error = _try(reference, feeds)
     if error:
         raise UserError(f"the model does not run {how} ({describe(feeds)}): {error}")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    # onnxruntime: "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status ... Status Message: <why>"
-    if "Status Message:" in text:
-        text = text.rsplit("Status Message:", 1)[1]
-    lines = [s.strip() for s in text.splitlines() if s.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def _from_data(specs: list[InputSpec], reference: Runner, data: Mapping[str, np.ndarray] | str,

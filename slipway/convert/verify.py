@@ -49,7 +49,7 @@ from slipway.convert.inputs import (
     plan_sizes,
     random_feeds,
 )
-from slipway.errors import UserError, VerificationError
+from slipway.errors import UserError, VerificationError, one_line
 from slipway.model import EXTERNAL_THRESHOLD, save, weight_bytes
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def ort_runner(model: ir.Model, *, optimization: str = "disabled", threads: int 
     try:
         sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise UserError(f"onnxruntime cannot load the model: {_one_line(e)}") from None
+        raise UserError(f"onnxruntime cannot load the model: {one_line(e)}") from None
     in_names = [i.name for i in sess.get_inputs()]
     out_names = [o.name for o in sess.get_outputs()]
 
@@ -280,12 +280,6 @@ def engine_name(optimization: str = "disabled") -> str:
     import onnxruntime as ort
 
     return f"onnxruntime {ort.__version__} CPUExecutionProvider, graph optimizations {optimization}"
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [s.strip() for s in str(e).strip().splitlines() if s.strip()]
-    text = lines[0] if lines else type(e).__name__
-    return text[:400]
 
 
 def compare_runs(
@@ -312,14 +306,14 @@ def compare_runs(
         except UserError:
             raise
         except Exception as e:  # the reference itself cannot run these inputs: the user must say which
-            raise UserError(f"the reference model does not run {_at('', where).strip()}: {_one_line(e)}; give "
+            raise UserError(f"the reference model does not run {_at('', where).strip()}: {one_line(e)}; give "
                             "valid input sizes with --shape NAME=D0,D1,... or real inputs with --data FILE.npz") from None
         try:
             act = candidate(feeds)
         except UserError:
             raise
         except Exception as e:
-            failure = failure or f"onnxruntime failed to run the model {_at('', where).strip()}: {_one_line(e)}"
+            failure = failure or f"onnxruntime failed to run the model {_at('', where).strip()}: {one_line(e)}"
             continue
         missing = [n for n in act if n not in ref]
         if missing:

@@ -186,8 +186,10 @@ class _Inputs:
     data: Any = None
 
     def random_set(self, model: ir.Model) -> ev.EvalData:
-        if self.data is not None:
-            return ev.from_feeds(model, self.data, what="--data")
+        if self.data is not None:  # one feed dict, as given (a state's batch need not be its dim 0)
+            from slipway.perf.feeds import load_inputs
+
+            return ev.from_feeds(model, [load_inputs(self.data)[0]], what="--data")
         from slipway.convert.probe import derive_dim_sizes
 
         return ev.random_set(model, RANDOM_SAMPLES, dims=derive_dim_sizes(model, self.shapes))
@@ -298,7 +300,7 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, 
     say("placing Q/DQ")
     quant, report = qdq.quantize_qdq(prepared, ranges, **formats)
     if not report.quantized:
-        raise UserError("nothing in the model can be quantized to INT8 (no Conv, Gemm, MatMul, Add, pooling ...)")
+        raise UserError(_nothing_to_quantize(prepared))
     result.quant = report
     say("evaluating")
     judge = _Judge(source, _eval_set(prepared, eval_data, calib, preprocess, eval_limit, result, inputs), metric,
@@ -311,6 +313,18 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, 
         build = _Builder(prepared, ranges, formats, fallback, result)
         quant = _budget(build, judge, result, max_drop, say)
     return quant
+
+
+def _nothing_to_quantize(model: ir.Model) -> str:
+    """Why Q/DQ placement found nothing: no quantizable op, or only inside If / Loop / Scan bodies."""
+    from slipway.quantize.qdq import SUPPORTED
+
+    inside = sorted({n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                     if n.graph is not model.graph and n.op_type in SUPPORTED})
+    if inside:
+        return (f"nothing in the main graph can be quantized to INT8: its {', '.join(inside)} nodes are inside "
+                "control flow (If / Loop / Scan bodies), where Q/DQ placement does not go yet")
+    return "nothing in the model can be quantized to INT8 (no Conv, Gemm, MatMul, Add, pooling ...)"
 
 
 def _first_rows(data: ev.EvalData, limit: int) -> list[dict[str, np.ndarray]]:

@@ -6,7 +6,8 @@ turned into a stream of feed dicts checked against the model's inputs.
 * a folder of images (``.jpg .jpeg .png .bmp``, searched recursively, sorted) or one image,
   read with OpenCV (BGR, HWC, uint8) and pre-processed by an :class:`ImageSpec` (resize or
   letterbox, BGR→RGB, ``(pixel * scale - mean) / std``, NCHW/NHWC) or a callable
-  ``f(image) -> sample``; batches of ``batch`` images;
+  ``f(image) -> sample``; batches of ``batch`` images, split where the shape changes (a function
+  that keeps each image's aspect ratio gives samples of several shapes);
 * a ``.npy`` file (one array for a single-input model, first axis = samples), an ``.npz`` file
   (keys = input names), or a folder of them; an array or a dict of arrays in memory. Samples
   are rows of the batch axis (grouped in batches of ``batch``); arrays of one rank more than the
@@ -398,10 +399,20 @@ def _from_images(files: list[Path], specs: Sequence[InputSpec], preprocess: Any,
     def make() -> Iterator[np.ndarray]:
         for start in range(0, len(files), step or 1):
             samples = [_image_sample(fn, f, spec, gray, step is not None) for f in files[start : start + (step or 1)]]
-            yield np.stack(samples) if step else samples[0]
+            yield from _stacks(samples) if step else samples[:1]
 
     return CalibrationData(specs, make, label, total=len(files), identity=lambda: _files_identity(files) + ident,
                            limit=limit)
+
+
+def _stacks(samples: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """Consecutive samples of one shape stacked into a batch (a pre-processing that keeps each image's aspect
+    ratio gives samples of several shapes), in order."""
+    start = 0
+    for i in range(1, len(samples) + 1):
+        if i == len(samples) or samples[i].shape != samples[start].shape:
+            yield np.stack(samples[start:i])
+            start = i
 
 
 def _image_sample(fn: Callable[[np.ndarray], Any], path: Path, spec: InputSpec, gray: bool, batched: bool) -> np.ndarray:

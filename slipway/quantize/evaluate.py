@@ -9,20 +9,26 @@ The evaluation data (``eval_data``) is
 * any calibration source :mod:`slipway.quantize.data` reads (a folder of images with its
   pre-processing, ``.npy`` files ...), without labels.
 
+Samples may come in several shapes (an input with dynamic H and W fed images resized keeping
+their aspect): consecutive samples of the same shape form the batches, so every batch has one
+shape, and the sample order (and the labels' order) is kept. Sorting the samples by shape gives
+fewer, larger batches.
+
 The metric (higher is better; the *drop* is FP32's score minus the quantized model's, in the
 metric's own units - points for percentages):
 
 * ``"top1"`` with labels: top-1 accuracy in percent, of a classifier-like first output
   (``[N, C]``, or ``[N, C, 1, 1]``) against integer (or one-hot) labels;
 * a callable ``metric(outputs, labels) -> float``: ``outputs`` lists the model's outputs in
-  order, each concatenated over the evaluation set along axis 0; ``labels`` is the label
-  array (or ``None``);
+  order, each one array concatenated over the evaluation set along axis 0 - or, for an output
+  whose shape differs between batches (samples of several shapes), a *list* of arrays, one per
+  batch, in sample order (see :func:`run_outputs`); ``labels`` is the label array (or ``None``);
 * without labels (or ``metric=None``): **agreement with FP32** - the percentage of samples whose
   top-1 class is the same (classifier-like outputs), else 100 x the mean per-sample cosine
   similarity of the outputs.
 
 Every score also carries the output SNR (dB) and cosine similarity against FP32 over all
-float outputs, and the top-1 agreement when the first output is classifier-like.
+elements of the float outputs, and the top-1 agreement when the first output is classifier-like.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import itertools
 import math
 import os
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,17 +50,20 @@ from slipway.compare.run import DEFAULT_DIM
 from slipway.convert.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
 from slipway.errors import UserError
 
-__all__ = ["EvalData", "Metric", "Score", "from_feeds", "random_set", "verify_feeds", "run_outputs",
-           "resolve_metric", "metric_value", "score", "LABEL_KEYS", "BATCH"]
+__all__ = ["EvalData", "Metric", "Score", "Output", "from_feeds", "random_set", "verify_feeds", "run_outputs",
+           "parts", "samples_in", "resolve_metric", "metric_value", "score", "LABEL_KEYS", "BATCH"]
 
 LABEL_KEYS = ("labels", "label", "y")
 BATCH = 32  # rows per engine call when the batch dim is dynamic
-MetricFn = Callable[[list[np.ndarray], np.ndarray | None], float]
+# One output over the evaluation set: one array (the batches concatenated along axis 0), or one
+# array per batch, in sample order, when the output's shape differs between batches.
+Output = np.ndarray | list[np.ndarray]
+MetricFn = Callable[[list[Output], np.ndarray | None], float]
 
 
 @dataclass
 class EvalData:
-    batches: list[Feeds]
+    batches: list[Feeds]  # in sample order; each of one shape (consecutive samples of the same shape)
     labels: np.ndarray | None
     samples: int
     source: str
@@ -195,56 +204,123 @@ def random_set(model: ir.Model, samples: int, seed: int = 0, dims: Mapping[str, 
 
 
 def verify_feeds(data: EvalData) -> list[Feeds]:
-    """Feeds for the final verification: batch 1 and batch 3 (a static batch: the first batch)."""
+    """Feeds for the final verification: batch 1, then up to 3 samples of the next shape when the samples
+    come in several shapes, else batch 3 (a static batch: the first batch, and the next shape's)."""
     first = data.batches[0]
-    rows = int(next(iter(first.values())).shape[0])
-    if data.dynamic and data.samples >= 4:
+    one = {k: x[:1] for k, x in first.items()} if data.dynamic else first
+    other = next((b for b in data.batches[1:] if _shape(b) != _shape(first)), None)
+    if other is not None:
+        return [one, {k: x[:3] for k, x in other.items()} if data.dynamic else other]
+    if data.dynamic and data.samples >= 4:  # one shape: the first two batches concatenate
         whole = {k: np.concatenate([b[k] for b in data.batches[:2]], axis=0)[:4] for k in first}
         return [{k: x[:1] for k, x in whole.items()}, {k: x[1:4] for k, x in whole.items()}]
-    if data.dynamic and rows > 1:
-        return [{k: x[:1] for k, x in first.items()}, first]
+    if data.dynamic and _count(first) > 1:
+        return [one, first]
     return [first]
+
+
+def _shape(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The non-batch shape of every input: what samples must share to be batched together."""
+    return tuple((k, tuple(x.shape[1:])) for k, x in feeds.items())
+
+
+def _count(feeds: Feeds) -> int:
+    return int(next(iter(feeds.values())).shape[0])
+
+
+def _counts(specs: Sequence[InputSpec], rows: list[Feeds], what: str) -> list[int]:
+    counts = []
+    for r in rows:
+        sizes = {s.name: int(r[s.name].shape[0]) for s in specs}
+        if len(set(sizes.values())) != 1:
+            raise UserError(f"{what}: the inputs have different numbers of samples: {sizes}")
+        counts.append(sizes[specs[0].name])
+    return counts
+
+
+def _cut(rows: list[Feeds], counts: list[int], limit: int) -> tuple[list[Feeds], list[int]]:
+    """The first ``limit`` samples of ``rows``."""
+    out, kept, seen = [], [], 0
+    for r, c in zip(rows, counts, strict=True):
+        if seen >= limit:
+            break
+        take = min(c, limit - seen)
+        out.append(r if take == c else {k: x[:take] for k, x in r.items()})
+        kept.append(take)
+        seen += take
+    return out, kept
+
+
+def _runs(rows: list[Feeds], counts: list[int]) -> Iterator[tuple[Feeds, int]]:
+    """Consecutive rows of one shape, concatenated: (feeds, samples), in sample order."""
+    group: list[Feeds] = []
+    size = 0
+    for r, c in zip(rows, counts, strict=True):
+        if c == 0:
+            continue
+        if group and _shape(r) != _shape(group[0]):
+            yield _join(group), size
+            group, size = [], 0
+        group.append(r)
+        size += c
+    if group:
+        yield _join(group), size
+
+
+def _join(group: list[Feeds]) -> Feeds:
+    if len(group) == 1:
+        return group[0]
+    return {k: np.concatenate([g[k] for g in group], axis=0) for k in group[0]}
 
 
 def _build(specs: Sequence[InputSpec], rows: list[Feeds], labels: list[np.ndarray] | None, source: str,
            limit: int | None, what: str, batch: int) -> EvalData:
     if not rows or not specs:
         raise UserError(f"{what} is empty: no samples")
-    for s in specs:
-        shapes = sorted({tuple(r[s.name].shape[1:]) for r in rows})
-        if len(shapes) > 1:
-            raise UserError(f"{what}: input {s.name!r} comes in {len(shapes)} shapes ({list(shapes[0])}, "
-                            f"{list(shapes[1])}, ...); evaluation needs one shape per input: resize or pad the "
-                            "samples, or give eval_data (--eval) of one shape")
-    whole = {s.name: np.concatenate([r[s.name] for r in rows], axis=0) for s in specs}
-    n = int(whole[specs[0].name].shape[0])
-    sizes = {k: int(v.shape[0]) for k, v in whole.items()}
-    if len(set(sizes.values())) != 1:
-        raise UserError(f"{what}: the inputs have different numbers of samples: {sizes}")
+    counts = _counts(specs, rows, what)
+    n = sum(counts)
     if n == 0:
         raise UserError(f"{what} is empty: no samples")
     lab = np.concatenate(labels, axis=0) if labels else None
     if lab is not None and lab.shape[0] != n:
         raise UserError(f"{what}: {lab.shape[0]} labels for {n} samples")
-    notes: list[str] = []
     if limit is not None and n > limit:
-        whole = {k: v[:limit] for k, v in whole.items()}
+        rows, counts = _cut(rows, counts, limit)
         lab = lab[:limit] if lab is not None else None
         n = limit
     dim = _batch_dim(specs)
     step = batch if isinstance(dim, str) else int(dim)
-    usable = n if isinstance(dim, str) else n - n % step
-    if usable == 0:
-        raise UserError(f"{what}: {n} samples, fewer than the model's static batch of {step}")
-    if usable < n:
-        notes.append(f"{n - usable} samples left out to fill whole batches of {step}")
-        lab = lab[:usable] if lab is not None else None
-    batches = [{k: v[i:i + step] for k, v in whole.items()} for i in range(0, usable, step)]
-    return EvalData(batches, lab, usable, source, notes, isinstance(dim, str))
+    batches: list[Feeds] = []
+    keep: list[int] = []  # the samples batched (a static batch leaves a run's remainder out)
+    runs, start = 0, 0
+    for feeds, m in _runs(rows, counts):
+        usable = m if isinstance(dim, str) else m - m % step
+        batches += [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, usable, step)]
+        keep += range(start, start + usable)
+        runs, start = runs + 1, start + m
+    if not keep:
+        of = " of one shape" if runs > 1 else ""
+        raise UserError(f"{what}: {n} samples, fewer than the model's static batch of {step}{of}")
+    notes = _notes(n - len(keep), step, len({_shape(b) for b in batches}), runs)
+    if len(keep) < n and lab is not None:
+        lab = lab[np.asarray(keep)]
+    return EvalData(batches, lab, len(keep), source, notes, isinstance(dim, str))
 
 
-def run_outputs(model: ir.Model, ev: EvalData, target: str = "ort") -> list[np.ndarray]:
-    """Each output of ``model`` over the whole evaluation set (concatenated along axis 0) on ``target``."""
+def _notes(left: int, step: int, shapes: int, runs: int) -> list[str]:
+    notes = []
+    if left:
+        notes.append(f"{left} samples left out to fill whole batches of {step}")
+    if runs > shapes:
+        notes.append(f"samples of {shapes} shapes in {runs} runs of one shape, each run batched apart (sample "
+                     "order kept): sort the samples by shape for fewer, larger batches")
+    return notes
+
+
+def run_outputs(model: ir.Model, ev: EvalData, target: str = "ort") -> list[Output]:
+    """Each output of ``model`` over the whole evaluation set on ``target``: one array, the batches
+    concatenated along axis 0, or - when the output's shape differs between batches (samples of several
+    shapes) - the list of the batches' arrays, in sample order."""
     from slipway import backends
     from slipway.optimize import TARGETS
 
@@ -254,7 +330,34 @@ def run_outputs(model: ir.Model, ev: EvalData, target: str = "ort") -> list[np.n
         runs = [session.run(feeds) for feeds in ev.batches]
     finally:
         session.close()
-    return [np.concatenate([r[n] for r in runs], axis=0) for n in names]
+    return [_merge([r[n] for r in runs]) for n in names]
+
+
+def _merge(arrays: list[np.ndarray]) -> Output:
+    """One array when the batches' outputs share their non-batch shape (and dtype), else the list."""
+    first = arrays[0]
+    if first.ndim and all(a.ndim and a.shape[1:] == first.shape[1:] and a.dtype == first.dtype for a in arrays):
+        return np.concatenate(arrays, axis=0)
+    return list(arrays)
+
+
+def parts(output: Output) -> list[np.ndarray]:
+    """An output's arrays: the one array, or its per-batch arrays."""
+    return output if isinstance(output, list) else [output]
+
+
+def samples_in(output: Output) -> int:
+    """Rows (samples) of an output over all its batches (a batch without a batch axis counts once)."""
+    return sum(int(p.shape[0]) if p.ndim else 1 for p in parts(output))
+
+
+def _dtype(output: Output) -> np.dtype:
+    return parts(output)[0].dtype
+
+
+def _sample_rows(output: Output) -> Iterator[np.ndarray]:
+    for p in parts(output):
+        yield from (p if p.ndim else p[None])
 
 
 # ---------------------------------------------------------------- metrics
@@ -288,8 +391,9 @@ def _r(x: float | None, digits: int = 4) -> float | str | None:
     return round(float(x), digits) if math.isfinite(x) else str(x)
 
 
-def classifier_like(outputs: Sequence[np.ndarray]) -> bool:
-    if not outputs:
+def classifier_like(outputs: Sequence[Output]) -> bool:
+    """Whether the first output is ``[N, C]`` (or ``[N, C, 1, 1]``) floats; one of varying shape is not."""
+    if not outputs or isinstance(outputs[0], list):
         return False
     y = outputs[0]
     if y.dtype.kind != "f" or y.ndim < 2:
@@ -297,8 +401,14 @@ def classifier_like(outputs: Sequence[np.ndarray]) -> bool:
     return y.shape[1] >= 2 and all(d == 1 for d in y.shape[2:])
 
 
+def _shape_text(output: Output) -> str:
+    if isinstance(output, list):
+        return f"varying shapes ({list(output[0].shape)}, {list(output[-1].shape)} ...)"
+    return f"shape {list(output.shape)}"
+
+
 def resolve_metric(metric: str | MetricFn | None, labels: np.ndarray | None,
-                   reference: Sequence[np.ndarray]) -> Metric:
+                   reference: Sequence[Output]) -> Metric:
     """The metric to gate on, given what the data has (labels) and what the model outputs."""
     if callable(metric):
         return Metric("custom", getattr(metric, "__name__", "metric"), metric)
@@ -307,16 +417,16 @@ def resolve_metric(metric: str | MetricFn | None, labels: np.ndarray | None,
                         "or none (agreement with FP32)")
     if metric == "top1" and labels is not None:
         if not classifier_like(reference):
-            raise UserError(f"metric top1 needs a classifier output [N, classes]; the first output has shape "
-                            f"{list(reference[0].shape) if reference else []}")
+            raise UserError(f"metric top1 needs a classifier output [N, classes]; the first output has "
+                            f"{_shape_text(reference[0]) if reference else 'shape []'}")
         return Metric("top1", "top1")
     if classifier_like(reference):
         return Metric("agreement", "top-1 agreement with FP32")
     return Metric("cosine", "output cosine with FP32 (x100)")
 
 
-def _classes(y: np.ndarray) -> np.ndarray:
-    return y.reshape(y.shape[0], -1).argmax(axis=1)
+def _classes(y: Output) -> np.ndarray:
+    return np.concatenate([p.reshape(p.shape[0], -1).argmax(axis=1) for p in parts(y)])
 
 
 def _labels(labels: np.ndarray, n: int) -> np.ndarray:
@@ -331,7 +441,7 @@ def _labels(labels: np.ndarray, n: int) -> np.ndarray:
     return lab.astype(np.int64)
 
 
-def _call_custom(m: Metric, outputs: list[np.ndarray], labels: np.ndarray | None) -> float:
+def _call_custom(m: Metric, outputs: list[Output], labels: np.ndarray | None) -> float:
     try:
         value = m.fn(outputs, labels)  # type: ignore[misc]
     except Exception as e:
@@ -345,28 +455,32 @@ def _call_custom(m: Metric, outputs: list[np.ndarray], labels: np.ndarray | None
     return value
 
 
-def metric_value(m: Metric, outputs: list[np.ndarray], labels: np.ndarray | None,
-                 reference: list[np.ndarray]) -> float:
+def metric_value(m: Metric, outputs: list[Output], labels: np.ndarray | None, reference: list[Output]) -> float:
     if m.kind == "custom":
         return _call_custom(m, outputs, labels)
     if m.kind == "top1":
-        return 100.0 * float(np.mean(_classes(outputs[0]) == _labels(labels, outputs[0].shape[0])))
+        return 100.0 * float(np.mean(_classes(outputs[0]) == _labels(labels, samples_in(outputs[0]))))
     if m.kind == "agreement":
         return 100.0 * float(np.mean(_classes(outputs[0]) == _classes(reference[0])))
-    per = [cosine(_rows(reference, i), _rows(outputs, i)) for i in range(reference[0].shape[0])]
+    per = [cosine(r, a) for r, a in zip(_sample_vectors(reference), _sample_vectors(outputs), strict=True)]
     return 100.0 * float(np.mean(per))
 
 
-def _rows(outputs: Sequence[np.ndarray], i: int) -> np.ndarray:
-    return np.concatenate([o[i].astype(np.float64).ravel() for o in outputs if o.dtype.kind == "f"])
+def _sample_vectors(outputs: Sequence[Output]) -> Iterator[np.ndarray]:
+    """Per sample, its float outputs (every output when none is float) as one float64 vector, in sample order."""
+    chosen = [o for o in outputs if _dtype(o).kind == "f"] or list(outputs)
+    for rows in zip(*(_sample_rows(o) for o in chosen), strict=True):
+        yield np.concatenate([r.astype(np.float64).ravel() for r in rows])
 
 
-def _flat(outputs: Sequence[np.ndarray]) -> np.ndarray:
-    parts = [o.astype(np.float64).ravel() for o in outputs if o.dtype.kind == "f"]
-    return np.concatenate(parts) if parts else np.zeros(0)
+def _flat(outputs: Sequence[Output]) -> np.ndarray:
+    """Every element of the float outputs, as float64 (a list output's batches one after another: the
+    same order as their concatenation)."""
+    pieces = [p.astype(np.float64).ravel() for o in outputs if _dtype(o).kind == "f" for p in parts(o)]
+    return np.concatenate(pieces) if pieces else np.zeros(0)
 
 
-def score(m: Metric, outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None,
+def score(m: Metric, outputs: list[Output], reference: list[Output], labels: np.ndarray | None,
           fp32_value: float | None = None) -> Score:
     """The quantized outputs' score against FP32 (``fp32_value`` saves recomputing the FP32 score)."""
     ref = fp32_value if fp32_value is not None else metric_value(m, reference, labels, reference)

@@ -13,7 +13,8 @@ errors are measured over the evaluation set, each as an SNR in dB
   that reaches it through the whole network (what :mod:`slipway.compare` shows layer by layer).
 
 Both runs are plain onnxruntime runs (graph optimizations off, so the simulated quantization is
-what is measured); statistics are summed batch by batch, never keeping the activations.
+what is measured); statistics are summed batch by batch, never keeping the activations, so
+the batches may differ in shape (samples of several sizes, each batch of one).
 When a layer's inputs cannot be traced back to FP32 tensors (renamed by the quantizer), its
 local error falls back to the accumulated one.
 """
