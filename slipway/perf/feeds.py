@@ -238,13 +238,18 @@ def check_data(specs: Sequence[InputSpec], data: Mapping[str, np.ndarray], label
 
 
 def batch_data(specs: Sequence[InputSpec], data: Mapping[str, np.ndarray], batch: int) -> Feeds:
-    """``data`` with every batched input tiled (or cut) along axis 0 to ``batch`` rows."""
+    """``data`` with every batched input tiled (or cut) along axis 0 to ``batch`` rows; an unnamed dim
+    of another input that has the data's batch size (a state's batch, ``state [2, None, 128]``) along with it."""
     name = model_batch(specs)
+    have = int(data[specs[0].name].shape[0]) if isinstance(name, str) and specs[0].dims else None
+    sizes = {d: int(data[s.name].shape[a]) for s in specs for a, d in enumerate(s.dims) if isinstance(d, str)}
+    follow = at_batch(specs, sizes, batch, have) if have is not None else {}
     feeds: Feeds = {}
     for s in specs:
         a = data[s.name]
-        if isinstance(name, str) and s.dims and s.dims[0] == name and a.shape[0] != batch:
-            a = np.take(a, np.arange(batch) % a.shape[0], axis=0)
+        for axis, d in enumerate(s.dims):
+            if isinstance(d, str) and follow.get(d, a.shape[axis]) != a.shape[axis]:
+                a = np.take(a, np.arange(follow[d]) % a.shape[axis], axis=axis)
         feeds[s.name] = np.require(a, requirements="C")  # ascontiguousarray makes a 0-d array 1-d
     return feeds
 

@@ -330,6 +330,8 @@ def _nothing_to_quantize(model: ir.Model) -> str:
 def _first_rows(data: ev.EvalData, limit: int) -> list[dict[str, np.ndarray]]:
     """The first ``limit`` samples in batches of at most :data:`SENSITIVITY_BATCH` rows (every layer's
     output is kept for a batch, twice: small batches bound the memory)."""
+    if data.whole:  # feed dicts as given: one sample each
+        return data.batches[:limit]
     out, seen = [], 0
     for feeds in data.batches:
         rows = int(next(iter(feeds.values())).shape[0]) if feeds else 1

@@ -237,12 +237,16 @@ def _batch_rows(spec: InputSpec, batch: int) -> int | None:
 
 
 def _mode(shapes: Mapping[str, tuple[int, ...]], specs: Sequence[InputSpec], label: str) -> str:
-    """``"stack"`` (a first axis of whole inputs) or ``"rows"`` (samples are rows of the batch dim)."""
+    """``"stack"`` (a first axis of whole inputs), ``"rows"`` (samples are rows of the batch dim) or
+    ``"whole"`` (the inputs share no batch dim - a scalar, a state batched on axis 1 - so the arrays are
+    one feed dict, as given)."""
     rank = {s.name: len(s.dims) for s in specs}
     if all(len(shapes[n]) == rank[n] + 1 for n in rank):
         mode = "stack"
     elif all(len(shapes[n]) == rank[n] for n in rank) and all(_batch_rows(s, 1) for s in specs):
         mode = "rows"
+    elif all(len(shapes[n]) == rank[n] for n in rank):
+        return "whole"
     else:
         s = next((s for s in specs if len(shapes[s.name]) != len(s.dims)), specs[0])
         raise UserError(f"{label}: input {s.name!r} expects samples of shape {_shape_text(s.dims)} along a first "
@@ -255,6 +259,8 @@ def _mode(shapes: Mapping[str, tuple[int, ...]], specs: Sequence[InputSpec], lab
 
 
 def _samples(shapes: Mapping[str, tuple[int, ...]], specs: Sequence[InputSpec], mode: str) -> int:
+    if mode == "whole":
+        return 1
     first = shapes[specs[0].name]
     if mode == "rows" or not specs[0].dims:
         return int(first[0])
@@ -263,6 +269,9 @@ def _samples(shapes: Mapping[str, tuple[int, ...]], specs: Sequence[InputSpec], 
 
 
 def _split(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], mode: str, batch: int) -> Iterator[Feeds]:
+    if mode == "whole":
+        yield {k: np.asarray(a) for k, a in arrays.items()}
+        return
     n = int(arrays[specs[0].name].shape[0])
     step = (_batch_rows(specs[0], batch) or 1) if mode == "rows" else 1
     for start in range(0, n, step):

@@ -69,6 +69,7 @@ class EvalData:
     source: str
     notes: list[str] = field(default_factory=list)
     dynamic: bool = True  # the batch dim is dynamic (batches of any size run)
+    whole: bool = False  # the inputs share no batch axis (a scalar, a state batched on axis 1): feeds as given
 
 
 def _batch_dim(specs: Sequence[InputSpec]) -> int | str:
@@ -207,6 +208,8 @@ def verify_feeds(data: EvalData) -> list[Feeds]:
     """Feeds for the final verification: batch 1, then up to 3 samples of the next shape when the samples
     come in several shapes, else batch 3 (a static batch: the first batch, and the next shape's)."""
     first = data.batches[0]
+    if data.whole:
+        return data.batches[:2]
     one = {k: x[:1] for k, x in first.items()} if data.dynamic else first
     other = next((b for b in data.batches[1:] if _shape(b) != _shape(first)), None)
     if other is not None:
@@ -226,6 +229,13 @@ def _shape(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 def _count(feeds: Feeds) -> int:
     return int(next(iter(feeds.values())).shape[0])
+
+
+def _batched(specs: Sequence[InputSpec], rows: list[Feeds]) -> bool:
+    """Whether samples are rows of axis 0 of every input (no scalar input, one row count per feed dict)."""
+    if any(not s.dims for s in specs):
+        return False
+    return all(len({int(r[s.name].shape[0]) for s in specs}) == 1 for r in rows)
 
 
 def _counts(specs: Sequence[InputSpec], rows: list[Feeds], what: str) -> list[int]:
@@ -277,6 +287,12 @@ def _build(specs: Sequence[InputSpec], rows: list[Feeds], labels: list[np.ndarra
            limit: int | None, what: str, batch: int) -> EvalData:
     if not rows or not specs:
         raise UserError(f"{what} is empty: no samples")
+    if not _batched(specs, rows):  # each feed dict is one sample, run as given
+        rows = rows[:limit] if limit is not None else rows
+        lab = np.concatenate(labels, axis=0)[:len(rows)] if labels else None
+        note = ("the inputs share no batch axis (a scalar input, or one batched on another axis): each feed "
+                "dict is one sample, run as given")
+        return EvalData(rows, lab, len(rows), source, [note], dynamic=False, whole=True)
     counts = _counts(specs, rows, what)
     n = sum(counts)
     if n == 0:
@@ -330,6 +346,8 @@ def run_outputs(model: ir.Model, ev: EvalData, target: str = "ort") -> list[Outp
         runs = [session.run(feeds) for feeds in ev.batches]
     finally:
         session.close()
+    if ev.whole:  # one sample per run: a leading axis makes each run's output one row
+        runs = [{k: v[None] for k, v in r.items()} for r in runs]
     return [_merge([r[n] for r in runs]) for n in names]
 
 

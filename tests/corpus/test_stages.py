@@ -191,3 +191,24 @@ def test_fp16_det_is_judged_on_the_users_data_and_tolerance(tmp_path: Path) -> N
     assert worst < 0.25  # folded BN; unfolded the sigmoid map is off by 1.0
     r = slipway(*args[:-1], "--rtol", "1e-5")
     assert r.returncode == 1 and "--atol / --rtol" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_vad_with_data_quantizes_and_benches_its_state_along(tmp_path: Path) -> None:
+    """silero's inputs share no batch axis (a scalar sr, a state batched on axis 1): its --data is one
+    sample as given, and a larger --batch tiles the state's batch with the audio's."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "vad.npz"
+    np.savez(data, input=(0.1 * rng.standard_normal((1, 512))).astype(np.float32),
+             state=np.zeros((2, 1, 128), np.float32), sr=np.array(16000, np.int64))
+    r = slipway("quantize", str(model("silero_vad")), "-o", str(tmp_path / "vad16.onnx"), "--precision", "fp16",
+                "--data", str(data), "--no-speed-check", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["eval_samples"] == 1 and result["verification"]["ok"]
+    assert result["verification"]["runs"][0] == "input[1,512] state[2,1,128] sr[]"
+    r = slipway("quantize", str(model("silero_vad")), "-o", str(tmp_path / "vad8.onnx"), "--calib", str(data))
+    assert r.returncode == 1 and "inside control flow" in r.stderr and "Traceback" not in r.stderr
+    from slipway.perf.feeds import make_feeds
+
+    feeds = make_feeds(__import__("slipway").load(model("silero_vad")), [4], data)[4]
+    assert feeds["input"].shape == (4, 512) and feeds["state"].shape == (2, 4, 128) and feeds["sr"].shape == ()
