@@ -33,8 +33,10 @@ def ort_run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-@pytest.mark.parametrize("name,params", [("ppocr_det", 1_171_745), ("ppocr_rec", 2_690_286), ("ppocr_cls", 133_628)])
+@pytest.mark.parametrize("name,params", [("ppocr_det", 1_171_745), ("ppocr_rec", 2_690_286), ("ppocr_cls", 133_628),
+                                         ("layout", 1_820_300), ("silero_vad", 545_282)])
 def test_info_counts_constant_node_weights(name: str, params: int) -> None:
+    """Weights in Constant nodes (paddle2onnx) and inside If branches (silero) count as parameters."""
     r = slipway("info", str(model(name)), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["params"] == params
