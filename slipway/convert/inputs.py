@@ -28,6 +28,7 @@ class InputSpec:
     dtype: np.dtype
     example: np.ndarray | None = None
     anonymous: tuple[int, ...] = ()  # axes whose dim had no name in the model (named here)
+    branch_values: tuple[int, ...] = ()  # constants the graph compares this (integer) input with
 
 
 def input_specs(model: ir.Model, examples: Mapping[str, np.ndarray] | None = None) -> list[InputSpec]:

@@ -10,7 +10,8 @@ tune) gets its inputs here, one way:
 * ``shapes`` (``--shape NAME=D0,D1,...``): exactly those sizes, random values;
 * otherwise sizes **derived from the model**: candidate sizes of the dynamic dims are tried in
   onnxruntime, cheapest first, and the first ones it runs are used. Integer inputs compared with
-  constants in the graph (``Equal(sr, 16000)``) take those constants. A dim without a name in
+  constants in the graph (``Equal(sr, 16000)``) take those constants, and one more run takes another
+  value (half the constant) so the other branch of the If they drive runs too. A dim without a name in
   an input other than the first (``state [2, None, 128]``) is first tried at the batch size.
 
 Each plan adds a second batch size where the batch dim is dynamic (unnamed dims that equal the
@@ -23,7 +24,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -116,6 +117,7 @@ def with_value_hints(model: ir.Model, specs: list[InputSpec]) -> list[InputSpec]
             spec.example = np.array([0, min(9, rows - 1)], dtype=spec.dtype)
         elif values:
             spec.example = np.array([values[0]], dtype=spec.dtype)
+            spec.branch_values = tuple(values)
     return specs
 
 
@@ -325,10 +327,26 @@ def _derived(specs: list[InputSpec], reference: Runner, batch_sizes: Sequence[in
     base = {batch: first_batch} if batch is not None else {}
     examples = _example_sizes(specs)
     choices = [_candidates(d, d in tied, examples.get(d), first_batch) for d in dims]
+    found, tried, last = _search(specs, reference, dims, choices, base, rng, want=2)
+    if not found:
+        raise UserError(_no_sizes_message(specs, dims, tried, last))
+    plan = Plan([random_feeds(specs, found[0], rng)], "derived")
+    if dims:
+        shown = ", ".join(f"{d}={found[0][d]}" for d in dims)
+        plan.notes.append(f"input sizes derived by running the model ({tried} tried): {shown}")
+    _add_batch_run(plan, specs, reference, found[0], batch_sizes, rng, found[1] if len(found) > 1 else None)
+    _other_branches(plan, specs, reference, dims, choices, base, rng)
+    return plan
+
+
+def _search(specs: Sequence[InputSpec], reference: Runner, dims: list[str], choices: list[list[int]],
+            base: Mapping[str, int], rng: np.random.Generator, want: int,
+            budget: int = MAX_PROBES) -> tuple[list[dict[str, int]], int, str]:
+    """Up to ``want`` sizes of ``dims`` the reference runs, cheapest first: (found, tried, first error)."""
     found: list[dict[str, int]] = []
     tried, last, t0 = 0, "", time.monotonic()
     for combo in _cheapest_first(choices):
-        if len(found) == 2 or tried >= MAX_PROBES or (tried and time.monotonic() - t0 > PROBE_BUDGET_S):
+        if len(found) == want or tried >= budget or (tried and time.monotonic() - t0 > PROBE_BUDGET_S):
             break
         sizes = {**base, **dict(zip(dims, combo, strict=True))}
         tried += 1
@@ -337,14 +355,25 @@ def _derived(specs: list[InputSpec], reference: Runner, batch_sizes: Sequence[in
             last = last or error
             continue
         found.append(sizes)
-    if not found:
-        raise UserError(_no_sizes_message(specs, dims, tried, last))
-    plan = Plan([random_feeds(specs, found[0], rng)], "derived")
-    if dims:
-        shown = ", ".join(f"{d}={found[0][d]}" for d in dims)
-        plan.notes.append(f"input sizes derived by running the model ({tried} tried): {shown}")
-    _add_batch_run(plan, specs, reference, found[0], batch_sizes, rng, found[1] if len(found) > 1 else None)
-    return plan
+    return found, tried, last
+
+
+def _other_branches(plan: Plan, specs: list[InputSpec], reference: Runner, dims: list[str],
+                    choices: list[list[int]], base: Mapping[str, int], rng: np.random.Generator) -> None:
+    """A run where an input the graph compares with constants (``Equal(sr, 16000)``) takes another value,
+    so the other branch of the If it drives is verified too (half the constant, else one more)."""
+    for i, spec in enumerate(specs):
+        if not spec.branch_values:
+            continue
+        others = [v for v in (spec.branch_values[0] // 2, spec.branch_values[0] + 1) if v not in spec.branch_values]
+        for value in others:
+            changed = [*specs[:i], replace(spec, example=np.array([value], dtype=spec.dtype)), *specs[i + 1:]]
+            found, _, _ = _search(changed, reference, dims, choices, base, rng, want=1, budget=MAX_PROBES // 2)
+            if found:
+                plan.feeds.append(random_feeds(changed, found[0], rng))
+                plan.notes.append(f"also run with {spec.name}={value} (the other side of the comparison with "
+                                  f"{spec.branch_values[0]})")
+                break
 
 
 def _example_sizes(specs: Sequence[InputSpec]) -> dict[str, int]:

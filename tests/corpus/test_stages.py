@@ -69,8 +69,9 @@ def test_optimize_vad_verifies_state_and_sample_rate(tmp_path: Path) -> None:
     # batch 3 added where the batch is dynamic; the state's unnamed batch dim follows it
     assert result.verification.runs == ["input[1,512] state[2,1,128] sr[]", "input[3,512] state[2,3,128] sr[]"]
     assert result.verification.ok
-    derived = optimize(model("silero_vad"), None, speed_check=False)
+    derived = optimize(model("silero_vad"), None, speed_check=False)  # both If branches verified
     assert derived.verification.ok and "state[2,3,128]" in derived.verification.runs[1]
+    assert len(derived.verification.runs) == 3
 
 
 def test_vad_sample_rate_comes_from_the_graph() -> None:
@@ -78,7 +79,9 @@ def test_vad_sample_rate_comes_from_the_graph() -> None:
     from slipway.model import load
 
     plan = plan_inputs(load(model("silero_vad")))
-    assert all(int(f["sr"]) == 16000 for f in plan.feeds)  # Equal(sr, 16000) in the graph
+    # Equal(sr, 16000) in the graph: 16000 first, then a run on the If's other branch (8 kHz)
+    assert [int(f["sr"]) for f in plan.feeds] == [16000, 16000, 8000]
+    assert "also run with sr=8000" in plan.notes[-1]
 
 
 def test_optimize_with_data_uses_exactly_that_data(tmp_path: Path) -> None:
