@@ -82,10 +82,12 @@ def plan_inputs(
         return _from_data(specs, reference, data, batch_sizes)
     if shapes:
         fixed = fixed_dims(specs, shapes)
-        first = random_feeds(specs, _with_batch(specs, fixed, _user_batch(specs, shapes)), rng)
+        batch = _user_batch(specs, shapes)
+        first = random_feeds(specs, _with_batch(specs, fixed, batch), rng)
         _must_run(reference, first, "at the given --shape")
         plan = Plan([first], "shapes")
-        _add_batch_run(plan, specs, reference, fixed, batch_sizes, rng)
+        second = [b for b in batch_sizes if b != batch][:1]  # exactly the given shapes, plus one other batch
+        _add_batch_run(plan, specs, reference, fixed, second, rng)
         return plan
     return _derived(specs, reference, batch_sizes, rng)
 
