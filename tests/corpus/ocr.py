@@ -47,6 +47,20 @@ def rec_inputs(crops: list[np.ndarray]) -> np.ndarray:
     return np.stack([prep.resize_norm_img(c, REC_SHAPE[2] / REC_SHAPE[1]) for c in crops]).astype(np.float32)
 
 
+def cls_set(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Text-line crops, every other one turned 180 degrees, pre-processed by RapidOCR's angle
+    classifier code into ``[n, 3, 48, 192]``; labels 0 (upright) and 1 (180), its label order."""
+    from rapidocr_onnxruntime.ch_ppocr_cls.text_cls import TextClassifier
+
+    prep = TextClassifier.__new__(TextClassifier)  # only the pre-processing: no session needed
+    prep.cls_image_shape = [3, 48, 192]
+    crops, _ = line_crops(n, seed)
+    labels = np.arange(n) % 2
+    x = np.stack([prep.resize_norm_img(np.ascontiguousarray(c[::-1, ::-1]) if k else c)
+                  for c, k in zip(crops, labels, strict=True)])
+    return x.astype(np.float32), labels
+
+
 def charset(path: str | Path) -> list[str]:
     """The recognizer's characters (its ``character`` metadata) plus the space PaddleOCR appends."""
     import onnx

@@ -69,3 +69,17 @@ def test_layout_int8_finds_the_same_boxes(tmp_path: Path) -> None:
     reference = layout_boxes(model("layout"), pages=3, seed=4000)
     assert sum(len(b) for b, _ in reference) >= 9  # text, title, table, figure... found on every page
     assert layout_agreement(reference, layout_boxes(result.path, pages=3, seed=4000)) >= 80.0
+
+
+def test_cls_int8_keeps_top1_within_the_budget(tmp_path: Path) -> None:
+    from bench.corpus import top1
+    from slipway.quantize import quantize
+    from tests.corpus.ocr import cls_set
+
+    calib_x, _ = cls_set(48, seed=100)
+    eval_x, eval_y = cls_set(48, seed=200)
+    test_x, test_y = cls_set(96, seed=300)
+    result = quantize(model("ppocr_cls"), tmp_path / "cls.int8.onnx", calib=calib_x,
+                      eval_data={"x": eval_x, "labels": eval_y}, metric="top1", max_drop=0.5, speed_check=False)
+    assert result.score.fp32 >= 95.0 and result.score.drop <= 0.5
+    assert top1(result.path, test_x, test_y) >= top1(model("ppocr_cls"), test_x, test_y) - 3.0
