@@ -190,8 +190,13 @@ class _Inputs:
             from slipway.perf.feeds import load_inputs
 
             return ev.from_feeds(model, [load_inputs(self.data)[0]], what="--data")
-        from slipway.convert.probe import derive_dim_sizes
+        from slipway.convert.probe import derive_dim_sizes, plan_inputs
 
+        specs = v.input_specs(model)
+        first = specs[0].dims[0] if specs and specs[0].dims else None  # the batch dim, or a static batch
+        if any(not s.dims or s.dims[0] != first for s in specs):
+            # no shared batch axis (a scalar input, a state batched on axis 1): the probe's runs, as given
+            return ev.from_feeds(model, plan_inputs(model, shapes=self.shapes).feeds, what="random inputs")
         return ev.random_set(model, RANDOM_SAMPLES, dims=derive_dim_sizes(model, self.shapes))
 
 

@@ -211,6 +211,10 @@ def test_vad_with_data_quantizes_and_benches_its_state_along(tmp_path: Path) -> 
     result = json.loads(r.stdout)
     assert result["eval_samples"] == 1 and result["verification"]["ok"]
     assert result["verification"]["runs"][0] == "input[1,512] state[2,1,128] sr[]"
+    r = slipway("quantize", str(model("silero_vad")), "-o", str(tmp_path / "vad16b.onnx"), "--precision", "fp16",
+                "--no-speed-check", "--json")  # no data: the probe's runs (16 and 8 kHz) are the evaluation set
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["eval_samples"] == 3
     r = slipway("quantize", str(model("silero_vad")), "-o", str(tmp_path / "vad8.onnx"), "--calib", str(data))
     assert r.returncode == 1 and "inside control flow" in r.stderr and "Traceback" not in r.stderr
     from slipway.perf.feeds import make_feeds
