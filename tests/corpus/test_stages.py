@@ -221,3 +221,21 @@ def test_vad_with_data_quantizes_and_benches_its_state_along(tmp_path: Path) -> 
 
     feeds = make_feeds(__import__("slipway").load(model("silero_vad")), [4], data)[4]
     assert feeds["input"].shape == (4, 512) and feeds["state"].shape == (2, 4, 128) and feeds["sr"].shape == ()
+
+
+def test_int8_angle_classifier_judged_by_top1(tmp_path: Path) -> None:
+    """The smallest corpus model in the default suite: INT8 judged by upright-vs-turned top-1 on held-out
+    crops (RapidOCR's own pre-processing), against true labels; the bigger ones are in test_int8_accuracy."""
+    from bench.corpus import top1
+    from slipway.quantize import quantize
+    from tests.corpus.ocr import cls_set
+
+    calib_x, _ = cls_set(32, seed=100)
+    eval_x, eval_y = cls_set(32, seed=200)
+    test_x, test_y = cls_set(64, seed=300)
+    result = quantize(model("ppocr_cls"), tmp_path / "cls.int8.onnx", calib=calib_x,
+                      eval_data={"x": eval_x, "labels": eval_y}, metric="top1", speed_check=False)
+    assert result.quant.quantized and result.verification.ok
+    assert result.score.fp32 >= 95.0 and result.score.snr_db > 20.0
+    fp32, int8 = top1(model("ppocr_cls"), test_x, test_y), top1(result.path, test_x, test_y)
+    assert fp32 >= 95.0 and int8 >= fp32 - 5.0
