@@ -41,6 +41,7 @@ from tests.corpus.ocr import (
     rec_inputs,
     text_accuracy,
     text_metric,
+    top1,
 )
 
 PEER_NOTES: list[str] = []
@@ -182,15 +183,6 @@ def cls_int8(tmp: Path) -> list[dict[str, Any]]:
     _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "cls.ort.onnx", calib))
     _measure(rows, src, {"x": test_x[:1]}, lambda p: top1(p, test_x, test_y))
     return rows
-
-
-def top1(path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    return 100.0 * float(np.mean(out.argmax(axis=1) == y))
 
 
 def det_int8(tmp: Path) -> list[dict[str, Any]]:

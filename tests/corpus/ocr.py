@@ -143,3 +143,11 @@ def layout_agreement(a: list[tuple[np.ndarray, list[str]]], b: list[tuple[np.nda
                     matched += 1
                     break
     return 100.0 * matched / total if total else 100.0
+
+
+def top1(path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 (percent) of the angle classifier ``path`` on ``x`` against ``y`` (onnxruntime CPU)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return 100.0 * float(np.mean(out.argmax(axis=1) == y))

@@ -72,9 +72,8 @@ def test_layout_int8_finds_the_same_boxes(tmp_path: Path) -> None:
 
 
 def test_cls_int8_keeps_top1_within_the_budget(tmp_path: Path) -> None:
-    from bench.corpus import top1
     from slipway.quantize import quantize
-    from tests.corpus.ocr import cls_set
+    from tests.corpus.ocr import cls_set, top1
 
     calib_x, _ = cls_set(48, seed=100)
     eval_x, eval_y = cls_set(48, seed=200)

@@ -226,9 +226,8 @@ def test_vad_with_data_quantizes_and_benches_its_state_along(tmp_path: Path) -> 
 def test_int8_angle_classifier_judged_by_top1(tmp_path: Path) -> None:
     """The smallest corpus model in the default suite: INT8 judged by upright-vs-turned top-1 on held-out
     crops (RapidOCR's own pre-processing), against true labels; the bigger ones are in test_int8_accuracy."""
-    from bench.corpus import top1
     from slipway.quantize import quantize
-    from tests.corpus.ocr import cls_set
+    from tests.corpus.ocr import cls_set, top1
 
     calib_x, _ = cls_set(32, seed=100)
     eval_x, eval_y = cls_set(32, seed=200)
