@@ -83,7 +83,9 @@ def quantize(
     model: Path = typer.Argument(..., help="ONNX model file"),
     output: Path = typer.Option(..., "-o", "--output", help="where to write the quantized model"),
     calib: str | None = typer.Option(None, "--calib", help="calibration data: image folder, .npy/.npz file or folder"),
-    method: str = typer.Option("entropy", "--method", help="calibration method: entropy | minmax | percentile | mse"),
+    method: str = typer.Option("auto", "--method", help="calibration method: auto (entropy, else the best of the "
+                                                         "others when it loses over 1 point) | entropy | minmax | "
+                                                         "percentile | mse"),
     precision: str = typer.Option("int8", "--precision", help="int8 | fp16 | bf16"),
     symmetric: bool | None = typer.Option(None, "--symmetric/--asymmetric",
                                           help="activation ranges (default: what this CPU runs best)"),

@@ -368,6 +368,26 @@ def test_explicit_formats_override_the_cpu(cnn, data, monkeypatch):
     assert all(not np.any(q.inputs[2].const_value.numpy()) for q in zero_points)  # symmetric: zero point 0
 
 
+def test_auto_method_keeps_entropy_unless_it_loses(cnn, data, monkeypatch):
+    from slipway.quantize import calibrate
+
+    fine = quantize(cnn, None, calib=data[0][:64], eval_data=data[2][:64], speed_check=False)
+    assert fine.method == "entropy" and not any("method auto" in n for n in fine.notes)  # one placement
+    real = calibrate.ranges
+
+    def broken_entropy(cal, method, **kw):  # entropy ranges clipped to 1%: what PP-OCRv4 rec's look like
+        out = real(cal, method, **kw)
+        return {k: (lo * 0.01, hi * 0.01) for k, (lo, hi) in out.items()} if method == "entropy" else out
+
+    monkeypatch.setattr(calibrate, "ranges", broken_entropy)
+    r = quantize(cnn, None, calib=data[0][:64], eval_data=data[2][:64], speed_check=False)
+    assert r.method != "entropy" and r.score.drop < 1.0
+    note = next(n for n in r.notes if n.startswith("calibration method auto: entropy drops "))
+    assert f"{r.method} kept" in note
+    with pytest.raises(VerificationError, match="int8 model is broken"):  # an explicit method is kept as asked
+        quantize(cnn, None, calib=data[0][:64], eval_data=data[2][:64], method="entropy", speed_check=False)
+
+
 @pytest.mark.parametrize("cpu", ["avx2", "amx"])
 def test_full_range_weights_warn_where_the_kernels_saturate(cnn, data, monkeypatch, cpu):
     as_cpu(monkeypatch, cpu)
