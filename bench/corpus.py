@@ -105,6 +105,8 @@ def _ours(rows: list[dict[str, Any]], variant: str, make: Any) -> None:
     except SlipwayError as e:
         rows.append({"variant": variant, "error": "refused: " + str(e)[:150]})
         return
+    if "auto" in variant:
+        variant = variant.replace("method auto", f"method auto: {result.method}")
     rows.append({"variant": variant, "path": result.path, "seconds": result.seconds,
                  "float_layers": len(result.float_layers), "method": result.method})
 
@@ -151,13 +153,13 @@ def rec_int8(tmp: Path) -> list[dict[str, Any]]:
     eval_x, test_x = rec_inputs(eval_crops), rec_inputs(test_crops)
     calib = [{"x": calib_x[i:i + 1]} for i in range(len(calib_x))]
     rows = [{"variant": "FP32", "acc": text_accuracy(src, test_x, test_texts, chars), "path": src}]
-    _ours(rows, "slipway INT8 (defaults: entropy)", lambda: quantize(src, tmp / "rec.int8.onnx", calib=calib,
-                                                                       metric=None, speed_check=False))
-    _ours(rows, "slipway INT8 (minmax)", lambda: quantize(src, tmp / "rec.mm.onnx", calib=calib, method="minmax",
-                                                         metric=None, speed_check=False))
+    _ours(rows, "slipway INT8 (default: method auto)", lambda: quantize(src, tmp / "rec.int8.onnx", calib=calib,
+                                                                          metric=None, speed_check=False))
+    _ours(rows, "slipway INT8 (entropy only)", lambda: quantize(src, tmp / "rec.en.onnx", calib=calib,
+                                                               method="entropy", metric=None, speed_check=False))
     labelled = [({"x": eval_x[i:i + 1]}, np.array([i])) for i in range(len(eval_x))]
-    _ours(rows, "slipway INT8, max_drop 1 point of char accuracy (minmax)",
-          lambda: quantize(src, tmp / "rec.int8.budget.onnx", calib=calib, eval_data=labelled, method="minmax",
+    _ours(rows, "slipway INT8, max_drop 1 point of char accuracy",
+          lambda: quantize(src, tmp / "rec.int8.budget.onnx", calib=calib, eval_data=labelled,
                            metric=text_metric(eval_texts, chars), max_drop=1.0, speed_check=False))
     _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "rec.ort.onnx", calib))
     _peer(rows, "ORT quantize_static (per_channel, reduce_range)",
@@ -175,8 +177,8 @@ def cls_int8(tmp: Path) -> list[dict[str, Any]]:
     test_x, test_y = cls_set(128, seed=300)
     calib = [{"x": calib_x[i:i + 8]} for i in range(0, len(calib_x), 8)]
     rows = [{"variant": "FP32", "path": src}]
-    _ours(rows, "slipway INT8 (defaults: entropy)", lambda: quantize(src, tmp / "cls.int8.onnx", calib=calib,
-                                                                       metric=None, speed_check=False))
+    _ours(rows, "slipway INT8 (default: method auto)", lambda: quantize(src, tmp / "cls.int8.onnx", calib=calib,
+                                                                          metric=None, speed_check=False))
     _ours(rows, "slipway INT8, max_drop 0.5 point of top-1 (labels)",
           lambda: quantize(src, tmp / "cls.budget.onnx", calib=calib, eval_data={"x": eval_x, "labels": eval_y},
                            metric="top1", max_drop=0.5, speed_check=False))
@@ -194,8 +196,8 @@ def det_int8(tmp: Path) -> list[dict[str, Any]]:
     prep = DetPreProcess(736, "min", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
     calib = [{"x": prep(render_text(text_lines(5, seed=500 + i)))} for i in range(12)]
     rows = [{"variant": "FP32", "path": src}]
-    _ours(rows, "slipway INT8 (defaults: entropy)", lambda: quantize(src, tmp / "det.int8.onnx", calib=calib,
-                                                                       metric=None, speed_check=False))
+    _ours(rows, "slipway INT8 (default: method auto)", lambda: quantize(src, tmp / "det.int8.onnx",
+                                                                          calib=calib, metric=None, speed_check=False))
     _ours(rows, "slipway INT8 (minmax)", lambda: quantize(src, tmp / "det.mm.onnx", calib=calib, method="minmax",
                                                          metric=None, speed_check=False))
     _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "det.ort.onnx", calib))
@@ -215,8 +217,8 @@ def layout_int8(tmp: Path) -> list[dict[str, Any]]:
     calib = [{"image": prep(render_page(seed=900 + i))} for i in range(12)]
     reference = layout_boxes(src, pages=4, seed=4000)
     rows = [{"variant": "FP32", "path": src}]
-    _ours(rows, "slipway INT8 (defaults: entropy)", lambda: quantize(src, tmp / "layout.int8.onnx", calib=calib,
-                                                                       metric=None, speed_check=False))
+    _ours(rows, "slipway INT8 (default: method auto)", lambda: quantize(src, tmp / "layout.int8.onnx",
+                                                                          calib=calib, metric=None, speed_check=False))
     _ours(rows, "slipway INT8 (minmax)", lambda: quantize(src, tmp / "layout.mm.onnx", calib=calib,
                                                          method="minmax", metric=None, speed_check=False))
     _ours(rows, "slipway INT8, max_drop 1 (output cosine x100)",
