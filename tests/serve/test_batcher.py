@@ -518,5 +518,7 @@ def test_two_instances_share_the_rows_evenly():
 
     asyncio.run(main())
     late = engine.rows()[6:]  # after the start-up batches
-    assert max(late) <= 9, engine.rows()
-    assert sum(late) / len(late) >= 4, engine.rows()
+    assert max(late) <= 9, engine.rows()  # no 15 + 1 ping-pong
+    # batching at all (not 1 + 1 + ...): 8 on an idle machine, seen at 3.8 with the other test worker
+    # starving the callers on 2 cores, so the bar is 3
+    assert sum(late) / len(late) >= 3, engine.rows()
