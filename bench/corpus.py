@@ -36,6 +36,7 @@ from tests.corpus.ocr import (
     cls_set,
     layout_agreement,
     layout_boxes,
+    layout_metric,
     line_crops,
     pipeline_accuracy,
     rec_inputs,
@@ -224,6 +225,13 @@ def layout_int8(tmp: Path) -> list[dict[str, Any]]:
     _ours(rows, "slipway INT8, max_drop 1 (output cosine x100)",
           lambda: quantize(src, tmp / "layout.budget.onnx", calib=calib, metric=None, max_drop=1.0,
                            speed_check=False))
+    pages = [render_page(seed=6000 + i) for i in range(6)]
+    eval_x = np.concatenate([prep(p) for p in pages])
+    eval_ref = layout_boxes(src, pages=6, seed=6000)
+    labelled = [({"image": eval_x[i:i + 1]}, np.array([i])) for i in range(len(pages))]
+    _ours(rows, "slipway INT8, max_drop 2 points of box agreement (RapidLayout's decoding as the metric)",
+          lambda: quantize(src, tmp / "layout.boxes.onnx", calib=calib, eval_data=labelled, max_drop=2.0,
+                           metric=layout_metric(pages, eval_x, eval_ref), speed_check=False))
     _peer(rows, "ORT quantize_static (defaults)", lambda: _ort_static(src, tmp / "lay.ort.onnx", calib))
     _peer(rows, "ORT quantize_static (per_channel, reduce_range)",
           lambda: _ort_static(src, tmp / "lay.ort.pc.onnx", calib, per_channel=True, reduce_range=True))

@@ -123,6 +123,25 @@ def layout_boxes(path: str | Path, pages: int = 3, seed: int = 0) -> list[tuple[
     return out
 
 
+def layout_metric(pages: list[np.ndarray], inputs: np.ndarray, reference: list[tuple[np.ndarray, list[str]]]):
+    """A quantize metric ``(outputs, labels) -> percent``: RapidLayout's own post-processing (PicoDet
+    DFL decoding and NMS) on the raw outputs of each sample (``labels`` index ``pages``), boxes
+    agreeing with FP32's ``reference``."""
+    from rapid_layout import RapidLayout
+
+    handler = RapidLayout(model_dir_or_path=str(model("layout"))).model_handler.model_processors
+
+    def layout_box_agreement(outputs: list[np.ndarray], labels: np.ndarray) -> float:
+        found = []
+        for row, i in enumerate(int(k) for k in labels):
+            boxes, _, names = handler.postprocess(pages[i].shape[:2], inputs[i:i + 1], [o[row:row + 1] for o in outputs])
+            found.append((np.asarray(boxes if boxes is not None else np.zeros((0, 4)), dtype=np.float64).reshape(-1, 4),
+                          list(names or [])))
+        return layout_agreement([reference[int(k)] for k in labels], found)
+
+    return layout_box_agreement
+
+
 def layout_agreement(a: list[tuple[np.ndarray, list[str]]], b: list[tuple[np.ndarray, list[str]]]) -> float:
     """Percent of boxes matched one to one (IoU >= 0.5, same class), over the larger count per page."""
     from slipway.ops.detect import box_iou as iou
