@@ -92,7 +92,8 @@ def _ort_static(src: Path, out: Path, calib: list[dict[str, np.ndarray]], **kw: 
     try:  # ORT's recommended pre-processing; its symbolic shape inference fails on some paddle2onnx exports
         quant_pre_process(str(src), str(pre))
     except Exception as e:
-        PEER_NOTES.append(f"ORT quant_pre_process failed on {src.name} ({str(e).splitlines()[-1][:80]}); "
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:80]
+        PEER_NOTES.append(f"ORT quant_pre_process failed on {src.name} ({why}); "
                           "retried with skip_symbolic_shape=True")
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, **kw)
@@ -254,6 +255,9 @@ def _section(key: str, resume: bool, make: Any) -> Any:
     clean = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in rows]
     PARTIAL.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(clean, default=str))
+    notes = PARTIAL / "peer_notes.json"
+    kept = json.loads(notes.read_text()) if notes.is_file() else []
+    notes.write_text(json.dumps(list(dict.fromkeys(kept + PEER_NOTES))))
     return clean
 
 
@@ -263,6 +267,8 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     host, found = machine(), versions()
+    if args.resume and (PARTIAL / "peer_notes.json").is_file():
+        PEER_NOTES.extend(json.loads((PARTIAL / "peer_notes.json").read_text()))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         stage_rows = _section("stages", args.resume, lambda: [stages(name, tmp) for name in SHAPES])
