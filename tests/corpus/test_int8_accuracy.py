@@ -65,14 +65,15 @@ def test_layout_int8_finds_the_same_boxes(tmp_path: Path) -> None:
     from slipway.quantize import quantize
 
     prep = PPPreProcess((800, 608))
-    calib = [{"image": prep(render_page(seed=900 + i))} for i in range(8)]
-    pages = [render_page(seed=6000 + i) for i in range(4)]
+    calib = [{"image": prep(render_page(seed=900 + i))} for i in range(12)]  # as bench/corpus.py
+    # ~6 boxes a page: one box more or less on 8 pages is 2.1 points, so a 5-point budget tolerates two
+    pages = [render_page(seed=6000 + i) for i in range(8)]
     eval_x = np.concatenate([prep(p) for p in pages])
-    metric = layout_metric(pages, eval_x, layout_boxes(model("layout"), pages=4, seed=6000))
-    result = quantize(model("layout"), tmp_path / "layout.int8.onnx", calib=calib, max_drop=2.0, metric=metric,
+    metric = layout_metric(pages, eval_x, layout_boxes(model("layout"), pages=8, seed=6000))
+    result = quantize(model("layout"), tmp_path / "layout.int8.onnx", calib=calib, max_drop=5.0, metric=metric,
                       eval_data=[({"image": eval_x[i:i + 1]}, np.array([i])) for i in range(len(pages))],
                       speed_check=False)
-    assert result.score.drop <= 2.0 and result.quant.quantized
+    assert result.score.drop <= 5.0 and len(result.quant.quantized) > 50  # still an INT8 model
     reference = layout_boxes(model("layout"), pages=3, seed=4000)  # held-out pages
     assert sum(len(b) for b, _ in reference) >= 9  # text, title, table, figure... found on every page
     assert layout_agreement(reference, layout_boxes(result.path, pages=3, seed=4000)) >= 90.0
