@@ -181,12 +181,7 @@ def input_plan(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None = 
         rng = np.random.default_rng(0)
         sizes = v.plan_sizes(specs, batch_sizes, default_dim_sizes(model, dim_sizes))
         return Plan([v.random_feeds(specs, s, rng) for s in sizes], "dim_sizes")
-    return plan_inputs(model, shapes=shapes, data=None if data is None else _data_arg(data),
-                       batch_sizes=batch_sizes)
-
-
-def _data_arg(data: Mapping[str, np.ndarray] | str | os.PathLike) -> Mapping[str, np.ndarray] | str:
-    return data if isinstance(data, Mapping) else os.fspath(data)
+    return plan_inputs(model, shapes=shapes, data=data, batch_sizes=batch_sizes)
 
 
 def default_dim_sizes(model: ir.Model, given: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]]:

@@ -22,6 +22,7 @@ says which inputs need ``--shape`` or ``--data``.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,7 +61,7 @@ def plan_inputs(
     reference: Runner | None = None,
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
-    data: Mapping[str, np.ndarray] | str | None = None,
+    data: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     seed: int = 0,
     specs: Sequence[InputSpec] | None = None,
@@ -97,8 +98,9 @@ def derive_dim_sizes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None
     """Sizes of every dynamic dim except the batch: the user's (``shapes``), the rest derived."""
     specs = with_value_hints(model, input_specs(model))
     batch = _batch_dim(specs)
-    if all(d == batch or d in fixed_dims(specs, shapes or {}) for d in _dynamic(specs)):
-        return {d: n for d, n in fixed_dims(specs, shapes or {}).items() if d != batch}
+    fixed = fixed_dims(specs, shapes or {})
+    if all(d == batch or d in fixed for d in _dynamic(specs)):
+        return {d: n for d, n in fixed.items() if d != batch}
     plan = plan_inputs(model, reference, shapes=shapes, batch_sizes=(1,), specs=specs)
     sizes = sizes_of(specs, plan.first)
     return {d: n for d, n in sizes.items() if d != batch}
@@ -268,7 +270,7 @@ def _must_run(reference: Runner, feeds: Feeds, how: str) -> None:
         raise UserError(f"the model does not run {how} ({describe(feeds)}): {error}")
 
 
-def _from_data(specs: list[InputSpec], reference: Runner, data: Mapping[str, np.ndarray] | str,
+def _from_data(specs: list[InputSpec], reference: Runner, data: Mapping[str, np.ndarray] | str | os.PathLike,
                batch_sizes: Sequence[int]) -> Plan:
     from slipway.perf.feeds import batch_data, check_data, load_inputs
 
@@ -308,10 +310,10 @@ def _add_batch_run(plan: Plan, specs: list[InputSpec], reference: Runner, sizes:
         return
     for i, other in enumerate(others):
         base = variants[i % len(variants)]
-        tied = {d for d in _tied(specs) if base.get(d) == have}
+        moved, alone = at_batch(specs, base, other, have), {**base, batch: other}  # with and without tied dims
         error = ""
-        for follow in ([tied, set()] if tied else [set()]):
-            feeds = random_feeds(specs, {**base, batch: other, **{d: other for d in follow}}, rng)
+        for trial in [moved] + ([alone] if alone != moved else []):
+            feeds = random_feeds(specs, trial, rng)
             error = _try(reference, feeds)
             if not error:
                 plan.feeds.append(feeds)
@@ -329,9 +331,9 @@ def _derived(specs: list[InputSpec], reference: Runner, batch_sizes: Sequence[in
     base = {batch: first_batch} if batch is not None else {}
     examples = _example_sizes(specs)
     choices = [_candidates(d, d in tied, examples.get(d), first_batch) for d in dims]
-    found, tried, last = _search(specs, reference, dims, choices, base, rng, want=2)
+    found, tried, first_error = _search(specs, reference, dims, choices, base, rng, want=2)
     if not found:
-        raise UserError(_no_sizes_message(specs, dims, tried, last))
+        raise UserError(_no_sizes_message(specs, tried, first_error))
     plan = Plan([random_feeds(specs, found[0], rng)], "derived")
     if dims:
         shown = ", ".join(f"{d}={found[0][d]}" for d in dims)
@@ -346,7 +348,7 @@ def _search(specs: Sequence[InputSpec], reference: Runner, dims: list[str], choi
             budget: int = MAX_PROBES) -> tuple[list[dict[str, int]], int, str]:
     """Up to ``want`` sizes of ``dims`` the reference runs, cheapest first: (found, tried, first error)."""
     found: list[dict[str, int]] = []
-    tried, last, t0 = 0, "", time.monotonic()
+    tried, first_error, t0 = 0, "", time.monotonic()
     for combo in _cheapest_first(choices):
         if len(found) == want or tried >= budget or (tried and time.monotonic() - t0 > PROBE_BUDGET_S):
             break
@@ -354,10 +356,10 @@ def _search(specs: Sequence[InputSpec], reference: Runner, dims: list[str], choi
         tried += 1
         error = _try(reference, random_feeds(specs, sizes, rng))
         if error:
-            last = last or error
+            first_error = first_error or error
             continue
         found.append(sizes)
-    return found, tried, last
+    return found, tried, first_error
 
 
 def _other_branches(plan: Plan, specs: list[InputSpec], reference: Runner, dims: list[str],
@@ -406,10 +408,10 @@ def _cheapest_first(choices: list[list[int]]) -> list[tuple[int, ...]]:
                                          sum(r[x] for r, x in zip(rank, t, strict=True))))
 
 
-def _no_sizes_message(specs: Sequence[InputSpec], dims: list[str], tried: int, last: str) -> str:
+def _no_sizes_message(specs: Sequence[InputSpec], tried: int, first_error: str) -> str:
     owners = [s for s in specs if any(isinstance(d, str) for d in s.dims) or np.issubdtype(s.dtype, np.integer)]
     names = ", ".join(repr(s.name) for s in owners) or ", ".join(repr(s.name) for s in specs)
     example = owners[0] if owners else specs[0]
-    return (f"the model did not run on any of {tried} derived input sizes (last error: {last}); "
+    return (f"the model did not run on any of {tried} derived input sizes (on the smallest: {first_error}); "
             f"give input {names} with --shape {example.name}={_show(example.dims)[1:-1]} "
             f"or real inputs with --data FILE.npz")

@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.convert.inputs import Feeds, InputSpec, input_specs, random_feeds
-from slipway.convert.probe import at_batch, fixed_dims, with_value_hints
+from slipway.convert.probe import at_batch, derive_dim_sizes, fixed_dims, with_value_hints
 from slipway.errors import UserError
 
 InputsLike = Mapping[str, np.ndarray] | str | os.PathLike
@@ -164,8 +164,6 @@ def _sizes(model: ir.Model, specs: Sequence[InputSpec], shapes: Mapping[str, Seq
     given = {s.name for s in specs} & set(shapes)
     if all(any(d in s.dims for s in specs if s.name in given) for d in open_dims):
         return dim_sizes(specs, shapes)
-    from slipway.convert.probe import derive_dim_sizes
-
     return derive_dim_sizes(model, shapes)
 
 

@@ -309,7 +309,7 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, 
     result.calib_samples = cal.samples
     result.notes.extend(cal.notes)
     judge: _Judge | None = None
-    tried: list[tuple[str, Any, Any, Any, ev.Score | None]] = []  # method, ranges, model, report, score
+    tried: list[tuple[str, Any, ir.Model, Any, ev.Score]] = []  # method, ranges, model, report, score
     for m in AUTO_ORDER if method == AUTO else (method,):
         ranges = calibrate.ranges(cal, m, symmetric=formats["symmetric_activations"])
         say(f"placing Q/DQ ({m} ranges)")
@@ -476,9 +476,10 @@ def _low(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *
          metric: Any, preprocess: Any, eval_limit: int | None, max_drop: float | None, prepare: bool) -> ir.Model:
     from slipway.quantize.precision import convert_precision
 
+    prepared = source
     if prepare:  # folded BatchNormalization: its variance and 1/sqrt(var + eps) are what FP16 cannot hold
         say("preparing the graph")
-    prepared = _prepared(source, prepare, result, inputs) if prepare else source
+        prepared = _prepared(source, prepare, result, inputs)
     say(f"converting to {result.precision}")
     model, report = convert_precision(prepared, result.precision)
     result.precision_report = report
