@@ -231,11 +231,12 @@ def _count(feeds: Feeds) -> int:
     return int(next(iter(feeds.values())).shape[0])
 
 
-def _batched(specs: Sequence[InputSpec], rows: list[Feeds]) -> bool:
-    """Whether samples are rows of axis 0 of every input (no scalar input, one row count per feed dict)."""
-    if any(not s.dims for s in specs):
-        return False
-    return all(len({int(r[s.name].shape[0]) for s in specs}) == 1 for r in rows)
+def _batched(specs: Sequence[InputSpec]) -> bool:
+    """Whether samples are rows of axis 0 of every input: no scalar input, and every dim 0 dynamic or
+    the first input's (silero's ``state [2, None, 128]`` is not). Row counts that then disagree are the
+    user's mistake (:func:`_counts`), not another layout."""
+    first = specs[0].dims[0] if specs and specs[0].dims else None
+    return all(s.dims and (isinstance(s.dims[0], str) or s.dims[0] == first) for s in specs)
 
 
 def _counts(specs: Sequence[InputSpec], rows: list[Feeds], what: str) -> list[int]:
@@ -287,7 +288,7 @@ def _build(specs: Sequence[InputSpec], rows: list[Feeds], labels: list[np.ndarra
            limit: int | None, what: str, batch: int) -> EvalData:
     if not rows or not specs:
         raise UserError(f"{what} is empty: no samples")
-    if not _batched(specs, rows):  # each feed dict is one sample, run as given
+    if not _batched(specs):  # each feed dict is one sample, run as given
         rows = rows[:limit] if limit is not None else rows
         lab = np.concatenate(labels, axis=0)[:len(rows)] if labels else None
         note = ("the inputs share no batch axis (a scalar input, or one batched on another axis): each feed "

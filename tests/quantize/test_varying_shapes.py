@@ -259,3 +259,22 @@ def test_ppocr_rec_int8_on_crops_of_their_own_width(tmp_path: Path):
     assert set(seen) == {len(evalset)} and r.score.fp32 == r.score.value == sum(x.shape[2] // 8 for x in evalset)
     assert math.isfinite(r.score.snr_db) and 0 < r.score.cosine <= 1 and r.sensitivity
     assert len({shape_of(f)[3] for f in r.verify_feeds}) == 2 and not r.verification.failure
+
+
+def test_inputs_sharing_a_batch_with_different_row_counts_are_refused():
+    """Only inputs that share no batch axis (a scalar, a state batched on axis 1) run as given; two batched
+    inputs with 3 and 2 rows are the user's mistake, not that layout."""
+    from onnx import TensorProto, helper
+
+    from slipway.errors import UserError
+    from slipway.quantize import evaluate as ev
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    proto = helper.make_model(helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", [a, b], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model = ir.serde.deserialize_model(proto)
+    pairs = [({"a": np.zeros((3, 4), np.float32), "b": np.zeros((2, 4), np.float32)}, np.arange(3))]
+    with pytest.raises(UserError, match="different numbers of samples"):
+        ev.from_feeds(model, pairs)
