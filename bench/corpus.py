@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.common import alternating_blocks, fmt, machine, publish, versions
 from slipway.errors import SlipwayError, UserError
-from tests.corpus import model, render_page, render_text, text_lines
+from tests.corpus import model, ort_session, render_page, render_text, text_lines
 from tests.corpus.ocr import (
     charset,
     cls_set,
@@ -92,8 +92,7 @@ def _ort_static(src: Path, out: Path, calib: list[dict[str, np.ndarray]], **kw: 
     try:  # ORT's recommended pre-processing; its symbolic shape inference fails on some paddle2onnx exports
         quant_pre_process(str(src), str(pre))
     except Exception as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:80]
-        PEER_NOTES.append(f"ORT quant_pre_process failed on {src.name} ({why}); "
+        PEER_NOTES.append(f"ORT quant_pre_process failed on {src.name} ({_why(e)[:80]}); "
                           "retried with skip_symbolic_shape=True")
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, **kw)
@@ -114,16 +113,19 @@ def _ours(rows: list[dict[str, Any]], variant: str, make: Any) -> None:
                  "quantized": len(result.quant.quantized) + len(result.float_layers)})
 
 
+def _why(e: BaseException) -> str:
+    """The last line of a peer's error (where its tools put the reason), else the error's type."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[-1]
+
+
 def _peer(rows: list[dict[str, Any]], variant: str, make: Any) -> None:
     """Add the peer's variant, or the one-line reason it failed (a failure is a result here)."""
     try:
         path = make()
-        import onnxruntime as ort
-
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # loads at all?
+        ort_session(path)  # loads at all?
         rows.append({"variant": variant, "path": path})
     except Exception as e:
-        rows.append({"variant": variant, "error": str(e).strip().splitlines()[-1][-160:]})
+        rows.append({"variant": variant, "error": _why(e)[-160:]})
 
 
 def _measure(rows: list[dict[str, Any]], src: Path, feeds: dict[str, np.ndarray], accuracy: Any) -> None:
@@ -135,12 +137,7 @@ def _measure(rows: list[dict[str, Any]], src: Path, feeds: dict[str, np.ndarray]
 
 
 def _latency(a: Path, b: Path, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    sa = ort.InferenceSession(str(a), so, providers=["CPUExecutionProvider"])
-    sb = ort.InferenceSession(str(b), so, providers=["CPUExecutionProvider"])
+    sa, sb = ort_session(a), ort_session(b)
     t = alternating_blocks({"a": lambda: sa.run(None, feeds), "b": lambda: sb.run(None, feeds)}, repeats=20,
                            warmup=3, rounds=2)
     return 1e3 * t["a"].median, 1e3 * t["b"].median

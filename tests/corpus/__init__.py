@@ -41,6 +41,15 @@ def model(name: str) -> Path:
     return path
 
 
+def ort_session(path: str | Path):
+    """A plain onnxruntime CPU session on ``path`` (the peers' engine, as they run it), its log off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def text_lines(n: int, seed: int = 0) -> list[str]:
     """``n`` lines of 2-3 words and a number, deterministic."""
     rng = np.random.default_rng(seed)

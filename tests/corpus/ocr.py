@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from tests.corpus import char_accuracy, model, render_page, render_text, text_lines
+from tests.corpus import char_accuracy, model, ort_session, render_page, render_text, text_lines
 
 REC_SHAPE = (3, 48, 320)
 
@@ -77,9 +76,7 @@ def read_texts(outputs: np.ndarray, chars: list[str]) -> list[str]:
 
 def text_accuracy(path: str | Path, inputs: np.ndarray, truths: list[str], chars: list[str]) -> float:
     """Mean character accuracy (percent) of ``path`` reading ``inputs`` (onnxruntime CPU)."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(path)
     out = np.concatenate([sess.run(None, {"x": inputs[i:i + 8]})[0] for i in range(0, len(inputs), 8)])
     return 100.0 * float(np.mean([char_accuracy(p, t) for p, t in zip(read_texts(out, chars), truths, strict=True)]))
 
@@ -166,7 +163,5 @@ def layout_agreement(a: list[tuple[np.ndarray, list[str]]], b: list[tuple[np.nda
 
 def top1(path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 (percent) of the angle classifier ``path`` on ``x`` against ``y`` (onnxruntime CPU)."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = ort_session(path).run(None, {"x": x})[0]
     return 100.0 * float(np.mean(out.argmax(axis=1) == y))

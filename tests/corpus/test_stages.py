@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from slipway.errors import UserError
-from tests.corpus import model
+from tests.corpus import model, ort_session
 
 
 def slipway(*args: str) -> subprocess.CompletedProcess:
@@ -28,9 +27,7 @@ def slipway(*args: str) -> subprocess.CompletedProcess:
 
 
 def ort_run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return ort_session(path).run(None, feeds)
 
 
 @pytest.mark.parametrize("name,params", [("ppocr_det", 1_171_745), ("ppocr_rec", 2_690_286), ("ppocr_cls", 133_628),
