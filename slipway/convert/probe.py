@@ -331,10 +331,10 @@ def _derived(specs: list[InputSpec], reference: Runner, batch_sizes: Sequence[in
     base = {batch: first_batch} if batch is not None else {}
     examples = _example_sizes(specs)
     choices = [_candidates(d, d in tied, examples.get(d), first_batch) for d in dims]
-    found, tried, first_error = _search(specs, reference, dims, choices, base, rng, want=2)
+    found, ran, tried, first_error = _search(specs, reference, dims, choices, base, rng, want=2)
     if not found:
         raise UserError(_no_sizes_message(specs, tried, first_error))
-    plan = Plan([random_feeds(specs, found[0], rng)], "derived")
+    plan = Plan([ran[0]], "derived")
     if dims:
         shown = ", ".join(f"{d}={found[0][d]}" for d in dims)
         plan.notes.append(f"input sizes derived by running the model ({tried} tried): {shown}")
@@ -345,21 +345,25 @@ def _derived(specs: list[InputSpec], reference: Runner, batch_sizes: Sequence[in
 
 def _search(specs: Sequence[InputSpec], reference: Runner, dims: list[str], choices: list[list[int]],
             base: Mapping[str, int], rng: np.random.Generator, want: int,
-            budget: int = MAX_PROBES) -> tuple[list[dict[str, int]], int, str]:
-    """Up to ``want`` sizes of ``dims`` the reference runs, cheapest first: (found, tried, first error)."""
+            budget: int = MAX_PROBES) -> tuple[list[dict[str, int]], list[Feeds], int, str]:
+    """Up to ``want`` sizes of ``dims`` the reference runs, cheapest first: (the sizes, the feeds it ran
+    at them, candidates tried, the first error)."""
     found: list[dict[str, int]] = []
+    ran: list[Feeds] = []
     tried, first_error, t0 = 0, "", time.monotonic()
     for combo in _cheapest_first(choices):
         if len(found) == want or tried >= budget or (tried and time.monotonic() - t0 > PROBE_BUDGET_S):
             break
         sizes = {**base, **dict(zip(dims, combo, strict=True))}
         tried += 1
-        error = _try(reference, random_feeds(specs, sizes, rng))
+        feeds = random_feeds(specs, sizes, rng)
+        error = _try(reference, feeds)
         if error:
             first_error = first_error or error
             continue
         found.append(sizes)
-    return found, tried, first_error
+        ran.append(feeds)
+    return found, ran, tried, first_error
 
 
 def _other_branches(plan: Plan, specs: list[InputSpec], reference: Runner, dims: list[str],
@@ -372,9 +376,9 @@ def _other_branches(plan: Plan, specs: list[InputSpec], reference: Runner, dims:
         others = [v for v in (spec.branch_values[0] // 2, spec.branch_values[0] + 1) if v not in spec.branch_values]
         for value in others:
             changed = [*specs[:i], replace(spec, example=np.array([value], dtype=spec.dtype)), *specs[i + 1:]]
-            found, _, _ = _search(changed, reference, dims, choices, base, rng, want=1, budget=MAX_PROBES // 2)
-            if found:
-                plan.feeds.append(random_feeds(changed, found[0], rng))
+            _, ran, _, _ = _search(changed, reference, dims, choices, base, rng, want=1, budget=MAX_PROBES // 2)
+            if ran:
+                plan.feeds.append(ran[0])
                 plan.notes.append(f"also run with {spec.name}={value} (the other side of the comparison with "
                                   f"{spec.branch_values[0]})")
                 break
