@@ -18,7 +18,7 @@ from slipway.analyze._proto import ModelView, NodeView, all_nodes, model_view
 from slipway.analyze.cost import Op, evaluate
 from slipway.analyze.memory import MemoryPlan, Step, ordered, plan_memory
 from slipway.analyze.scopes import Scope, main_scope
-from slipway.analyze.shapes import TensorInfo, infer_static_shapes, resolve_input_shapes
+from slipway.analyze.shapes import ValueInfo, infer_static_shapes, resolve_input_shapes
 from slipway.analyze.types import Analysis, MachinePeaks, NodeCost, SubgraphCost
 from slipway.model import KNOWN_DOMAINS, ModelLike, check, is_weight, load
 
@@ -78,7 +78,7 @@ def _validate(view: ModelView, model: ModelLike) -> None:
 
 def _static_shapes(
     view: ModelView, input_shapes: dict[str, list[int]], order: list[int]
-) -> tuple[dict[str, TensorInfo], Scope]:
+) -> tuple[dict[str, ValueInfo], Scope]:
     """Shapes of the main graph and the scope that types its subgraphs too.
 
     ONNX inference types the main graph; the walk of :func:`slipway.analyze.scopes.main_scope`
@@ -119,7 +119,7 @@ def _memory_plan(view: ModelView, order: list[NodeView], sizes: dict[str, int | 
     return plan_memory(steps, [name for name, _ in view.inputs], set(view.outputs), weights, sizes)
 
 
-def _shape_of(info: TensorInfo | None) -> list[int] | None:
+def _shape_of(info: ValueInfo | None) -> list[int] | None:
     return list(info.shape) if info is not None and info.shape is not None else None
 
 
@@ -131,7 +131,7 @@ def _node_cost(
     if node.op_type == "Constant" and default_domain:
         return NodeCost(name, node.op_type, [], list(node.outputs), 0, 0, note="constant")
     ins = [scope.type_of(v) if v else None for v in node.inputs]
-    outs: list[TensorInfo | None] = [scope.type_of(v) for v in node.outputs]
+    outs: list[ValueInfo | None] = [scope.type_of(v) for v in node.outputs]
     bodies = {attr: _subgraph_cost(child, seen, opset) for attr, child in inner.items()}
     c, note = evaluate(Op(node, ins, outs, bodies, scope.value_of, opset))
     # Weights read inside subgraphs count at their consumers there; unwalked subgraphs count here.
@@ -187,7 +187,7 @@ def _params(names: list[str], scope: Scope, seen: set[tuple[int, str]]) -> int:
             continue
         owner, info = found
         key = (id(owner), v)
-        if key in seen or not is_weight(info):  # TensorInfo has the dtype and shape is_weight reads
+        if key in seen or not is_weight(info):  # ValueInfo has the dtype and shape is_weight reads
             continue
         seen.add(key)
         total += info.numel or 0

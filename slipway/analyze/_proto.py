@@ -22,7 +22,7 @@ import onnx_ir as ir
 from slipway.analyze._wire import BIG_TENSOR_BYTES, read_model_bytes, tensor_nbytes
 from slipway.analyze.memory import captured_values
 from slipway.analyze.scopes import constant_weights
-from slipway.analyze.shapes import TensorInfo, dtype_of, graph_inputs
+from slipway.analyze.shapes import ValueInfo, dtype_of, graph_inputs
 from slipway.model import SOURCE_KEY, ModelLike, load
 
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
@@ -135,7 +135,7 @@ class ModelView:
     opsets: dict[str, int]
     inputs: list[tuple[str, ir.Shape | None]]
     outputs: list[str]
-    weights: dict[str, TensorInfo | None]
+    weights: dict[str, ValueInfo | None]
     nodes: list[NodeView]
     light: onnx.ModelProto
     # Declared (shape, dtype) of the named node outputs that the model declares at all.
@@ -211,15 +211,15 @@ def _from_proto(model: onnx.ModelProto, path: str | None, data: bytes | None) ->
 
 def _split_initializers(
     tensors,
-) -> tuple[dict[str, TensorInfo | None], list[onnx.TensorProto], list[onnx.TensorProto]]:
+) -> tuple[dict[str, ValueInfo | None], list[onnx.TensorProto], list[onnx.TensorProto]]:
     """Static info of every initializer, and the tensors small enough to hand to shape inference."""
-    weights: dict[str, TensorInfo | None] = {}
+    weights: dict[str, ValueInfo | None] = {}
     small, big = [], []
     for t in tensors:
         if not t.name:
             continue  # onnx_ir skips an initializer without a name
         dims = list(t.dims)
-        weights[t.name] = TensorInfo(tuple(dims), dtype_of(t.data_type))
+        weights[t.name] = ValueInfo(tuple(dims), dtype_of(t.data_type))
         if t.data_location == _EXTERNAL:
             nbytes = tensor_nbytes(dims, t.data_type)
         elif t.data_type == _STRING:
@@ -312,10 +312,10 @@ def _from_ir(model: ir.Model) -> ModelView:
     """The view of an ``onnx_ir`` model, which is left unchanged."""
     graph = model.graph
     light = _light_from_ir(model)
-    weights: dict[str, TensorInfo | None] = {}
+    weights: dict[str, ValueInfo | None] = {}
     for v in graph.initializers.values():
         t = v.const_value
-        weights[v.name] = None if t is None else TensorInfo(tuple(int(d) for d in t.shape.numpy()), t.dtype)
+        weights[v.name] = None if t is None else ValueInfo(tuple(int(d) for d in t.shape.numpy()), t.dtype)
     weights.update(constant_weights(light.graph.node))
     produced = {v.name: v for node in graph for v in node.outputs}
     constants = {v.name for v in (*graph.inputs, *produced.values()) if v.const_value is not None and v.name}

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slipway.analyze.scopes import trip_count
-from slipway.analyze.shapes import TensorInfo
+from slipway.analyze.shapes import ValueInfo
 from slipway.analyze.types import SubgraphCost
 
 if TYPE_CHECKING:
@@ -63,8 +63,8 @@ class Op:
     """What a formula sees: the node and the static info of its inputs and outputs."""
 
     node: NodeView
-    inputs: list[TensorInfo | None]  # None for an absent optional input
-    outputs: list[TensorInfo | None]
+    inputs: list[ValueInfo | None]  # None for an absent optional input
+    outputs: list[ValueInfo | None]
     # Control flow: the cost of each subgraph run once, by attribute name ("then_branch", "body").
     bodies: dict[str, SubgraphCost] = field(default_factory=dict)
     # The value of a small constant input (by value name), None when it is not a known constant.

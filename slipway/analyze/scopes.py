@@ -23,10 +23,10 @@ import onnx
 import onnx_ir as ir
 from onnx import numpy_helper
 
-from slipway.analyze.shapes import TensorInfo, dtype_of
+from slipway.analyze.shapes import ValueInfo, dtype_of
 
 SMALL = 1024  # elements: constants up to this size are computed and fed to shape inference
-UNKNOWN = TensorInfo(None, None)
+UNKNOWN = ValueInfo(None, None)
 _GRAPH = onnx.AttributeProto.GRAPH
 _TENSOR = onnx.AttributeProto.TENSOR
 _EXTERNAL = onnx.TensorProto.EXTERNAL
@@ -48,15 +48,15 @@ class Scope:
     graph) the If / Loop / Scan outputs the walk typed where ONNX inference could not.
     """
 
-    def __init__(self, graph: onnx.GraphProto, types: dict[str, TensorInfo], parent: Scope | None,
-                 opsets: dict[str, int], weights: dict[str, TensorInfo | None] | None = None) -> None:
+    def __init__(self, graph: onnx.GraphProto, types: dict[str, ValueInfo], parent: Scope | None,
+                 opsets: dict[str, int], weights: dict[str, ValueInfo | None] | None = None) -> None:
         self.graph = graph
         self.types = types
         self.parent = parent
         self.opsets = opsets
         self.weights = weights if weights is not None else subgraph_weights(graph)
         self.children: dict[int, dict[str, Scope]] = {}
-        self.improved: dict[str, TensorInfo] = {}
+        self.improved: dict[str, ValueInfo] = {}
         self.notes: list[str] = []
         self._producers = {o: n for n in graph.node for o in n.output if o}
         self._index = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
@@ -73,11 +73,11 @@ class Scope:
             scope = scope.parent
         return scope
 
-    def type_of(self, name: str) -> TensorInfo:
+    def type_of(self, name: str) -> ValueInfo:
         owner = self._owner(name)
         return owner.types.get(name, UNKNOWN) if owner is not None else UNKNOWN
 
-    def weight_of(self, name: str) -> tuple[Scope, TensorInfo | None] | None:
+    def weight_of(self, name: str) -> tuple[Scope, ValueInfo | None] | None:
         """(scope defining it, static info) of a weight (initializer or Constant tensor); None if not one."""
         owner = self._owner(name)
         if owner is None or name not in owner.weights:
@@ -170,7 +170,7 @@ class Scope:
                 if name:
                     self.types[name] = info
 
-    def _infer(self, node: onnx.NodeProto) -> list[TensorInfo]:
+    def _infer(self, node: onnx.NodeProto) -> list[ValueInfo]:
         unknown = [UNKNOWN] * len(node.output)
         if node.op_type == "Constant" and node.domain in _DEFAULT:
             return [constant_info(node)]
@@ -194,7 +194,7 @@ class Scope:
             return unknown
         return [_info(out.get(o)) for o in node.output]
 
-    def control_flow(self, i: int, node: onnx.NodeProto) -> list[TensorInfo]:
+    def control_flow(self, i: int, node: onnx.NodeProto) -> list[ValueInfo]:
         """Walk the subgraphs of the ``i``-th node (If / Loop / Scan) and type its outputs."""
         graphs = {a.name: a.g for a in node.attribute if a.type == _GRAPH}
         op = node.op_type if node.domain in _DEFAULT else ""
@@ -208,7 +208,7 @@ class Scope:
             outs = []
         return (outs + [UNKNOWN] * len(node.output))[: len(node.output)]
 
-    def _subgraph(self, graph: onnx.GraphProto, inputs: list[TensorInfo]) -> Scope:
+    def _subgraph(self, graph: onnx.GraphProto, inputs: list[ValueInfo]) -> Scope:
         given = (inputs + [UNKNOWN] * len(graph.input))[: len(graph.input)]
         types = {vi.name: _declared(vi, info) for vi, info in zip(graph.input, given, strict=True)}
         scope = Scope(graph, types, self, self.opsets)
@@ -218,7 +218,7 @@ class Scope:
         scope.walk()
         return scope
 
-    def _if(self, i: int, node: onnx.NodeProto, graphs: dict[str, onnx.GraphProto]) -> list[TensorInfo]:
+    def _if(self, i: int, node: onnx.NodeProto, graphs: dict[str, onnx.GraphProto]) -> list[ValueInfo]:
         children = {attr: self._subgraph(graphs[attr], []) for attr in ("then_branch", "else_branch")}
         self.children[i] = children
         outs = {attr: [c.type_of(o.name) for o in c.graph.output] for attr, c in children.items()}
@@ -227,9 +227,9 @@ class Scope:
             return outs["then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"]
         return [_merge(a, b) for a, b in zip(outs["then_branch"], outs["else_branch"], strict=False)]
 
-    def _loop(self, i: int, node: onnx.NodeProto, graph: onnx.GraphProto) -> list[TensorInfo]:
+    def _loop(self, i: int, node: onnx.NodeProto, graph: onnx.GraphProto) -> list[ValueInfo]:
         carried = [self.type_of(n) if n else UNKNOWN for n in node.input[2:]]
-        body = self._subgraph(graph, [TensorInfo((), ir.DataType.INT64), TensorInfo((), ir.DataType.BOOL), *carried])
+        body = self._subgraph(graph, [ValueInfo((), ir.DataType.INT64), ValueInfo((), ir.DataType.BOOL), *carried])
         self.children[i] = {"body": body}
         outs = [body.type_of(o.name) for o in graph.output][1:]
         after = (outs + [UNKNOWN] * len(carried))[: len(carried)]
@@ -239,7 +239,7 @@ class Scope:
         scans = [_stacked(o, trips, 0) for o in outs[len(carried):]]
         return [_merge(a, b) for a, b in zip(carried, after, strict=True)] + scans
 
-    def _scan(self, i: int, node: onnx.NodeProto, graph: onnx.GraphProto) -> list[TensorInfo]:
+    def _scan(self, i: int, node: onnx.NodeProto, graph: onnx.GraphProto) -> list[ValueInfo]:
         n_states = len(node.input) - _attr_int(node, "num_scan_inputs", 0)
         states = [self.type_of(n) for n in node.input[:n_states]]
         in_axes = _attr_ints(node, "scan_input_axes")
@@ -247,11 +247,11 @@ class Scope:
         for k, name in enumerate(node.input[n_states:]):
             info = self.type_of(name)
             if not info.shape:  # unknown (or a scalar, which cannot be scanned)
-                slices.append(TensorInfo(None, info.dtype))
+                slices.append(ValueInfo(None, info.dtype))
                 continue
             axis = (in_axes[k] if k < len(in_axes) else 0) % len(info.shape)
             length = info.shape[axis] if length is None else length
-            slices.append(TensorInfo(info.shape[:axis] + info.shape[axis + 1:], info.dtype))
+            slices.append(ValueInfo(info.shape[:axis] + info.shape[axis + 1:], info.dtype))
         body = self._subgraph(graph, [*states, *slices])
         self.children[i] = {"body": body}
         outs = [body.type_of(o.name) for o in graph.output]
@@ -260,8 +260,8 @@ class Scope:
         return [_merge(a, b) for a, b in zip(states, outs, strict=False)] + scans
 
 
-def main_scope(graph: onnx.GraphProto, table: dict[str, TensorInfo], opsets: dict[str, int],
-               weights: dict[str, TensorInfo | None], order: list[int]) -> Scope:
+def main_scope(graph: onnx.GraphProto, table: dict[str, ValueInfo], opsets: dict[str, int],
+               weights: dict[str, ValueInfo | None], order: list[int]) -> Scope:
     """The main graph's scope over the types ONNX inference gave it (``table``).
 
     The walk visits the nodes in run ``order``: it types the subgraphs of every If / Loop / Scan,
@@ -287,19 +287,19 @@ def main_scope(graph: onnx.GraphProto, table: dict[str, TensorInfo], opsets: dic
 # ---------------------------------------------------------------- tensors and types
 
 
-def subgraph_weights(graph: onnx.GraphProto) -> dict[str, TensorInfo | None]:
+def subgraph_weights(graph: onnx.GraphProto) -> dict[str, ValueInfo | None]:
     """Static info of a graph's initializers and of the tensors its Constant nodes hold."""
-    out: dict[str, TensorInfo | None] = {t.name: _tensor_info(t) for t in graph.initializer if t.name}
+    out: dict[str, ValueInfo | None] = {t.name: _tensor_info(t) for t in graph.initializer if t.name}
     out.update(constant_weights(graph.node))
     return out
 
 
-def constant_weights(nodes) -> dict[str, TensorInfo | None]:
+def constant_weights(nodes) -> dict[str, ValueInfo | None]:
     """Static info of the tensors Constant nodes hold in their ``value``: weights, like initializers.
 
     Exporters such as paddle2onnx store every weight this way; ``slipway info`` counts them too.
     """
-    out: dict[str, TensorInfo | None] = {}
+    out: dict[str, ValueInfo | None] = {}
     for node in nodes:
         if node.op_type != "Constant" or node.domain not in _DEFAULT or not node.output:
             continue
@@ -309,9 +309,9 @@ def constant_weights(nodes) -> dict[str, TensorInfo | None]:
     return out
 
 
-def _tensor_info(t: onnx.TensorProto) -> TensorInfo | None:
+def _tensor_info(t: onnx.TensorProto) -> ValueInfo | None:
     try:
-        return TensorInfo(tuple(t.dims), dtype_of(t.data_type))
+        return ValueInfo(tuple(t.dims), dtype_of(t.data_type))
     except ValueError:  # an element type this onnx_ir does not know
         return None
 
@@ -345,14 +345,14 @@ _CONSTANT_ATTRS = {
 }
 
 
-def constant_info(node: onnx.NodeProto) -> TensorInfo:
+def constant_info(node: onnx.NodeProto) -> ValueInfo:
     """Shape and type of a Constant node's output, read from its attribute."""
     for a in node.attribute:
         if a.name == "value" and a.type == _TENSOR:
             return _tensor_info(a.t) or UNKNOWN
         if a.name in _CONSTANT_ATTRS:
             dtype, field = _CONSTANT_ATTRS[a.name]
-            return TensorInfo(() if field is None else (len(getattr(a, field)),), dtype)
+            return ValueInfo(() if field is None else (len(getattr(a, field)),), dtype)
     return UNKNOWN
 
 
@@ -364,7 +364,7 @@ def trip_count(m: np.ndarray | None) -> int | None:
     return n if 0 <= n < MAX_TRIPS else None
 
 
-def _type_proto(info: TensorInfo) -> onnx.TypeProto:
+def _type_proto(info: ValueInfo) -> onnx.TypeProto:
     tp = onnx.TypeProto()
     tp.tensor_type.elem_type = int(info.dtype) if info.dtype is not None else 0
     if info.shape is not None:
@@ -374,7 +374,7 @@ def _type_proto(info: TensorInfo) -> onnx.TypeProto:
     return tp
 
 
-def _info(tp: onnx.TypeProto | None) -> TensorInfo:
+def _info(tp: onnx.TypeProto | None) -> ValueInfo:
     """Static info of an inferred type: a shape only when every dim is a known size."""
     if tp is None or not tp.HasField("tensor_type"):
         return UNKNOWN
@@ -384,11 +384,11 @@ def _info(tp: onnx.TypeProto | None) -> TensorInfo:
     except ValueError:
         dtype = None
     if not tt.HasField("shape") or not all(d.HasField("dim_value") and d.dim_value >= 0 for d in tt.shape.dim):
-        return TensorInfo(None, dtype)
-    return TensorInfo(tuple(d.dim_value for d in tt.shape.dim), dtype)
+        return ValueInfo(None, dtype)
+    return ValueInfo(tuple(d.dim_value for d in tt.shape.dim), dtype)
 
 
-def _declared(vi: onnx.ValueInfoProto, given: TensorInfo) -> TensorInfo:
+def _declared(vi: onnx.ValueInfoProto, given: ValueInfo) -> ValueInfo:
     """A subgraph input's info: what the enclosing node feeds it, else what the subgraph declares."""
     if given.shape is not None:
         return given
@@ -396,17 +396,17 @@ def _declared(vi: onnx.ValueInfoProto, given: TensorInfo) -> TensorInfo:
     return declared if declared.shape is not None or given.dtype is None else given
 
 
-def _merge(a: TensorInfo, b: TensorInfo) -> TensorInfo:
+def _merge(a: ValueInfo, b: ValueInfo) -> ValueInfo:
     """What a value is when it may be ``a`` or ``b``: equal infos stay, else the shape is unknown."""
-    return a if a == b else TensorInfo(None, a.dtype if a.dtype == b.dtype else (a.dtype or b.dtype))
+    return a if a == b else ValueInfo(None, a.dtype if a.dtype == b.dtype else (a.dtype or b.dtype))
 
 
-def _stacked(info: TensorInfo, length: int | None, axis: int) -> TensorInfo:
+def _stacked(info: ValueInfo, length: int | None, axis: int) -> ValueInfo:
     """A scan output: ``length`` per-iteration values ``info`` stacked along ``axis``."""
     if length is None or info.shape is None:
-        return TensorInfo(None, info.dtype)
+        return ValueInfo(None, info.dtype)
     axis %= len(info.shape) + 1
-    return TensorInfo((*info.shape[:axis], length, *info.shape[axis:]), info.dtype)
+    return ValueInfo((*info.shape[:axis], length, *info.shape[axis:]), info.dtype)
 
 
 def _has_graph(node: onnx.NodeProto) -> bool:

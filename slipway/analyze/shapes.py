@@ -47,8 +47,8 @@ def _bits(dtype: ir.DataType) -> int | None:
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """Static shape (None when unknown) and element type of one value."""
+class ValueInfo:
+    """Static shape (None when unknown) and element type of one value, as the analysis infers them."""
 
     shape: tuple[int, ...] | None
     dtype: ir.DataType | None
@@ -139,10 +139,10 @@ def _dims_text(dims: list) -> str:
     return "x".join(str(d if isinstance(d, int) else (d.value or "?")) for d in dims)
 
 
-def infer_static_shapes(view: ModelView, input_shapes: dict[str, list[int]]) -> dict[str, TensorInfo]:
+def infer_static_shapes(view: ModelView, input_shapes: dict[str, list[int]]) -> dict[str, ValueInfo]:
     """Run ONNX shape inference (with data propagation) at ``input_shapes``.
 
-    Returns a map from value name to :class:`TensorInfo` for every value of the main graph
+    Returns a map from value name to :class:`ValueInfo` for every value of the main graph
     (inputs, initializers, node outputs). Values that inference cannot reach (outputs of ops
     from other domains) take the shape the model declares for them, when it is static at
     these inputs, and inference runs again from there. What it still cannot type is left to
@@ -174,7 +174,7 @@ def infer_static_shapes(view: ModelView, input_shapes: dict[str, list[int]]) -> 
     return table
 
 
-def _declare(proto: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
+def _declare(proto: onnx.ModelProto, infos: dict[str, ValueInfo]) -> None:
     """Declare these static shapes for inference to start from: on the graph output, else in value_info."""
     outputs = {vi.name: vi for vi in proto.graph.output}
     for name, info in infos.items():
@@ -187,13 +187,13 @@ def _declare(proto: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
             proto.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(info.shape or ())))
 
 
-def _infer(proto: onnx.ModelProto, shown: str, skip: set[str]) -> dict[str, TensorInfo]:
+def _infer(proto: onnx.ModelProto, shown: str, skip: set[str]) -> dict[str, ValueInfo]:
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UserError(f"shape inference failed at input shapes {shown}: {first}") from None
-    table: dict[str, TensorInfo] = {}
+    table: dict[str, ValueInfo] = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         name = vi.name
@@ -203,8 +203,8 @@ def _infer(proto: onnx.ModelProto, shown: str, skip: set[str]) -> dict[str, Tens
 
 
 def _declared_shapes(
-    view: ModelView, input_shapes: dict[str, list[int]], table: dict[str, TensorInfo]
-) -> dict[str, TensorInfo]:
+    view: ModelView, input_shapes: dict[str, list[int]], table: dict[str, ValueInfo]
+) -> dict[str, ValueInfo]:
     """Shapes the model itself declares for node outputs inference left unknown, input dim names substituted.
 
     The fallback for values ONNX inference cannot reach (outputs of ops from other domains,
@@ -219,13 +219,13 @@ def _declared_shapes(
         for d, size in zip(shape or [], input_shapes[name], strict=False):
             if not isinstance(d, int) and d.value:
                 names[d.value] = size
-    out: dict[str, TensorInfo] = {}
+    out: dict[str, ValueInfo] = {}
     for name, (shape, dtype) in view.declared(unknown).items():
         if shape is None:
             continue
         dims = [d if _fixed(d) else names.get(getattr(d, "value", None) or "") for d in shape]
         if all(isinstance(d, int) for d in dims):
-            out[name] = TensorInfo(tuple(dims), dtype)
+            out[name] = ValueInfo(tuple(dims), dtype)
     return out
 
 
@@ -236,20 +236,20 @@ def _set_dims(vi: onnx.ValueInfoProto, dims: list[int]) -> None:
         shape.dim.add().dim_value = int(d)
 
 
-def _info_from_proto(vi: onnx.ValueInfoProto, shown: str) -> TensorInfo:
+def _info_from_proto(vi: onnx.ValueInfoProto, shown: str) -> ValueInfo:
     """Static info of an inferred value; raises UserError for a negative dim."""
     t = vi.type.tensor_type
     dtype = dtype_of(t.elem_type) if t.elem_type else None
     if not t.HasField("shape"):
-        return TensorInfo(None, dtype)
+        return ValueInfo(None, dtype)
     dim_protos = t.shape.dim
     values = [d.dim_value for d in dim_protos]
     if all(v > 0 for v in values):  # the common case: every dim a known size (an unset one reads 0)
-        return TensorInfo(tuple(values), dtype)
+        return ValueInfo(tuple(values), dtype)
     dims = [d.dim_value for d in dim_protos if d.HasField("dim_value")]
     if any(d < 0 for d in dims):
         raise UserError(
             f"at input shapes {shown} value {vi.name!r} would get a negative dim {dims}: the input is too "
             "small for the model"
         )
-    return TensorInfo(tuple(dims) if len(dims) == len(values) else None, dtype)
+    return ValueInfo(tuple(dims) if len(dims) == len(values) else None, dtype)

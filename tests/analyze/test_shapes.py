@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from slipway.analyze._proto import model_view
-from slipway.analyze.shapes import TensorInfo, graph_inputs, infer_static_shapes, resolve_input_shapes
+from slipway.analyze.shapes import ValueInfo, graph_inputs, infer_static_shapes, resolve_input_shapes
 from slipway.errors import UserError
 
 
@@ -55,9 +55,9 @@ def test_a_negative_declared_dim_is_dynamic():
 def test_intermediate_shapes_follow_the_input_shapes_not_the_declared_ones():
     view = model_view(_conv_model(["N", 3, "H", "W"], [1, 8, 5, 5]))  # a stale declared output shape
     table = infer_static_shapes(view, {"x": [2, 3, 20, 24]})
-    assert table["c"] == TensorInfo((2, 8, 20, 24), ir.DataType.FLOAT)
+    assert table["c"] == ValueInfo((2, 8, 20, 24), ir.DataType.FLOAT)
     assert table["y"].shape == (2, 8, 20, 24)
-    assert table["w"] == TensorInfo((8, 3, 3, 3), ir.DataType.FLOAT)
+    assert table["w"] == ValueInfo((8, 3, 3, 3), ir.DataType.FLOAT)
 
 
 def test_shapes_computed_in_the_graph_are_propagated():
@@ -99,12 +99,12 @@ def test_outputs_of_unknown_domain_ops_take_their_declared_shape_with_input_dims
 
 
 def test_tensor_info_sizes():
-    assert TensorInfo((2, 3), ir.DataType.FLOAT).numel == 6
-    assert TensorInfo((2, 3), ir.DataType.FLOAT).nbytes == 24
-    assert TensorInfo((3, 3), ir.DataType.INT4).nbytes == 5  # 36 bits rounded up to whole bytes
-    assert TensorInfo((), ir.DataType.FLOAT16).nbytes == 2  # a scalar holds one element
-    assert TensorInfo((4,), ir.DataType.STRING).nbytes is None
-    assert TensorInfo(None, ir.DataType.FLOAT).numel is None
+    assert ValueInfo((2, 3), ir.DataType.FLOAT).numel == 6
+    assert ValueInfo((2, 3), ir.DataType.FLOAT).nbytes == 24
+    assert ValueInfo((3, 3), ir.DataType.INT4).nbytes == 5  # 36 bits rounded up to whole bytes
+    assert ValueInfo((), ir.DataType.FLOAT16).nbytes == 2  # a scalar holds one element
+    assert ValueInfo((4,), ir.DataType.STRING).nbytes is None
+    assert ValueInfo(None, ir.DataType.FLOAT).numel is None
 
 
 def test_graph_inputs_leave_out_initializers_listed_as_inputs():
