@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from slipway.analyze.machine import cpu_count, cpu_model, default_threads
+from slipway.analyze.machine import cpu_model, default_threads
+from slipway.cpus import usable_cpus
 from slipway.model import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -97,7 +98,7 @@ def machine() -> dict[str, Any]:
         load = []
     return {
         "cpu": cpu_model(),
-        "logical_cpus": cpu_count(),
+        "logical_cpus": usable_cpus(),
         "physical_cores": default_threads(),
         "os": f"{platform.system()} {platform.release()}",
         "load_average_1_5_15m": load,

@@ -67,12 +67,7 @@ def load(path: str | os.PathLike, *, validate: bool = True, infer_shapes: bool =
     if model.graph is None or (len(model.graph) == 0 and not model.graph.outputs and not model.graph.inputs):
         raise UserError(f"{p} is not an ONNX model: it has no graph (truncated file or another format)")
     check_external_data(model, p)
-    model.meta[SOURCE_KEY] = str(p.resolve())
-    from slipway.settings import META_KEY, read_settings
-
-    tuned = read_settings(p)
-    if tuned is not None:
-        model.meta[META_KEY] = tuned  # applied by slipway.backends.load and the server
+    model.meta[SOURCE_KEY] = str(p.resolve())  # also where slipway.backends finds MODEL.tune.json
     if validate:
         check(model, where=str(p))
     if infer_shapes:

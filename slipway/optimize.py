@@ -8,7 +8,7 @@ The pipeline, in order:
 2. **verify** - the result is compared with the input in onnxruntime (its optimizations off) at
    two or more batch sizes when dims are dynamic; a mismatch raises and nothing is written;
 3. **never slower** - the result and the input are timed alternately on the target engine with
-   its own optimizations on. If the result is slower, it is rebuilt without the "risky" passes
+   its own optimizations on (:mod:`slipway.perf.ab`). If the result is slower, it is rebuilt without the "risky" passes
    (layout and op-choice rewrites whose effect depends on the engine); if that is still slower,
    the input is kept. The latencies and the decision are reported;
 4. **write** - the verification and the pass counts go into ``metadata_props`` and the model is
@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from slipway.convert import verify as v
-from slipway.convert.probe import Plan, plan_inputs
+from slipway import verify as v
 from slipway.errors import UserError
 from slipway.model import ModelLike, as_model, check_output
 from slipway.passes import manager as pm
+from slipway.perf.ab import SIGN_TEST_SHARE, TARGETS, Speed, latency, latency_compare
+from slipway.verify.probe import Plan, plan_inputs
 
-__all__ = ["OptimizeResult", "Speed", "optimize", "latency_pair", "latency_compare", "latency_ratio", "TARGETS"]
+__all__ = ["OptimizeResult", "optimize", "TARGETS"]
 
-TARGETS = {"ort": "ort", "openvino": "openvino"}  # --target -> backend table name
 
 
 @dataclass
@@ -115,7 +115,7 @@ def optimize(
 
     Verification and timing run on ``data`` (arrays or an ``.npz`` file), else at ``shapes``
     (``{input: dims}``), else at ``dim_sizes[name]`` for the dynamic dims, else at sizes derived
-    from the model (:func:`slipway.convert.probe.plan_inputs`), plus a second batch size where
+    from the model (:func:`slipway.verify.probe.plan_inputs`), plus a second batch size where
     the batch dim is dynamic.
     Tolerances default to atol 1e-4 / rtol 1e-3, and for a quantized (Q/DQ) model to 1e-3 / 2e-2:
     re-quantizing a folded weight may move an output by one quantization step.
@@ -152,7 +152,7 @@ def optimize(
     result = OptimizeResult(candidate, None, count_nodes(source), count_nodes(candidate), verification, report,
                             explain=why)
     if speed_check and not any(r.total for r in report.records.values()):
-        result.latency_before_ms = result.latency_after_ms = latency(source, target, feeds=plan.first)
+        result.latency_before_ms = result.latency_after_ms = latency(source, TARGETS[target], feeds=plan.first)
         result.decision = "nothing to change"
     elif speed_check:
         timing = Timing(target, plan.first, speed_tolerance, speed_budget_s)
@@ -200,20 +200,12 @@ class Timing:
     budget_s: float
 
     def pair(self, a: ir.Model, b: ir.Model) -> Speed:
-        return latency_compare(a, b, self.target, self.budget_s, None, self.feeds)
+        return latency_compare(a, b, TARGETS[self.target], self.budget_s, None, self.feeds)
 
     def slower(self, speed: Speed) -> bool:
         """B is slower than A: its median is past the tolerance AND it lost most paired blocks (a sign
         test), so machine noise - which makes either side lose about half the blocks - keeps B."""
-        return speed.b_ms > speed.a_ms * (1 + self.tolerance) and speed.b_slower_share >= 0.7
-
-
-@dataclass
-class Speed:
-    a_ms: float  # median of per-block medians
-    b_ms: float
-    b_slower_share: float  # share of paired blocks where b's median was above a's
-    blocks: int
+        return speed.slower(self.tolerance, SIGN_TEST_SHARE)
 
 
 def _never_slower(result: OptimizeResult, source: ir.Model, chosen: list, run: Callable, timing: Timing,
@@ -245,81 +237,6 @@ def _never_slower(result: OptimizeResult, source: ir.Model, chosen: list, run: C
     result.dropped = [name for name, r in result.passes.records.items() if r.total]
     result.decision = (f"input kept: the optimized model was slower on {target} ({after:.3f} ms vs {before:.3f} ms, "
                        f"slower in {100 * speed.b_slower_share:.0f}% of {speed.blocks} paired blocks)")
-
-
-def _feeds(model: ir.Model, dim_sizes: Mapping[str, Sequence[int]] | None, feeds: v.Feeds | None = None) -> v.Feeds:
-    if feeds is not None:
-        return feeds
-    specs = v.input_specs(model)
-    sizes = v.plan_sizes(specs, [1], dim_sizes)[0]
-    return v.random_feeds(specs, sizes, np.random.default_rng(0))
-
-
-def latency(model: ir.Model, target: str = "ort", dim_sizes: Mapping[str, Sequence[int]] | None = None,
-            budget_s: float = 1.0, feeds: v.Feeds | None = None) -> float:
-    """Median latency (ms) of ``model`` on ``feeds`` (default: batch 1 at ``dim_sizes``) on ``target``."""
-    from slipway import backends
-
-    feeds = _feeds(model, dim_sizes, feeds)
-    s = backends.load(model, TARGETS[target])
-    try:
-        return latency_ratio(lambda: s.run(feeds), lambda: s.run(feeds), budget_s).a_ms
-    finally:
-        s.close()
-
-
-def latency_pair(a: ir.Model, b: ir.Model, target: str = "ort", budget_s: float = 2.0,
-                 dim_sizes: Mapping[str, Sequence[int]] | None = None,
-                 feeds: v.Feeds | None = None) -> tuple[float, float]:
-    """Median latency (ms) of ``a`` and ``b`` on ``feeds`` (default: batch 1) on ``target``, timed in
-    alternating blocks so that drift in machine load hits both alike."""
-    speed = latency_compare(a, b, target, budget_s, dim_sizes, feeds)
-    return speed.a_ms, speed.b_ms
-
-
-def latency_compare(a: ir.Model, b: ir.Model, target: str = "ort", budget_s: float = 2.0,
-                    dim_sizes: Mapping[str, Sequence[int]] | None = None, feeds: v.Feeds | None = None) -> Speed:
-    """:func:`latency_pair` with the paired-block statistics."""
-    from slipway import backends
-
-    feeds = _feeds(a, dim_sizes, feeds)
-    sa = backends.load(a, TARGETS[target])
-    sb = backends.load(b, TARGETS[target])
-    try:
-        return latency_ratio(lambda: sa.run(feeds), lambda: sb.run(feeds), budget_s)
-    finally:
-        sa.close()
-        sb.close()
-
-
-def latency_ratio(fa: Callable[[], object], fb: Callable[[], object], budget_s: float) -> Speed:
-    """Alternate blocks of ``fa`` and ``fb`` calls (the order flips every round); the medians of
-    per-block medians in ms, and in how many paired blocks ``fb`` was the slower."""
-    for f in (fa, fb, fa, fb):  # warm-up
-        f()
-    t = time.perf_counter()
-    fa()
-    once = max(time.perf_counter() - t, 1e-6)
-    per_round = max(3, min(50, int(0.05 / once)))
-    rounds = max(7, int(budget_s / (2 * (per_round + 2) * once)))
-    ma: list[float] = []
-    mb: list[float] = []
-    start = time.perf_counter()
-    for r in range(rounds):
-        if r >= 7 and r % 2 == 0 and time.perf_counter() - start > budget_s:
-            break  # the estimate from one call was too low (timer and median overheads)
-        order = (fa, fb) if r % 2 == 0 else (fb, fa)
-        for f in order:
-            f()  # untimed: the other session's spinning worker threads are not charged to this one
-            f()
-            samples = []
-            for _ in range(per_round):
-                t = time.perf_counter()
-                f()
-                samples.append(time.perf_counter() - t)
-            (ma if f is fa else mb).append(float(np.median(samples)))
-    share = float(np.mean([b > a for a, b in zip(ma, mb, strict=True)]))
-    return Speed(float(np.median(ma)) * 1e3, float(np.median(mb)) * 1e3, share, len(ma))
 
 
 def _metadata(result: OptimizeResult, target: str) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 It names the backend, its options (threads, precision, engine settings), the batch size and
 concurrency that won, and the SHA-256 of the model file it was measured on: settings written for
-another version of the model are ignored, so stale settings never apply. :func:`slipway.load`
-attaches them to the model it returns; :func:`slipway.backends.load` and the server apply them.
+another version of the model are ignored, so stale settings never apply. They are applied in one
+place, explicitly, by the engine loader: :func:`slipway.backends.choose` (used by
+:func:`slipway.backends.load` and by the server) reads them beside a model path, or beside the
+file a model returned by :func:`slipway.load` was read from; ``slipway.load`` itself never reads them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 __all__ = ["SUFFIX", "settings_path", "digest", "read_settings"]
 
 SUFFIX = ".tune.json"
-META_KEY = "slipway.tune"  # where slipway.load() keeps them in model.meta
 
 
 def settings_path(model_path: str | os.PathLike) -> Path:

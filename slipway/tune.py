@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from slipway import backends as engines
-from slipway.convert import verify as v
+from slipway import verify as v
+from slipway.cpus import usable_cpus
 from slipway.errors import UserError
 from slipway.model import as_model, atomic_write_text
 from slipway.perf.feeds import make_feeds, model_batch
@@ -224,7 +225,7 @@ class _Search:
         self.max_latency_ms, self.seconds, self.progress = max_latency_ms, seconds, progress
         self.all: list[Candidate] = []
         self.seen: dict[str, Candidate] = {}
-        self.cores = os.cpu_count() or 1
+        self.cores = usable_cpus()
 
     def score(self, c: Candidate) -> float:
         if c.p50_ms is None:

@@ -13,7 +13,8 @@ from onnx import helper
 from slipway import optimize as opt_module
 from slipway.cli import main
 from slipway.errors import UserError
-from slipway.optimize import latency_ratio, optimize
+from slipway.optimize import optimize
+from slipway.perf.ab import latency_ratio
 from tests.passes.util import make, op_types, run, tensor
 
 

@@ -24,6 +24,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from slipway.analyze.types import MachinePeaks
+from slipway.backends.ort import ort_session
+from slipway.cpus import usable_cpus as cpu_count  # THE CPU rule (affinity and cgroup quota)
 from slipway.model import atomic_write_text
 
 # /proc/cpuinfo flags we report (x86 and ARM spellings).
@@ -91,14 +93,6 @@ def cpu_model(text: str | None = None) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def cpu_count() -> int:
-    """Logical CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def default_threads(text: str | None = None) -> int:
     """Intra-op threads onnxruntime uses by default: physical cores (capped by the CPUs we may use)."""
     text = cpuinfo_text() if text is None else text
@@ -150,11 +144,7 @@ def int8_isa(features: dict[str, bool]) -> tuple[str, bool]:
 
 
 def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_session(model, threads=threads, inter_threads=1)
 
 
 def _model(nodes: list, inputs: list, outputs: list, inits: list) -> onnx.ModelProto:

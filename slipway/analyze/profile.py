@@ -14,11 +14,13 @@ around a fused Gemm) are reported as engine nodes with their time, not dropped.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import json
 import re
 import statistics
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +30,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from slipway.analyze import roofline
+from slipway.analyze.machine import default_threads, peaks
 from slipway.analyze.types import Analysis, MachinePeaks, NodeCost
+from slipway.backends.ort import ort_session
 from slipway.errors import UserError
-from slipway.model import ModelLike, as_model, save
+from slipway.model import ModelLike, as_model
+from slipway.verify.inputs import SMALL, InputSpec, random_array
+from slipway.verify.probe import with_value_hints
 
 # Ops that only move or relabel data. When onnxruntime adds one (a name not in the original
 # model), its output stands for the same original tensor as its input.
@@ -79,16 +85,14 @@ def profile(
         raise UserError(f"--runs must be at least 1, got {runs}")
     if warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {warmup}")
-    from slipway.analyze.machine import default_threads, peaks
-
     threads = threads or default_threads()
     machine = machine or peaks(threads=threads)
     m = as_model(model)
     result = copy.deepcopy(analysis)
     with tempfile.TemporaryDirectory(prefix="slipway-profile-") as tmp:
-        path = _write_named(m, result, Path(tmp) / "model.onnx")
         feeds = random_feeds(m, result.input_shapes)
-        trace, optimized = _run_profiled(path, feeds, runs + warmup, threads, Path(tmp))
+        with _named(m, result):
+            trace, optimized = _run_profiled(m, feeds, runs + warmup, threads, Path(tmp))
         events = json.loads(Path(trace).read_text())
         opt = onnx.load(str(optimized), load_external_data=False)
     executed = [ExecutedNode(n.name, n.op_type, n.domain, list(n.input), list(n.output)) for n in opt.graph.node]
@@ -101,8 +105,10 @@ def profile(
     return result
 
 
-def _write_named(m: ir.Model, analysis: Analysis, path: Path) -> Path:
-    """Save ``m`` with every top-level node named as in the analysis (unique, never empty)."""
+@contextlib.contextmanager
+def _named(m: ir.Model, analysis: Analysis) -> Iterator[ir.Model]:
+    """``m`` with every top-level node named as in the analysis (unique, never empty) while the
+    context lasts; the original names are put back after."""
     by_output = {_first(n.outputs): n.name for n in analysis.nodes if _first(n.outputs)}
     original: list[tuple[ir.Node, str | None]] = []
     used: set[str] = set()
@@ -115,7 +121,7 @@ def _write_named(m: ir.Model, analysis: Analysis, path: Path) -> Path:
         original.append((node, node.name))
         node.name = want
     try:
-        return save(m, path, external_data=True)
+        yield m
     finally:
         for node, name in original:
             node.name = name
@@ -126,8 +132,12 @@ def _first(names: list[str]) -> str | None:
 
 
 def random_feeds(m: ir.Model, shapes: dict[str, list[int]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs at ``shapes`` (or the model's static dims): floats in [-1, 1), ints in [0, 4), bools."""
+    """Random inputs at ``shapes`` (or the model's static dims), drawn by
+    :func:`slipway.verify.inputs.random_array` with its :data:`~slipway.verify.inputs.SMALL`
+    distribution: floats in [-1, 1), ints in [0, 4) (in range of the table an input indexes through
+    ``Gather``, or the constant the graph compares it with), bools."""
     rng = np.random.default_rng(seed)
+    hints = {s.name: s.example for s in with_value_hints(m, _specs(m))}
     feeds = {}
     for v in m.graph.inputs:
         if v.name in m.graph.initializers:
@@ -140,29 +150,23 @@ def random_feeds(m: ir.Model, shapes: dict[str, list[int]], seed: int = 0) -> di
             shape = dims
         if v.dtype is None or v.dtype == ir.DataType.STRING:
             raise UserError(f"input {v.name!r} has dtype {v.dtype}; profiling needs numeric inputs")
-        dtype = v.dtype.numpy()
-        if np.issubdtype(dtype, np.floating):
-            arr = rng.uniform(-1.0, 1.0, shape).astype(dtype)
-        elif dtype == np.bool_:
-            arr = rng.random(shape) < 0.5
-        else:
-            arr = rng.integers(0, 4, shape).astype(dtype)
-        feeds[v.name] = arr
+        feeds[v.name] = random_array(shape, v.dtype.numpy(), rng, hints.get(v.name), SMALL)
     return feeds
 
 
-def _run_profiled(path: Path, feeds: dict, total_runs: int, threads: int, tmp: Path) -> tuple[str, Path]:
+def _specs(m: ir.Model) -> list[InputSpec]:
+    """The integer inputs' specs (what value hints apply to); inputs without a dtype are skipped."""
+    return [InputSpec(v.name, [], np.dtype(v.dtype.numpy()))
+            for v in m.graph.inputs if v.name not in m.graph.initializers and v.dtype is not None
+            and v.dtype != ir.DataType.STRING and np.issubdtype(v.dtype.numpy(), np.integer)]
+
+
+def _run_profiled(m: ir.Model, feeds: dict, total_runs: int, threads: int, tmp: Path) -> tuple[str, Path]:
     """Run ``total_runs`` times with profiling and ORT_ENABLE_ALL; return the trace and optimized model paths."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.enable_profiling = True
-    so.profile_file_prefix = str(tmp / "trace")
-    so.optimized_model_filepath = str(tmp / "optimized.onnx")
-    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
-    so.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(m, optimization="all", threads=threads, profile_prefix=tmp / "trace",
+                           optimized_path=tmp / "optimized.onnx", raw_errors=True,
+                           config={"session.optimized_model_external_initializers_file_name": "optimized.data"})
         for _ in range(total_runs):
             sess.run(None, feeds)
     except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError, ValueError) as e:

@@ -1,74 +1,189 @@
-"""Engines behind one small interface (see :mod:`slipway.backends.base`).
+"""Engines behind one small interface (see :mod:`slipway.backends.base`), and THE engine registry.
 
-``get("ort")`` returns a backend object; the table maps names to ``module:attribute`` strings so
-an engine's library (OpenVINO, CUDA, TensorRT) is imported only when that engine is chosen.
+Adding an engine is one :func:`register` call below: its name, the ``module:attribute`` of its
+:class:`Backend` object (imported only when the engine is chosen, so OpenVINO, CUDA or TensorRT
+load only when used) and how it is served. ``slipway bench``, ``compare``, ``tune`` and
+``optimize`` see every engine that runs ONNX models (:data:`BACKENDS`); ``slipway serve`` maps a
+config.pbtxt ``backend:`` / ``platform:`` to an engine with :func:`served_by`, picks its GPU
+variant for ``KIND_GPU`` instances, looks for its model files and converts Triton's config
+parameters with the registration, so the server names no engine itself.
+
+Tuned settings (``MODEL.tune.json``, written by ``slipway tune``) are applied here, explicitly and
+by one rule: :func:`choose`, used by :func:`load` and by the server.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import import_module
+from typing import Any
 
 from slipway.backends.base import Backend, Options, Session, TensorInfo
 from slipway.errors import UserError
 
-__all__ = ["Backend", "Options", "Session", "TensorInfo", "BACKENDS", "get", "load", "available", "tuned_settings"]
+__all__ = [
+    "Backend", "Options", "Session", "TensorInfo", "Engine", "ENGINES", "BACKENDS", "register", "registration",
+    "served_by", "get", "load", "available", "tuned_settings", "Choice", "choose",
+]
 
-BACKENDS: dict[str, str] = {
-    "ort": "slipway.backends.ort:CPU",
-    "ort-cuda": "slipway.backends.ort:CUDA",
-    "ort-tensorrt": "slipway.backends.ort:TENSORRT",
-    "openvino": "slipway.backends.openvino:CPU",
-    "openvino-gpu": "slipway.backends.openvino:GPU",
+
+@dataclass(frozen=True)
+class Engine:
+    """One registered engine: what every command needs to know to offer it, and the server to serve it."""
+
+    name: str  # table name: --backend, MODEL.tune.json, config parameter "backend"
+    target: str  # "module:attribute" of the Backend object, imported on first use
+    family: str = ""  # engines of one family run one config.pbtxt backend (ort, ort-cuda, ort-tensorrt)
+    device: str = "cpu"  # cpu | gpu: which instance_group kind it serves (KIND_CPU / KIND_GPU)
+    triton: tuple[str, str] | None = None  # (config.pbtxt backend, platform) the family's CPU engine serves
+    files: tuple[str, ...] = ("model.onnx",)  # model file names in a version directory, preferred first
+    onnx: bool = True  # runs ONNX models: bench, tune, compare and optimize offer it
+    runs_code: bool = False  # loading runs user code: the server needs --allow-python-models
+    declared_io: bool = False  # nothing to read inputs/outputs from: config.pbtxt must declare them
+    bytes_as_text: bool = True  # BYTES inputs reach it as str (ONNX strings), else as bytes
+    # Triton backend parameter -> (Options setting, converter), understood in config.pbtxt parameters
+    parameters: Mapping[str, tuple[str, Callable[[str], Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.name.split("-")[0])
+
+
+ENGINES: dict[str, Engine] = {}
+BACKENDS: dict[str, str] = {}  # engines that run ONNX models: name -> "module:attribute" (bench, tune, compare)
+
+
+def register(engine: Engine) -> Engine:
+    """Add ``engine`` to the registry (every command sees it: see the module docstring)."""
+    if engine.name in ENGINES:
+        raise ValueError(f"engine {engine.name!r} is registered twice")
+    ENGINES[engine.name] = engine
+    if engine.onnx:
+        BACKENDS[engine.name] = engine.target
+    return engine
+
+
+def _flag(value: str) -> bool:
+    return str(value).lower() in ("1", "true")
+
+
+_ORT_PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {  # Triton's onnxruntime backend parameters
+    "inter_op_thread_count": ("inter_op_threads", int),
+    "execution_mode": ("execution_mode", lambda v: "parallel" if str(v) == "1" else "sequential"),
+    "enable_mem_arena": ("arena", _flag),
+    "enable_mem_pattern": ("mem_pattern", _flag),
 }
+
+register(Engine("ort", "slipway.backends.ort:CPU", triton=("onnxruntime", "onnxruntime_onnx"),
+                parameters=_ORT_PARAMETERS))
+register(Engine("ort-cuda", "slipway.backends.ort:CUDA", device="gpu", parameters=_ORT_PARAMETERS))
+register(Engine("ort-tensorrt", "slipway.backends.ort:TENSORRT", device="gpu", parameters=_ORT_PARAMETERS))
+register(Engine("openvino", "slipway.backends.openvino:CPU", triton=("openvino", "openvino"),
+                files=("model.onnx", "model.xml")))
+register(Engine("openvino-gpu", "slipway.backends.openvino:GPU", device="gpu", files=("model.onnx", "model.xml")))
+register(Engine("python", "slipway.backends.python:PYTHON", triton=("python", ""), files=("model.py",), onnx=False,
+                runs_code=True, declared_io=True, bytes_as_text=False))
+
+
+def registration(name: str) -> Engine:
+    engine = ENGINES.get(name)
+    if engine is None:
+        raise UserError(f"unknown backend {name!r} (choose from {', '.join(ENGINES)})")
+    return engine
+
+
+def served_by(triton_backend: str, device: str = "cpu") -> Engine | None:
+    """The engine serving a config.pbtxt ``backend:`` on ``device`` (the family's first such engine)."""
+    family = next((e.family for e in ENGINES.values() if e.triton and e.triton[0] == triton_backend), None)
+    if family is None:
+        return None
+    return next((e for e in ENGINES.values() if e.family == family and e.device == device), None)
 
 
 def get(name: str) -> Backend:
-    """The backend called ``name`` (a key of :data:`BACKENDS`)."""
-    target = BACKENDS.get(name)
-    if target is None:
-        raise UserError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
-    module, attr = target.split(":")
+    """The backend called ``name`` (a key of :data:`ENGINES`)."""
+    module, attr = registration(name).target.split(":")
     return getattr(import_module(module), attr)
+
+
+# ---------------------------------------------------------------------------------------------
+# tuned settings + explicit choices: one rule
+
+
+@dataclass
+class Choice:
+    backend: str
+    options: Options
+    tuned: bool  # options come from MODEL.tune.json
+
+
+def choose(model: Any, backend: str | None = None, options: Options | None = None, *,
+           family: str | None = None, device: str | None = None, tuned: bool = True) -> Choice:
+    """The engine and options to run ``model`` with: THE rule merging tuned settings with explicit choices.
+
+    The settings ``slipway tune`` wrote beside the model (:func:`tuned_settings`) apply when
+    ``tuned`` and they name an engine the caller accepts: ``backend`` itself when given, else one of
+    ``family`` on ``device`` when given (the server: config.pbtxt's backend and instance kind), else
+    any. Their engine is used when ``backend`` is None, their options when ``options`` is None.
+    Without usable settings: ``backend``, else the family's engine on ``device``, else "ort".
+    """
+    settings = tuned_settings(model) if tuned and (backend is None or options is None) else None
+    if settings is not None and not _accepts(settings["backend"], backend, family, device):
+        settings = None
+    if settings is not None:
+        return Choice(backend or settings["backend"],
+                      options if options is not None else Options(**settings["options"]), options is None)
+    if backend is None and family is not None:
+        backend = next((e.name for e in ENGINES.values() if e.family == family and e.device == (device or "cpu")),
+                       None)
+    return Choice(backend or "ort", options if options is not None else Options(), False)
+
+
+def _accepts(tuned: str, backend: str | None, family: str | None, device: str | None) -> bool:
+    engine = ENGINES.get(tuned)
+    if engine is None:
+        return False
+    if backend is not None:
+        return tuned == backend
+    return (family is None or engine.family == family) and (device is None or engine.device == device)
 
 
 def load(model, backend: str | None = "ort", options: Options | None = None) -> Session:
     """One session of ``model`` on ``backend``; raises a one-line UserError if it cannot run here.
 
     With ``backend=None`` the settings ``slipway tune`` wrote beside the model (``MODEL.tune.json``,
-    found from a path or from a model returned by :func:`slipway.load`) choose the backend and,
-    unless ``options`` is given, its options; without such a file it is onnxruntime on CPU.
+    found from a path or from the file a model returned by :func:`slipway.load` was read from)
+    choose the backend and, unless ``options`` is given, its options (:func:`choose`); without such
+    a file it is onnxruntime on CPU.
     """
-    if backend is None or options is None:
-        tuned = tuned_settings(model)
-        if tuned is not None and backend in (None, tuned["backend"]):
-            backend = tuned["backend"]
-            if options is None:
-                options = Options(**tuned["options"])
-    backend = backend or "ort"
-    b = get(backend)
+    choice = choose(model, backend, options)
+    b = get(choice.backend)
     why = b.available()
     if why:
-        raise UserError(f"backend {backend!r} is not available: {why}")
-    session = b.load(model, options)[0]
-    session.options = options or Options()
+        raise UserError(f"backend {choice.backend!r} is not available: {why}")
+    session = b.load(model, options if options is not None else (choice.options if choice.tuned else None))[0]
+    session.options = choice.options
     return session
 
 
 def tuned_settings(model) -> dict | None:
-    """The tuned settings for ``model``: from ``MODEL.tune.json`` beside a path, or attached by
-    :func:`slipway.load` to a loaded model; None when there are none (or they are stale)."""
-    import os
-
-    from slipway.settings import META_KEY, read_settings
+    """The tuned settings for ``model``: ``MODEL.tune.json`` beside a path, or beside the file a model
+    returned by :func:`slipway.load` came from; None when there are none (or they are stale)."""
+    from slipway.model import SOURCE_KEY
+    from slipway.settings import read_settings
 
     if isinstance(model, (str, os.PathLike)):
-        return read_settings(model)
-    meta = getattr(model, "meta", None)
-    return meta.get(META_KEY) if meta is not None else None
+        path = model
+    else:
+        meta = getattr(model, "meta", None)
+        path = meta.get(SOURCE_KEY) if meta is not None else None
+    return read_settings(path) if path else None
 
 
 def available() -> dict[str, str | None]:
-    """Every backend name -> None if usable here, else why not."""
+    """Every engine that runs ONNX models -> None if usable here, else why not."""
     out: dict[str, str | None] = {}
     for name in BACKENDS:
         try:

@@ -30,6 +30,7 @@ import onnx
 import onnx_ir as ir
 
 from slipway.errors import UserError, one_line
+from slipway.model import save
 
 __all__ = [
     "TensorInfo", "Options", "Session", "Backend", "PRECISIONS",
@@ -173,8 +174,8 @@ def _ir_bytes(model: ir.Model) -> int:
 
 @contextmanager
 def _temp_file(model: ir.Model) -> Iterator[str]:
-    from slipway.model import save
-
+    """``model`` saved with its weights as external data in a temporary directory (THE > 2 GB path of
+    every engine session), removed when the context exits."""
     with tempfile.TemporaryDirectory(prefix="slipway-model-") as tmp:
         yield str(save(model, Path(tmp) / "model.onnx", external_data=True))
 

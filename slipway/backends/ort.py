@@ -21,12 +21,20 @@ the session's pool). onnxruntime's Python API has no prepacked-weights container
 sessions given the same initializers through ``add_initializer`` still keep N prepacked copies
 of every MatMul/Conv weight (or run unpacked, slower, with ``session.disable_prepacking``), so
 one session is the only way to hold a single copy of the weights with prepacking on.
+
+:func:`ort_session` is THE place an ``onnxruntime.InferenceSession`` is made: the engines here,
+verification (optimizations off), calibration, profiling and the machine probes all go through
+it, so every session reads its model the same way (:func:`slipway.backends.base.onnx_source`,
+> 2 GB models through one temporary file that lives as long as the session) and keeps
+onnxruntime's own log off the terminal (errors come back as exceptions).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +52,7 @@ from slipway.backends.base import (
 )
 from slipway.errors import UserError
 
-__all__ = ["OrtBackend", "OrtSession", "CPU", "CUDA", "TENSORRT"]
+__all__ = ["OrtBackend", "OrtSession", "CPU", "CUDA", "TENSORRT", "ort_session", "LEVELS"]
 
 SETTINGS: dict[str, tuple[Any, ...]] = {
     "graph_optimization_level": ("all", "extended", "layout", "basic", "disabled"),
@@ -55,7 +63,7 @@ SETTINGS: dict[str, tuple[Any, ...]] = {
     "mem_pattern": (True, False),
     "spin": (True, False),
 }
-_LEVELS = {
+LEVELS = {  # graph optimization level names -> onnxruntime's GraphOptimizationLevel members
     "disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
     "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL",
 }
@@ -102,12 +110,7 @@ class OrtBackend:
             raise UserError(f"backend {self.name!r} is not available: {why}")
         import onnxruntime as ort
 
-        so = _session_options(ort, opts)
-        with onnx_source(model) as source:
-            try:
-                sess = ort.InferenceSession(source, so, providers=self._providers(opts))
-            except _load_errors(ort) as e:  # bad protobuf, unsupported op, invalid graph, missing weights file
-                raise UserError(f"onnxruntime cannot load the model: {one_line(e)}") from None
+        sess = ort_session(model, session_options=_session_options(ort, opts), providers=self._providers(opts))
         shared = _Shared(sess, instances)
         io_binding = bool(opts.settings.get("io_binding", False))
         return [OrtSession(self.name, shared, io_binding) for _ in range(instances)]
@@ -127,6 +130,66 @@ class OrtBackend:
         return [(self.provider, trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def ort_session(
+    model: Any,
+    *,
+    optimization: str = "all",
+    threads: int = 0,
+    inter_threads: int | None = None,
+    profile_prefix: str | os.PathLike | None = None,
+    optimized_path: str | os.PathLike | None = None,
+    config: Mapping[str, str] | None = None,
+    session_options: Any = None,
+    providers: Sequence[Any] = ("CPUExecutionProvider",),
+    raw_errors: bool = False,
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` of ``model`` (a path, bytes, ``ModelProto`` or ``onnx_ir.Model``).
+
+    ``optimization`` is a graph optimization level (:data:`LEVELS`: ``"disabled"`` runs the graph
+    node by node as written, as verification needs; ``"all"`` as a user deploys it), ``threads``
+    the intra-op threads (0: onnxruntime's default), ``inter_threads`` the inter-op ones.
+    ``profile_prefix`` turns profiling on (the trace file's prefix), ``optimized_path`` saves the
+    graph onnxruntime executes, ``config`` adds session config entries. ``session_options``
+    (prebuilt by an engine) replaces all of these. onnxruntime's log is always off (severity 4).
+
+    A model that cannot be loaded raises a one-line ``UserError`` (``raw_errors``: onnxruntime's own
+    exception, for callers with their own message). A model too big for one protobuf goes through a
+    temporary file (:func:`~slipway.backends.base.onnx_source`) removed when the session is freed.
+    """
+    import onnxruntime as ort
+
+    so = session_options if session_options is not None else ort.SessionOptions()
+    if session_options is None:
+        level = getattr(ort.GraphOptimizationLevel, LEVELS.get(optimization, ""), None)
+        if level is None:
+            raise UserError(f"onnxruntime {ort.__version__} has no graph_optimization_level {optimization!r}")
+        so.graph_optimization_level = level
+        so.intra_op_num_threads = threads
+        if inter_threads is not None:
+            so.inter_op_num_threads = inter_threads
+        if profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profile_prefix)
+        if optimized_path is not None:
+            so.optimized_model_filepath = str(optimized_path)
+        for key, value in (config or {}).items():
+            so.add_session_config_entry(key, value)
+    so.log_severity_level = 4  # errors come back as exceptions (one line); ORT's own log stays off the terminal
+    source = contextlib.ExitStack()
+    try:
+        sess = ort.InferenceSession(source.enter_context(onnx_source(model)), so, providers=list(providers))
+    except _load_errors(ort) as e:  # bad protobuf, unsupported op, invalid graph, missing weights file
+        source.close()
+        if raw_errors:
+            raise
+        raise UserError(f"onnxruntime cannot load the model: {one_line(e)}") from None
+    except BaseException:
+        source.close()
+        raise
+    weakref.finalize(sess, source.close)  # a temporary model file lives as long as the session
+    return sess
+
+
 def trt_cache_dir() -> Path:
     """Where TensorRT engines are cached: ``$SLIPWAY_CACHE/trt`` or ``~/.cache/slipway/trt``."""
     root = Path(os.environ.get("SLIPWAY_CACHE", Path.home() / ".cache" / "slipway"))
@@ -141,7 +204,7 @@ def _session_options(ort: Any, opts: Options) -> Any:
     so.intra_op_num_threads = opts.threads
     so.inter_op_num_threads = int(s.get("inter_op_threads", 0))
     level = s.get("graph_optimization_level", "all")
-    optimization = getattr(ort.GraphOptimizationLevel, _LEVELS[level], None)
+    optimization = getattr(ort.GraphOptimizationLevel, LEVELS[level], None)
     if optimization is None:
         raise UserError(f"onnxruntime {ort.__version__} has no graph_optimization_level {level!r}")
     so.graph_optimization_level = optimization
@@ -153,7 +216,6 @@ def _session_options(ort: Any, opts: Options) -> Any:
         spin = "1" if s["spin"] else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    so.log_severity_level = 4  # none: run errors come back as exceptions (one line); warnings are noise here
     return so
 
 

@@ -30,7 +30,7 @@ def analyze(
 
     shapes = parse_shapes(shape)
     if data is not None:
-        from slipway.perf.feeds import load_inputs
+        from slipway.verify.inputs import load_inputs
 
         if shapes:
             raise UserError("give either --data or --shape, not both (the data has its shapes)")

@@ -12,7 +12,7 @@ from slipway.cli.common import DATA_OPTION, SHAPE_OPTION, console, err_console, 
 from slipway.errors import UserError
 
 if TYPE_CHECKING:
-    from slipway.convert.verify import VerifiedModel
+    from slipway.verify import VerifiedModel
 
 
 def parse_dynamic(specs: list[str] | None) -> dict[str, dict[int, str | None]]:

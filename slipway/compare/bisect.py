@@ -9,19 +9,19 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.backends import Options
+from slipway.compare.layers import compare
 from slipway.compare.metrics import tensor_diff
 from slipway.compare.run import load_model, make_feeds, run_model, typed_copy
 from slipway.compare.types import BisectReport, BisectStep
 from slipway.errors import UserError, VerificationError
 from slipway.passes.base import Pass
+from slipway.passes.manager import make_passes
 
 __all__ = ["run_bisect", "as_passes"]
 
 
 def as_passes(passes: Sequence[Pass | str]) -> list[Pass]:
     """Pass objects as they are; names made into passes with their default options."""
-    from slipway.passes.manager import make_passes
-
     out: list[Pass] = []
     for p in passes:
         if isinstance(p, str):
@@ -46,8 +46,6 @@ def run_bisect(model: object, passes: Sequence[Pass | str], *, backend: str, opt
                feeds: Mapping[str, np.ndarray] | str | os.PathLike | None, atol: float, rtol: float,
                batch: int, seed: int, dims: Mapping[str, int] | None,
                shapes: Mapping[str, Sequence[int]] | None = None) -> BisectReport:
-    from slipway.compare import compare
-
     if atol < 0 or rtol < 0:
         raise UserError(f"tolerances must be >= 0, got atol={atol} rtol={rtol}")
     chosen = as_passes(passes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from slipway.compare.types import TensorDiff
-from slipway.convert.verify import compare as compare_output
+from slipway.verify import compare as compare_output
 
 __all__ = ["tensor_diff", "cosine", "snr_db"]
 
@@ -33,7 +33,7 @@ def tensor_diff(name: str, ref: np.ndarray, act: np.ndarray, *, atol: float, rto
     """Compare ``act`` (from B) with ``ref`` (from A), both cast to float64.
 
     ``max_abs``, ``max_rel`` and the pass/fail rule (``max_abs <= atol + rtol * max|ref|``) are
-    those of :func:`slipway.convert.verify.compare`. Cosine and SNR use the elements that are
+    those of :func:`slipway.verify.compare`. Cosine and SNR use the elements that are
     finite in both; a non-finite mismatch makes ``max_abs`` infinite and the SNR ``-inf``.
     Different shapes fail; their cosine and SNR are computed on the flattened values when the
     sizes agree, else they are NaN.

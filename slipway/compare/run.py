@@ -11,11 +11,11 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
-from slipway.backends import Options
-from slipway.convert.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
-from slipway.convert.probe import derive_dim_sizes, plan_inputs
+from slipway.backends import Options, load
 from slipway.errors import UserError
 from slipway.model import as_model
+from slipway.verify.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
+from slipway.verify.probe import derive_dim_sizes, plan_inputs
 
 __all__ = ["DEFAULT_DIM", "load_model", "typed_copy", "make_feeds", "run_model", "describe_run"]
 
@@ -66,7 +66,7 @@ def make_feeds(a: ir.Model, b: ir.Model, feeds: Mapping[str, np.ndarray] | str |
 
     Random inputs: at ``shapes`` (``--shape``) when given; else the batch dim (dim 0 of the first
     input, when dynamic) takes ``batch``, other dynamic dims ``dims[name]``, else sizes A runs
-    on (derived by :func:`slipway.convert.probe.derive_dim_sizes`).
+    on (derived by :func:`slipway.verify.probe.derive_dim_sizes`).
     """
     specs = _specs_checked(a, b)
     if shapes:
@@ -153,8 +153,6 @@ def run_model(model: ir.Model, feeds: Feeds, *, backend: str, options: Options |
 
     Returns every output of the run by name (the model's own outputs and the exposed values).
     """
-    from slipway.backends import load
-
     target = model
     if expose:
         target = model.clone()

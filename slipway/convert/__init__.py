@@ -5,7 +5,7 @@
 * :func:`from_file` - a file holding either (what ``slipway convert`` runs).
 
 Each exports, verifies the ONNX model against the source framework in onnxruntime at two or
-more batch sizes (see :mod:`slipway.convert.verify`), records the errors in the model's
+more batch sizes (see :mod:`slipway.verify`), records the errors in the model's
 ``metadata_props`` and only then writes it atomically; a failed verification raises
 ``VerificationError`` and writes nothing. Each returns a :class:`VerifiedModel` (``model``,
 ``report``, ``path``). torch, scikit-learn and skl2onnx are imported only when used.
@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from slipway.convert.sklearn import from_sklearn
-from slipway.convert.torch import DynamicDims, from_torch, quiet, require_torch
-from slipway.convert.verify import DEFAULT_BATCH_SIZES, VerifiedModel, VerifyReport
-from slipway.errors import UserError, one_line
+from slipway.convert.torch import DynamicDims, from_torch, input_names_of, quiet, require_torch
+from slipway.errors import MissingDependencyError, UserError, one_line
 from slipway.model import check_output
+from slipway.verify import DEFAULT_BATCH_SIZES, VerifiedModel, VerifyReport
+from slipway.verify.inputs import load_inputs, random_array
 
 __all__ = ["from_torch", "from_sklearn", "from_file", "detect_format", "VerifiedModel", "VerifyReport", "FORMATS"]
 
@@ -242,8 +243,6 @@ def _data_arrays(data: Mapping[str, np.ndarray] | str | os.PathLike | None, shap
         return None
     if shapes or sample is not None:
         raise UserError("give either --data or --shape / --sample, not both (the data has its shapes)")
-    from slipway.perf.feeds import load_inputs
-
     return load_inputs(data)[0]
 
 
@@ -251,8 +250,6 @@ def _torch_inputs(p: Path, model: Any, fmt: str, shapes: Mapping[str, Sequence[i
                   seed: int, torch: Any, data: Mapping[str, np.ndarray] | None = None) -> tuple | None:
     """Example inputs: ``data`` by input name, else the program's own with any ``shapes`` replaced by
     random tensors."""
-    from slipway.convert.torch import input_names_of
-
     kind = "ExportedProgram" if fmt == "exported_program" else "TorchScript"
     names = input_names_of(model, kind)
     if data is not None:
@@ -291,19 +288,18 @@ def _torch_dtype(name: str | None, default: Any, torch: Any) -> Any:
 
 
 def _random_tensor(shape: list[int], dtype: Any, rng: np.random.Generator, torch: Any) -> Any:
+    """:func:`slipway.verify.inputs.random_array` drawn in a numpy dtype, then cast (torch has dtypes numpy lacks)."""
     if dtype == torch.bool:
-        return torch.from_numpy(rng.random(shape) < 0.5)
-    if dtype.is_floating_point:
-        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(dtype)
-    return torch.from_numpy(rng.integers(0, 10, size=shape)).to(dtype)
+        drawn = np.bool_
+    else:
+        drawn = np.float32 if dtype.is_floating_point else np.int64
+    return torch.from_numpy(random_array(shape, drawn, rng)).to(dtype)
 
 
 def _load_pickle(p: Path) -> Any:
     try:
         import joblib
     except ImportError:
-        from slipway.errors import MissingDependencyError
-
         raise MissingDependencyError("joblib", "sklearn") from None
     try:
         obj = joblib.load(p)
@@ -327,4 +323,4 @@ def _sklearn_sample(estimator: Any, shapes: Mapping[str, Sequence[int]] | None, 
     if features is None:
         raise UserError("give the feature count with --shape X=N_FEATURES (the estimator does not record it)")
     rows = dims[0] if len(dims) >= 2 and dims[0] > 1 else 64
-    return np.random.default_rng(seed).standard_normal((rows, features)).astype(np.float32)
+    return random_array((rows, features), np.float32, np.random.default_rng(seed))

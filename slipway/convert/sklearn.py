@@ -7,7 +7,7 @@ give ``variable``; clusterers give ``label`` and ``scores`` (``transform``).
 
 Verification runs scikit-learn and onnxruntime on ``X_sample`` and on random rows (normal with
 the sample's mean and spread) at each of ``batch_sizes``. Scores, probabilities, predictions
-and transforms are compared numerically (:mod:`slipway.convert.verify`). Labels are compared
+and transforms are compared numerically (:mod:`slipway.verify`). Labels are compared
 exactly. One exception, for random rows only: a classifier whose two best classes score within
 tolerance of each other is at a tie, and which of them wins depends on float rounding
 (onnxruntime sums in float32, scikit-learn in float64), so there the ONNX label is accepted
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from slipway.convert.verify import DEFAULT_BATCH_SIZES, Feeds, Runner, VerifiedModel, commit, input_specs, verify
 from slipway.errors import MissingDependencyError, UserError
 from slipway.model import check, check_output
+from slipway.verify import DEFAULT_BATCH_SIZES, Feeds, Runner, VerifiedModel, commit, input_specs, verify
 
 CONVERTED_FROM = "slipway.converted_from"
 

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from slipway.convert.verify import DEFAULT_BATCH_SIZES, Feeds, Runner, VerifiedModel, commit, input_specs, verify
 from slipway.errors import MissingDependencyError, SlipwayError, UserError
 from slipway.model import check, check_output
+from slipway.verify import DEFAULT_BATCH_SIZES, Feeds, Runner, VerifiedModel, commit, input_specs, verify
 
 DynamicDims = Mapping[str, Mapping[int, "str | None"]]
 CONVERTED_FROM = "slipway.converted_from"
@@ -68,7 +68,7 @@ def from_torch(
     mapped to ``None`` stays static. The model is verified on its example inputs and on random
     inputs at each of ``batch_sizes`` (other named dims at ``dim_sizes[name]``, default the
     example size and twice it), against PyTorch in eval mode under ``no_grad``, in onnxruntime
-    (see :mod:`slipway.convert.verify`). Past ``atol``/``rtol`` a ``VerificationError`` names the
+    (see :mod:`slipway.verify`). Past ``atol``/``rtol`` a ``VerificationError`` names the
     output and nothing is written; otherwise the errors go into ``metadata_props`` and the model
     is saved atomically to ``output_path`` when given. Returns a ``VerifiedModel``.
     """

@@ -5,6 +5,11 @@ A pass rewrites an ``onnx_ir.Model`` in place and returns what it changed as cou
 is left unchanged and named in ``warnings``. ``explain(model)`` returns, without changing the
 model, one line per place where a rule *almost* matched and why it did not (``--explain``).
 
+:class:`Pass` is an ``onnx_ir.passes.InPlacePass`` (so it runs inside onnx_ir's ``Sequential`` /
+``PassManager`` too, and its ``requires`` / ``ensures`` hooks are onnx_ir's) and its
+:class:`PassResult` an ``onnx_ir.passes.PassResult``; slipway adds the name, the per-rule counts,
+the warnings and ``explain``. Subclasses implement :meth:`Pass.run`.
+
 Rule-based passes built on onnxscript's pattern rewriter derive from :class:`RulesPass`: they
 list their rules and get per-rule counts and explanations for free.
 """
@@ -15,19 +20,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
+from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRuleSet
+
+from slipway.graph import label
 
 __all__ = ["PassResult", "Pass", "RulesPass", "rule_name", "PASSES", "register"]
 
 
 @dataclass
-class PassResult:
-    model: ir.Model
-    modified: bool
+class PassResult(ir.passes.PassResult):
+    """onnx_ir's result (``model``, ``modified``) plus what changed, per rule, and the warnings."""
+
     changes: dict[str, int] = field(default_factory=dict)  # rule name -> times applied
     warnings: list[str] = field(default_factory=list)  # one line each, naming the node
 
 
-class Pass:
+class Pass(ir.passes.InPlacePass):
     """Base class. Subclasses set ``name`` (kebab-case, what ``--passes`` takes), a docstring
     whose first line states the rewrite as an identity, and implement :meth:`run`."""
 
@@ -36,7 +44,7 @@ class Pass:
     # never-slower check can drop them while keeping the rest.
     risky: bool = False
 
-    def __call__(self, model: ir.Model) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         result = self.run(model)
         result.changes = {k: v for k, v in result.changes.items() if v}
         result.modified = result.modified or bool(result.changes)
@@ -54,6 +62,9 @@ class Pass:
         doc = (type(self).__doc__ or "").strip().splitlines()
         return doc[0] if doc else self.name
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
 
 def rule_name(rule: object) -> str:
     return getattr(rule, "name", None) or type(rule).__name__
@@ -66,8 +77,6 @@ class RulesPass(Pass):
         raise NotImplementedError
 
     def run(self, model: ir.Model) -> PassResult:
-        from onnxscript.rewriter import RewriteRuleSet
-
         changes: dict[str, int] = {}
         for rule in self.rules(model):
             n = RewriteRuleSet([rule]).apply_to_model(model)
@@ -76,8 +85,6 @@ class RulesPass(Pass):
         return PassResult(model, bool(changes), changes)
 
     def explain(self, model: ir.Model) -> list[str]:
-        from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRuleSet
-
         tracer = MatchingTracer()
         RewriteRuleSet(list(self.rules(model))).apply_to_model(model, tracer=tracer)
         lines = []
@@ -87,9 +94,8 @@ class RulesPass(Pass):
                 # telling; a plain structural mismatch ("OpType mismatch") is noise.
                 if m.status not in (MatchStatus.CONDITION_FAILED, MatchStatus.REPLACEMENT_FAILED):
                     continue
-                node = m.root_node
                 reason = m.match_result.reason or "pattern did not match"
-                lines.append(f"{self.name}/{rule_name(rule)}: {node.op_type} {node.name or '(unnamed)'!r}: {reason}")
+                lines.append(f"{self.name}/{rule_name(rule)}: {label(m.root_node)}: {reason}")
         return lines
 
 

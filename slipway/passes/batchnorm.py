@@ -5,17 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from slipway.passes._fusion import (
-    Fuse,
-    FusionPass,
-    Match,
-    Namer,
-    Skip,
+from slipway.graph import (
+    Names,
+    add_initializer,
     attr_float,
     attr_int,
-    f64,
     float_const,
-    initializer,
     is_op,
     label,
     node_like,
@@ -23,8 +18,8 @@ from slipway.passes._fusion import (
     other_user,
     out_channels,
     replace,
-    scale_outputs,
 )
+from slipway.passes._fusion import Fuse, FusionPass, Match, Skip, f64, scale_outputs
 from slipway.passes.base import register
 
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
@@ -96,13 +91,13 @@ class FuseBatchNorm(FusionPass):
         if prod.op_type != "Gemm" and b.size not in (1, s.size):
             return Skip(f"{where}: bias of {b.size} values for {s.size} channels")
 
-        def apply(graph: ir.Graph, namer: Namer) -> None:
+        def apply(graph: ir.Graph, namer: Names) -> None:
             _fold(graph, namer, node, prod, (w, b if has_bias else None), s, t)
 
         return Fuse(f"BatchNormalization({prod.op_type})", apply)
 
 
-def _fold(graph: ir.Graph, namer: Namer, bn: ir.Node, prod: ir.Node, wb: tuple[np.ndarray, np.ndarray | None],
+def _fold(graph: ir.Graph, namer: Names, bn: ir.Node, prod: ir.Node, wb: tuple[np.ndarray, np.ndarray | None],
           s: np.ndarray, t: np.ndarray) -> None:
     w, b = wb
     group, trans_b = attr_int(prod, "group", 1), attr_int(prod, "transB", 0)
@@ -114,8 +109,8 @@ def _fold(graph: ir.Graph, namer: Namer, bn: ir.Node, prod: ir.Node, wb: tuple[n
     else:
         new_b = (f64(b).reshape(-1) if b is not None else 0.0) * s + t
     old_w, old_b = prod.inputs[1], prod.inputs[2] if len(prod.inputs) > 2 else None
-    w_value = initializer(graph, namer, f"{old_w.name or 'W'}_bn", new_w, w.dtype)
-    b_value = initializer(graph, namer, f"{(old_b.name if old_b is not None else None) or w_value.name + '_bias'}_bn",
-                          new_b, w.dtype)
+    w_value = add_initializer(graph, namer(f"{old_w.name or 'W'}_bn"), new_w.astype(w.dtype))
+    b_value = add_initializer(
+        graph, namer(f"{(old_b.name if old_b is not None else None) or w_value.name + '_bias'}_bn"), new_b.astype(w.dtype))
     new = node_like(prod, prod.op_type, [prod.inputs[0], w_value, b_value], attrs)
     replace(graph, [prod, bn], [new], bn.outputs[0], new.outputs[0], renames=[(w_value, old_w), (b_value, old_b)])

@@ -16,52 +16,11 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
+from slipway.graph import all_nodes, remove_dead
 from slipway.passes.base import Pass, PassResult, register
 
 _NON_DETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial",
                                 "Bernoulli"})
-
-
-def label(node: ir.Node) -> str:
-    """How warnings name a node: its op type and name, or the value it produces when unnamed."""
-    if node.name:
-        return f"{node.op_type} {node.name!r}"
-    out = node.outputs[0].name if node.outputs else None
-    return f"{node.op_type} (producing {out!r})" if out else f"{node.op_type} (unnamed)"
-
-
-def all_nodes(model: ir.Model) -> list[ir.Node]:
-    """Every node: main graph, subgraphs and functions."""
-    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
-    for f in model.functions.values():
-        nodes.extend(ir.traversal.RecursiveGraphIterator(f))
-    return nodes
-
-
-def is_dead(node: ir.Node) -> bool:
-    return all(not v.uses() and not v.is_graph_output() for v in node.outputs)
-
-
-def remove_if_dead(nodes: list[ir.Node]) -> int:
-    """Remove those of ``nodes`` (and what fed only them) that nobody reads any more; returns how many."""
-    removed = 0
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        graph = node.graph
-        if graph is None or not is_dead(node) or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-                                                     for a in node.attributes.values()):
-            continue
-        inputs = [v for v in node.inputs if v is not None]
-        graph.remove(node, safe=True)
-        removed += 1
-        for v in inputs:
-            producer = v.producer()
-            if producer is not None:
-                stack.append(producer)
-            elif v.is_initializer() and not v.uses() and not v.is_graph_output() and not v.is_graph_input():
-                v.graph.initializers.pop(v.name)
-    return removed
 
 
 def _census(model: ir.Model) -> dict[object, int]:
@@ -88,12 +47,8 @@ def _removed(before: dict[object, int], after: dict[object, int]) -> dict[str, i
 
 
 def _remove_unused_subgraph_initializers(model: ir.Model) -> None:
-    for graph in model.graphs():
-        if graph is model.graph:
-            continue  # RemoveUnusedNodesPass handles the main graph
-        for v in list(graph.initializers.values()):
-            if not v.uses() and not v.is_graph_output() and not v.is_graph_input():
-                graph.initializers.pop(v.name)
+    # RemoveUnusedNodesPass handles the main graph
+    remove_dead([v for graph in model.graphs() if graph is not model.graph for v in graph.initializers.values()])
 
 
 @register
@@ -244,5 +199,4 @@ class CommonSubexpressions(Pass):
         return PassResult(model, bool(merged), {"node": merged})
 
 
-__all__ = ["RemoveDead", "DedupInitializers", "CommonSubexpressions", "all_nodes", "is_dead", "remove_if_dead",
-           "cse_graph", "label"]
+__all__ = ["RemoveDead", "DedupInitializers", "CommonSubexpressions", "cse_graph"]

@@ -5,28 +5,22 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from slipway.passes._fusion import (
-    Fuse,
-    FusionPass,
-    Match,
-    Namer,
-    Skip,
+from slipway.graph import (
+    Names,
+    add_initializer,
     attr_int,
     attr_ints,
     attr_str,
-    f64,
     float_const,
-    initializer,
     is_op,
     label,
     node_like,
     only_used_by,
     other_user,
     out_channels,
-    per_channel,
     replace,
-    scale_outputs,
 )
+from slipway.passes._fusion import Fuse, FusionPass, Match, Skip, f64, per_channel, scale_outputs
 from slipway.passes.base import register
 
 AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
@@ -109,7 +103,7 @@ class FuseConvAffine(FusionPass):
             return Skip(f"{where}: the constant of shape {list(c.shape)} is not a per-channel scale or shift")
         a, t = (np.broadcast_to(per_channel(v, w.ndim, channels), (channels,)) for v in affine)
 
-        def apply(graph: ir.Graph, namer: Namer) -> None:
+        def apply(graph: ir.Graph, namer: Names) -> None:
             new_w = scale_outputs(conv.op_type, w, a, group)
             new_b = (f64(b).reshape(-1) if b is not None else 0.0) * a + t
             _swap(graph, namer, conv, [node], node.outputs[0], conv.inputs[0], new_w, new_b, w.dtype)
@@ -142,7 +136,7 @@ class FuseConvAffine(FusionPass):
         if np.any(t != 0) and _pads(conv, w.ndim - 2):
             return Skip(f"{where}: a shift before a zero-padded Conv is not exact (pads={_pads(conv, w.ndim - 2)})")
 
-        def apply(graph: ir.Graph, namer: Namer) -> None:
+        def apply(graph: ir.Graph, namer: Names) -> None:
             new_w, shift = _scale_inputs(w, a, t, group)
             new_b = (f64(b).reshape(-1) if b is not None else 0.0) + shift
             _swap(graph, namer, conv, [pre], conv.outputs[0], x, new_w, new_b, w.dtype)
@@ -172,11 +166,11 @@ def _scale_inputs(w: np.ndarray, a: np.ndarray, t: np.ndarray, group: int) -> tu
     return new_w, shift
 
 
-def _swap(graph: ir.Graph, namer: Namer, conv: ir.Node, extra: list[ir.Node], old_out: ir.Value, x: ir.Value,
+def _swap(graph: ir.Graph, namer: Names, conv: ir.Node, extra: list[ir.Node], old_out: ir.Value, x: ir.Value,
           new_w: np.ndarray, new_b: np.ndarray, dtype: np.dtype) -> None:
     old_w, old_b = conv.inputs[1], conv.inputs[2] if len(conv.inputs) > 2 else None
-    w_value = initializer(graph, namer, f"{old_w.name or 'W'}_affine", new_w, dtype)
-    b_value = initializer(graph, namer, f"{(old_b.name if old_b is not None else None) or w_value.name + '_bias'}",
-                          new_b, dtype)
+    w_value = add_initializer(graph, namer(f"{old_w.name or 'W'}_affine"), new_w.astype(dtype))
+    b_value = add_initializer(
+        graph, namer(f"{(old_b.name if old_b is not None else None) or w_value.name + '_bias'}"), new_b.astype(dtype))
     new = node_like(conv, conv.op_type, [x, w_value, b_value], conv.attributes.values())
     replace(graph, [conv, *extra], [new], old_out, new.outputs[0], renames=[(w_value, old_w), (b_value, old_b)])

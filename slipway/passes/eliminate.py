@@ -18,30 +18,18 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 from onnxscript.optimizer import basic_constant_propagation
-from onnxscript.rewriter import RewriteRuleSet
-from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 from onnxscript.rewriter.rules import common as osr
 
+from slipway.graph import all_nodes, const, default_opset
 from slipway.passes.base import PassResult, RulesPass, register, rule_name
-from slipway.passes.cleanup import all_nodes
 
 INT64_MAX = np.iinfo(np.int64).max
-
-
-def const(value: ir.Value | None, limit: int = 1 << 16) -> np.ndarray | None:
-    """The value's constant data if it has at most ``limit`` elements, else None (weights are not read).
-
-    A graph input with a default value is not a constant: the caller may feed another.
-    """
-    if value is None or value.is_graph_input():
-        return None
-    t = ir.convenience.get_const_tensor(value)
-    return None if t is None or t.size > limit else t.numpy()
+SMALL = 1 << 16  # constants the rules read (shapes, axes, scalars); weights are not read
 
 
 def ints(value: ir.Value | None) -> list[int] | None:
-    a = const(value)
+    a = const(value, SMALL)
     return None if a is None or a.ndim > 1 or a.dtype.kind not in "iu" else [int(v) for v in a.reshape(-1)]
 
 
@@ -66,7 +54,7 @@ def normalized(axes: Sequence[int], r: int | None) -> list[int] | None:
 
 
 def opset(context) -> int:
-    return context.model.opset_imports.get("", context.model.opset_imports.get("ai.onnx", 1))
+    return default_opset(context.model) or 1
 
 
 def int64(values: Sequence[int]) -> ir.Tensor:
@@ -90,8 +78,9 @@ class Dropout(_Rule):
         if is_test is not None and not is_test.is_ref() and is_test.as_int() == 0:
             return MatchResult().fail("is_test=0 (training)")
         training = node.inputs[2] if len(node.inputs) > 2 else None
-        ratio = const(node.inputs[1]) if len(node.inputs) > 1 else None
-        if training is not None and not (const(training) is not None and not const(training).any()):
+        ratio = const(node.inputs[1], SMALL) if len(node.inputs) > 1 else None
+        flag = const(training, SMALL)
+        if training is not None and not (flag is not None and not flag.any()):
             if ratio is None or ratio.size != 1 or float(ratio.reshape(-1)[0]) != 0.0:
                 return MatchResult().fail("training_mode is not a constant false")
         return MatchResult()
@@ -318,7 +307,7 @@ class NeutralElement(_Rule):
         return node(c, x) if self.swap else node(x, c)
 
     def check(self, context, x, c, **_) -> MatchResult:
-        value = const(c)
+        value = const(c, SMALL)
         if value is None or value.size == 0 or not np.all(value == self.neutral):
             return MatchResult().fail(f"operand is not a constant {self.neutral:g}")
         if value.ndim == 0:
@@ -414,4 +403,4 @@ class Eliminate(RulesPass):
         return PassResult(model, bool(+changes), dict(changes), list(warnings))
 
 
-__all__ = ["Eliminate", "remove_identity", "remove_identities", "const", "ints", "axes_of"]
+__all__ = ["Eliminate", "remove_identity", "remove_identities", "ints", "axes_of", "SMALL"]

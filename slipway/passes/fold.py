@@ -14,6 +14,7 @@ onnxscript's constant folder does the work (its size limits included); this pass
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter
 
@@ -21,11 +22,19 @@ import numpy as np
 import onnx_ir as ir
 import onnxscript.optimizer as oso
 from onnx_ir.passes.common import NameFixPass
-from onnxscript.optimizer import _constant_folding as cf
 
+from slipway.graph import (
+    Names,
+    add_initializer,
+    all_nodes,
+    const,
+    default_opset,
+    infer_node,
+    is_dead,
+    label,
+    remove_dead,
+)
 from slipway.passes.base import Pass, PassResult, register
-from slipway.passes.cleanup import all_nodes, is_dead, label, remove_if_dead
-from slipway.passes.shapes import infer_node
 
 SMALL_BYTES = 1024
 # Ops whose output is never bigger than their largest input; any other op needs a known output shape.
@@ -35,6 +44,10 @@ _NOT_GROWING = frozenset({
     "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ArgMax", "ArgMin", "Softmax", "Clip",
 })
 _NEVER = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+# onnxscript's own size limits (the defaults of its public folder)
+_FOLDER_DEFAULTS = inspect.signature(oso.fold_constants_ir).parameters
+INPUT_SIZE_LIMIT = _FOLDER_DEFAULTS["input_size_limit"].default
+OUTPUT_SIZE_LIMIT = _FOLDER_DEFAULTS["output_size_limit"].default
 
 
 def tensor_bytes(model: ir.Model) -> int:
@@ -46,16 +59,6 @@ def tensor_bytes(model: ir.Model) -> int:
             if attr is not None and not attr.is_ref() and attr.type == ir.AttributeType.TENSOR:
                 total += attr.value.nbytes
     return total
-
-
-def _unique_name(graph: ir.Graph, name: str | None) -> str:
-    base = name or "const"
-    taken = set(graph.initializers) | {v.name for v in graph.inputs}
-    out, i = base, 0
-    while out in taken:
-        i += 1
-        out = f"{base}_{i}"
-    return out
 
 
 _NUMERIC_CONSTANTS = {"value_int": np.int64, "value_ints": np.int64, "value_float": np.float32,
@@ -82,27 +85,18 @@ def lift_constants(model: ir.Model) -> list[ir.Node]:
     if model.ir_version is not None and model.ir_version < 4:
         return []  # initializers must also be graph inputs there
     lifted = []
+    names = Names(model)
     for node in list(graph):
         tensor = _constant_tensor(node)
         out = node.outputs[0] if node.outputs else None
         if tensor is None or out is None or out.is_graph_output():
             continue
-        init = ir.Value(type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
+        names.release(out.name)  # the initializer takes the place (and the name) of the Constant's output
+        init = add_initializer(graph, names(out.name or "const"), tensor)
         out.replace_all_uses_with(init)
         graph.remove(node, safe=True)
-        init.name = _unique_name(graph, out.name)
-        graph.register_initializer(init)
         lifted.append(node)
     return lifted
-
-
-def _const_array(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    t = ir.convenience.get_const_tensor(value)
-    if t is None or t.size > 64:
-        return None
-    return t.numpy()
 
 
 def _itemsize(value: ir.Value) -> int | None:
@@ -115,7 +109,7 @@ def _itemsize(value: ir.Value) -> int | None:
 def output_bytes(node: ir.Node) -> int | None:
     """Estimated bytes of the node's outputs, or None when unknown."""
     if node.op_type == "ConstantOfShape":
-        shape = _const_array(node.inputs[0])
+        shape = const(node.inputs[0], limit=64)
         attr = node.attributes.get("value")
         item = attr.value.dtype.itemsize if attr is not None and not attr.is_ref() else 4
         return None if shape is None else int(np.prod(shape)) * item
@@ -203,8 +197,7 @@ class FoldConstants(Pass):
     name = "fold-constants"
 
     def __init__(self, *, max_growth: float = 0.10, allow_growth: bool = False,
-                 input_size_limit: int = cf.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
-                 output_size_limit: int = cf.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+                 input_size_limit: int = INPUT_SIZE_LIMIT, output_size_limit: int = OUTPUT_SIZE_LIMIT,
                  max_rounds: int = 4) -> None:
         self.max_growth = max_growth
         self.allow_growth = allow_growth
@@ -214,7 +207,7 @@ class FoldConstants(Pass):
 
     def run(self, model: ir.Model) -> PassResult:
         original = _with_owners(model)
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = default_opset(model) or 1
         guard = _Guard(self.max_growth * tensor_bytes(model), self.allow_growth, opset)
         changes: Counter[str] = Counter()
         warnings: list[str] = []
@@ -241,7 +234,7 @@ class FoldConstants(Pass):
             warnings.append(f"fold-constants: stopped: {str(e).splitlines()[0]}: {str(cause).splitlines()[0][:200]}")
             modified = False
         newly_dead = [n for n in all_nodes(model) if id(n) not in dead_before and is_dead(n)]
-        remove_if_dead(newly_dead)
+        remove_dead(newly_dead)
         lift_constants(model)
         return modified
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from slipway.passes._fusion import Fuse, FusionPass, Match, Namer, Skip, const, is_op, label, replace
+from slipway.graph import Names, const, is_op, label, replace
+from slipway.passes._fusion import Fuse, FusionPass, Match, Skip
 from slipway.passes.base import PassResult, register
 
 MIN_OPSET = 20
@@ -222,7 +223,7 @@ class FuseGelu(FusionPass):
 
 
 def _applier(found: _Found, out: ir.Value, approximate: str):
-    def apply(graph: ir.Graph, namer: Namer) -> None:
+    def apply(graph: ir.Graph, namer: Names) -> None:
         attrs = [ir.AttrString("approximate", "tanh")] if approximate == "tanh" else []
         gelu = ir.Node("", "Gelu", [found.x], attrs, name=namer(f"{out.producer().name or 'Gelu'}_gelu"))
         replace(graph, found.nodes, [gelu], out, gelu.outputs[0])

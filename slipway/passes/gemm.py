@@ -5,19 +5,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from slipway.errors import UserError
-from slipway.passes._fusion import (
-    Fuse,
-    FusionPass,
-    Match,
-    Namer,
-    Skip,
-    float_const,
-    is_op,
-    label,
-    node_like,
-    only_used_by,
-    replace,
-)
+from slipway.graph import Names, float_const, is_op, label, node_like, only_used_by, replace
+from slipway.passes._fusion import Fuse, FusionPass, Match, Skip
 from slipway.passes.base import register
 
 TARGETS = ("ort", "openvino")
@@ -71,7 +60,7 @@ class MatMulAddToGemm(FusionPass):
         if not only_used_by(matmul.outputs[0], add):
             return Skip(f"{where}: the MatMul output is also used elsewhere")
 
-        def apply(graph: ir.Graph, namer: Namer) -> None:
+        def apply(graph: ir.Graph, namer: Names) -> None:
             gemm = node_like(matmul, "Gemm", [a, b, bias], [])
             replace(graph, [matmul, add], [gemm], add.outputs[0], gemm.outputs[0])
 

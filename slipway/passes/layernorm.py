@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
+from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRuleSet, pattern
 
-from slipway.passes._fusion import Namer, const, drop_unused, graphs
+from slipway.graph import Names, const, default_opset, label, remove_dead
 from slipway.passes.base import PassResult, RulesPass, register, rule_name
 
 MIN_OPSET = 17
@@ -31,7 +32,7 @@ _DTYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT1
 
 
 def onnx_opset(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    return default_opset(model) or 1
 
 
 class _State:
@@ -39,7 +40,7 @@ class _State:
 
     def __init__(self, model: ir.Model) -> None:
         self.opset = onnx_opset(model)
-        self.namer = Namer(model)
+        self.namer = Names(model)
         self.maybe_unused: list[ir.Value] = []
 
     def opset_ok(self, result: pattern.MatchResult) -> bool:
@@ -109,24 +110,6 @@ def _source(value: ir.Value | None) -> ir.Value | None:
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
     return const(_source(value))
-
-
-def _drop_dead(values: list[ir.Value]) -> None:
-    """Drop the initializers, Constant and Identity nodes among ``values`` (and behind such
-    Identities) that nothing reads any more."""
-    pending, seen = list(values), []
-    while pending:
-        value = pending.pop()
-        producer = value.producer()
-        if producer is not None and producer.op_type == "Identity" and producer.domain == "" \
-                and not value.uses() and not value.is_graph_output() and producer.graph is not None:
-            source = producer.inputs[0]
-            producer.graph.remove(producer, safe=True)
-            if source is not None:
-                pending.append(source)
-        else:
-            seen.append(value)
-    drop_unused(seen)
 
 
 def _scalar(value: ir.Value | None) -> float | None:
@@ -326,14 +309,12 @@ class FuseLayerNorm(RulesPass):
         _fill_missing_shapes(model)
         result = super().run(model)
         if self._state is not None and result.changes:
-            _drop_dead(self._state.maybe_unused)
+            remove_dead(self._state.maybe_unused)
         self._state = None
         return result
 
     def explain(self, model: ir.Model) -> list[str]:
         """Near misses only: a whole pattern matched but a condition (or the opset) ruled it out."""
-        from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRuleSet
-
         _fill_missing_shapes(model)
         tracer = MatchingTracer()
         RewriteRuleSet(list(self.rules(model))).apply_to_model(model, tracer=tracer)
@@ -346,26 +327,24 @@ class FuseLayerNorm(RulesPass):
                     m.status == MatchStatus.NO_MATCH and reason.startswith("Matched nodes have other uses")
                 if near:
                     node = m.root_node
-                    lines.append(f"{self.name}/{rule_name(rule)}: {node.op_type} {node.name or '(unnamed)'!r}: {reason}")
+                    lines.append(f"{self.name}/{rule_name(rule)}: {label(node)}: {reason}")
         return list(dict.fromkeys(lines))
 
 
 def _fill_missing_shapes(model: ir.Model) -> None:
     """Give a shape and dtype (from onnx shape inference) to each ReduceMean / LayerNormalization
     input that has none; nothing else is touched. Inference failing leaves the model as it is."""
-    wanted = [node.inputs[0] for graph in graphs(model) for node in graph
+    wanted = [node.inputs[0] for graph in model.graphs() for node in graph
               if node.op_type in ("ReduceMean", "LayerNormalization") and node.inputs and node.inputs[0] is not None
               and node.inputs[0].shape is None]
     if not wanted:
         return
-    import onnx
-
     try:
         proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model), strict_mode=False)
     except Exception:  # inference is a help here, never a requirement
         return
     inferred = {}
-    for graph in graphs(ir.serde.deserialize_model(proto)):
+    for graph in ir.serde.deserialize_model(proto).graphs():
         inferred.update(ir.convenience.create_value_mapping(graph))
     for value in wanted:
         found = inferred.get(value.name or "")

@@ -4,8 +4,8 @@
 nothing (early stop) or ``max_iterations`` is reached. For every pass it records what changed
 (counts per rule, summed over iterations), the time it took and its warnings.
 
-Safety: before each pass the manager keeps a snapshot of the model (its protobuf form, which
-shares external weights). A pass that raises is rolled back to the snapshot, disabled for the
+Safety: before each pass the manager keeps a snapshot of the model (:func:`slipway.graph.copy_model`:
+new nodes and values, weights shared). A pass that raises is rolled back to the snapshot, disabled for the
 rest of the run and named in a warning - a half-rewritten graph is never kept. With a ``check``
 callable (``--verify-each``), the model after each modifying pass is compared with the model
 before it; a failure raises :class:`VerificationError` naming that pass and the passes before it,
@@ -23,6 +23,7 @@ from typing import Any
 import onnx_ir as ir
 
 from slipway.errors import UserError, VerificationError
+from slipway.graph import copy_model
 from slipway.passes.base import PASSES, Pass
 
 __all__ = ["DEFAULT_ORDER", "PassRecord", "ManagerReport", "PassManager", "make_passes"]
@@ -104,20 +105,15 @@ class ManagerReport:
         return {name: r.to_dict() for name, r in self.records.items()}
 
 
-def snapshot(model: ir.Model) -> Any:
-    """The model's protobuf form (external weights stay references) and where they live."""
-    base = next((str(v.const_value.base_dir) for v in model.graph.initializers.values()
-                 if isinstance(v.const_value, ir.ExternalTensor)), None)
-    return ir.serde.serialize_model(model), base, dict(model.meta)
+def snapshot(model: ir.Model) -> ir.Model:
+    """A copy of the model to roll back to (:func:`slipway.graph.copy_model`); later edits of
+    ``model`` do not reach it."""
+    return copy_model(model)
 
 
-def restore(state: Any) -> ir.Model:
-    proto, base, meta = state
-    model = ir.serde.deserialize_model(proto)
-    if base is not None:  # external data paths are relative to the model's folder
-        ir.external_data.set_base_dir(model.graph, base)
-    model.meta.update(meta)
-    return model
+def restore(state: ir.Model) -> ir.Model:
+    """A fresh copy of a :func:`snapshot` (the snapshot itself stays as it is, for another restore)."""
+    return copy_model(state)
 
 
 class PassManager:
@@ -161,7 +157,7 @@ class PassManager:
             record.seconds += time.perf_counter() - t0
             record.failed = f"pass {p.name} failed and was skipped: {type(e).__name__}: {_one_line(e)}"
             disabled.add(p.name)
-            return restore(state), False
+            return state, False  # the snapshot itself: nothing else holds it
         record.seconds += time.perf_counter() - t0
         for w in result.warnings:
             if w not in record.warnings:
@@ -169,7 +165,7 @@ class PassManager:
         for rule, n in result.changes.items():
             record.changes[rule] = record.changes.get(rule, 0) + n
         if result.modified and self.check is not None:
-            failure = self.check(restore(state), result.model)
+            failure = self.check(state, result.model)  # the snapshot is not needed after this
             if failure:
                 before = ", ".join(dict.fromkeys(done)) or "none"
                 raise VerificationError(f"pass {p.name} changed the results: {failure} (passes before it: {before})")

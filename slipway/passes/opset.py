@@ -19,16 +19,13 @@ import onnx.version_converter
 import onnx_ir as ir
 
 from slipway.errors import UserError
+from slipway.graph import default_opset
 from slipway.model import MIN_OPSET, max_opset
 from slipway.passes.base import Pass, PassResult, register
 
 _INLINE_BYTES = 1000
 _OP_IN_MESSAGE = (re.compile(r"No Adapter (?:From|To) Version \$?\d+ for (\w+)"),
                   re.compile(r"No Previous Version of (\w+)"), re.compile(r"for (\w+)"))
-
-
-def default_opset(model: ir.Model) -> int | None:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
 
 
 @contextmanager

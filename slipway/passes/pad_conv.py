@@ -4,22 +4,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from slipway.passes._fusion import (
-    Fuse,
-    FusionPass,
-    Match,
-    Namer,
-    Skip,
-    attr_float,
-    attr_ints,
-    attr_str,
-    const,
-    drop_unused,
-    is_op,
-    label,
-    node_like,
-    replace,
-)
+from slipway.graph import Names, attr_float, attr_ints, attr_str, const, is_op, label, node_like, remove_dead, replace
+from slipway.passes._fusion import Fuse, FusionPass, Match, Skip
 from slipway.passes.base import register
 
 
@@ -104,16 +90,12 @@ class FusePadConv(FusionPass):
         added = amounts[2:rank] + amounts[rank + 2:]
         pads = [a + b for a, b in zip(old, added, strict=True)]
 
-        def apply(graph: ir.Graph, namer: Namer) -> None:
+        def apply(graph: ir.Graph, namer: Names) -> None:
             attrs = [a for a in node.attributes.values() if a.name not in ("pads", "auto_pad")]
             attrs.append(ir.AttrInt64s("pads", pads))
             new = node_like(node, "Conv", [pad.inputs[0], *node.inputs[1:]], attrs)
             replace(graph, [node], [new], node.outputs[0], new.outputs[0])
-            out = pad.outputs[0]
-            if pad.graph is not None and not out.uses() and not out.is_graph_output():
-                inputs = [v for v in pad.inputs if v is not None]
-                pad.graph.remove(pad, safe=True)
-                drop_unused(inputs)
+            remove_dead([pad])
 
         return Fuse("Conv(Pad)", apply)
 

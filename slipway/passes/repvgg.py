@@ -7,25 +7,20 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from slipway.passes._fusion import (
-    Fuse,
-    FusionPass,
-    Match,
-    Namer,
-    Skip,
+from slipway.graph import (
+    Names,
+    add_initializer,
     attr_int,
     attr_ints,
     attr_str,
-    f64,
     float_const,
-    initializer,
     is_op,
     label,
     only_used_by,
     other_user,
     replace,
-    scale_outputs,
 )
+from slipway.passes._fusion import Fuse, FusionPass, Match, Skip, f64, scale_outputs
 from slipway.passes.base import register
 from slipway.passes.batchnorm import bn_affine
 
@@ -191,7 +186,7 @@ class MergeRepVGG(FusionPass):
         if why:
             return Skip(f"{label(node)}: the branches on {x.name!r} cannot merge: {why}", warn=True)
 
-        def apply(graph: ir.Graph, namer: Namer) -> None:
+        def apply(graph: ir.Graph, namer: Names) -> None:
             merge(graph, namer, node, adds, members, others)
 
         return Fuse(f"{len(members)}-branch block", apply)
@@ -224,7 +219,7 @@ def mismatch(members: list[Branch]) -> str | None:
     return None
 
 
-def merge(graph: ir.Graph, namer: Namer, root: ir.Node, adds: list[ir.Node], members: list[Branch],
+def merge(graph: ir.Graph, namer: Names, root: ir.Node, adds: list[ir.Node], members: list[Branch],
           others: list[ir.Value]) -> None:
     convs = sorted((m for m in members if m.kernel is not None), key=lambda m: -m.kernel[0, 0].size)
     ref = convs[0]  # the largest kernel: its weight and bias names go to the merged Conv
@@ -246,9 +241,9 @@ def merge(graph: ir.Graph, namer: Namer, root: ir.Node, adds: list[ir.Node], mem
             o = np.arange(out)
             kernel[(o, o % ipg, *begin)] += np.broadcast_to(m.scale, (out,))
     old_w, old_b = ref.conv.inputs[1], ref.conv.inputs[2] if len(ref.conv.inputs) > 2 else None
-    w_value = initializer(graph, namer, f"{old_w.name or 'W'}_repvgg", kernel, ref.dtype)
+    w_value = add_initializer(graph, namer(f"{old_w.name or 'W'}_repvgg"), kernel.astype(ref.dtype))
     b_name = old_b.name if old_b is not None and old_b.name else f"{old_w.name or 'W'}_bias"
-    b_value = initializer(graph, namer, b_name, bias, ref.dtype)
+    b_value = add_initializer(graph, namer(b_name), bias.astype(ref.dtype))
     attrs = [ir.AttrInt64s("kernel_shape", size), ir.AttrInt64s("pads", begin + end),
              ir.AttrInt64s("strides", list(ref.strides)), ir.AttrInt64s("dilations", [1] * spatial),
              ir.AttrInt64("group", ref.group)]

@@ -21,10 +21,9 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
+from slipway.graph import Names, add_initializer, all_nodes, const, default_opset, infer_node, label, remove_dead
 from slipway.passes.base import Pass, PassResult, register
-from slipway.passes.cleanup import all_nodes, remove_if_dead
-from slipway.passes.eliminate import axes_of, const
-from slipway.passes.shapes import infer_node
+from slipway.passes.eliminate import SMALL, axes_of
 
 Dim = int | tuple[ir.Value, int]  # a number, or dim i of a tensor
 _ARITHMETIC = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
@@ -58,7 +57,7 @@ def _from_shape(node: ir.Node) -> ShapeVector | None:
 
 
 def _gather(node: ir.Node, depth: int) -> ShapeVector | None:
-    data, index = evaluate(node.inputs[0], depth), const(node.inputs[1])
+    data, index = evaluate(node.inputs[0], depth), const(node.inputs[1], SMALL)
     if data is None or data.scalar or index is None or index.ndim > 1 or node.attributes.get_int("axis", 0) != 0:
         return None
     n = len(data.dims)
@@ -70,7 +69,7 @@ def _gather(node: ir.Node, depth: int) -> ShapeVector | None:
 
 def _slice(node: ir.Node, depth: int) -> ShapeVector | None:
     data = evaluate(node.inputs[0], depth)
-    args = [const(v) if v is not None else None for v in node.inputs[1:5]]
+    args = [const(v, SMALL) if v is not None else None for v in node.inputs[1:5]]
     if data is None or data.scalar or len(args) < 2 or args[0] is None or args[1] is None:
         return None
     axes = args[2] if len(args) > 2 else None
@@ -129,7 +128,7 @@ def evaluate(value: ir.Value | None, depth: int = 0) -> ShapeVector | None:
     """The elements of an int64 shape-like value, or None when they cannot be tracked."""
     if value is None or depth > _MAX_DEPTH:
         return None
-    array = const(value)
+    array = const(value, SMALL)
     if array is not None:
         if array.ndim > 1 or array.dtype != np.int64 or array.size > 64:
             return None
@@ -176,26 +175,13 @@ class _Writer:
 
     def __init__(self, model: ir.Model) -> None:
         self.model = model
-        self.names = {v.name for g in model.graphs() for v in (*g.inputs, *g.initializers.values())}
-        self.names |= {v.name for n in all_nodes(model) for v in n.outputs}
-
-    def name(self, base: str) -> str:
-        out, i = base, 0
-        while out in self.names:
-            i += 1
-            out = f"{base}_{i}"
-        self.names.add(out)
-        return out
+        self.name = Names(model)
 
     def constant(self, before: ir.Node, array: np.ndarray, base: str) -> ir.Value:
-        tensor = ir.tensor(array)
         graph = before.graph
         if graph is self.model.graph and (self.model.ir_version or 8) >= 4:
-            value = ir.Value(name=self.name(base), type=ir.TensorType(tensor.dtype), shape=tensor.shape,
-                             const_value=tensor)
-            graph.register_initializer(value)
-            return value
-        constant = ir.Node("", "Constant", [], [ir.AttrTensor("value", tensor)], name=self.name(base))
+            return add_initializer(graph, self.name(base), array)
+        constant = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(array))], name=self.name(base))
         constant.outputs[0].name = constant.name
         graph.insert_before(before, constant)
         return constant.outputs[0]
@@ -211,7 +197,7 @@ class FoldShapeSubgraphs(Pass):
         writer = _Writer(model)
         changes: Counter[str] = Counter()
         dead: list[ir.Node] = []
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = default_opset(model) or 1
         for node in all_nodes(model):
             if node.graph is None or node.domain not in ("", "ai.onnx") or not node.outputs:
                 continue
@@ -222,7 +208,7 @@ class FoldShapeSubgraphs(Pass):
             if node.op_type in _SHAPE_OPS - {"Identity"} and self._fold_static(node, writer):
                 changes[f"static-{node.op_type}"] += 1
                 dead.append(node)
-            elif node.op_type == "Reshape" and len(node.inputs) == 2 and const(node.inputs[1]) is None:
+            elif node.op_type == "Reshape" and len(node.inputs) == 2 and const(node.inputs[1], SMALL) is None:
                 shape, _ = constant_shape(node)
                 if shape is None:
                     continue
@@ -232,7 +218,7 @@ class FoldShapeSubgraphs(Pass):
                 infer_node(node, opset)
                 if old is not None:
                     dead.append(old)
-        remove_if_dead(dead)
+        remove_dead(dead)
         return PassResult(model, bool(+changes), dict(changes))
 
     @staticmethod
@@ -250,10 +236,10 @@ class FoldShapeSubgraphs(Pass):
     def explain(self, model: ir.Model) -> list[str]:
         lines = []
         for node in all_nodes(model):
-            if node.op_type == "Reshape" and len(node.inputs) == 2 and const(node.inputs[1]) is None:
+            if node.op_type == "Reshape" and len(node.inputs) == 2 and const(node.inputs[1], SMALL) is None:
                 shape, why = constant_shape(node)
                 if shape is None:
-                    lines.append(f"{self.name}: Reshape {node.name or '(unnamed)'!r}: {why}")
+                    lines.append(f"{self.name}: {label(node)}: {why}")
         return lines
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
+from slipway.graph import is_known_dim
 from slipway.passes.base import Pass, PassResult, register
 
 # onnx_ir leaves initializers larger than this out of the proto it hands to onnx.
@@ -43,10 +43,6 @@ def _signature(value: ir.Value) -> Signature:
     return (value.dtype, shape)
 
 
-def _known(d: object) -> bool:
-    return isinstance(d, int) or getattr(d, "value", None) is not None
-
-
 def _keep_known_dims(value: ir.Value, old: ir.Shape | None) -> None:
     """Where inference made a known dim anonymous, put the known one back."""
     new = value.shape
@@ -57,8 +53,8 @@ def _keep_known_dims(value: ir.Value, old: ir.Shape | None) -> None:
         return
     if len(new) != len(old):
         return
-    if any(_known(o) and not _known(n) for o, n in zip(old, new, strict=True)):
-        value.shape = ir.Shape([o if _known(o) and not _known(n) else n for o, n in zip(old, new, strict=True)])
+    if any(is_known_dim(o) and not is_known_dim(n) for o, n in zip(old, new, strict=True)):
+        value.shape = ir.Shape([o if is_known_dim(o) and not is_known_dim(n) else n for o, n in zip(old, new, strict=True)])
 
 
 def inline_bytes(model: ir.Model) -> int:
@@ -74,58 +70,6 @@ def inline_bytes(model: ir.Model) -> int:
                 if attr.type == ir.AttributeType.TENSOR and not attr.is_ref():
                     total += attr.value.nbytes
     return total
-
-
-def _type_proto(value: ir.Value) -> onnx.TypeProto | None:
-    t = value.const_value
-    dtype, shape = (value.dtype, value.shape) if t is None else (t.dtype, t.shape)
-    if dtype is None:
-        return None
-    proto = ir.serde.serialize_type(ir.TensorType(dtype))
-    if shape is not None:
-        ir.serde.serialize_shape_into(proto, shape)
-    return proto
-
-
-def _more_known(new: ir.Shape | None, old: ir.Shape | None) -> bool:
-    if new is None:
-        return False
-    if old is None:
-        return True
-    return len(new) == len(old) and sum(map(_known, new)) > sum(map(_known, old))
-
-
-def infer_node(node: ir.Node, opset: int) -> bool:
-    """onnx shape inference for one default-domain node (small constant inputs passed as data).
-
-    Output shapes are replaced only by more informative ones; returns whether any was.
-    """
-    inputs = [v for v in node.inputs if v is not None]
-    types = {v.name: _type_proto(v) for v in inputs}
-    if node.domain not in ("", "ai.onnx") or any(t is None for t in types.values()) or any(
-            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
-        return False
-    data = {}
-    for v in inputs:
-        t = ir.convenience.get_const_tensor(v)
-        if t is not None and t.size <= 64 and not v.is_graph_input():
-            data[v.name] = ir.serde.serialize_tensor(t)
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opset, "")
-        inferred = onnx.shape_inference.infer_node_outputs(schema, ir.serde.serialize_node(node), types, data)
-    except Exception:  # no schema, or onnx cannot infer: nothing learned
-        return False
-    improved = False
-    for out in node.outputs:
-        if out.name not in inferred:
-            continue
-        if out.dtype is None:
-            out.type = ir.serde.deserialize_type_proto_for_type(inferred[out.name])
-        shape = ir.serde.deserialize_type_proto_for_shape(inferred[out.name])
-        if _more_known(shape, out.shape):
-            out.shape = shape
-            improved = True
-    return improved
 
 
 class _Capture(logging.Handler):

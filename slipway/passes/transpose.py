@@ -25,20 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from slipway.passes._fusion import (
-    Fuse,
-    FusionPass,
-    Match,
-    Namer,
-    Skip,
-    const,
-    initializer,
-    is_op,
-    label,
-    node_like,
-    only_used_by,
-    replace,
-)
+from slipway.graph import Names, add_initializer, const, is_op, label, node_like, only_used_by, replace
+from slipway.passes._fusion import Fuse, FusionPass, Match, Skip
 from slipway.passes.base import register
 
 UNARY = frozenset({
@@ -136,7 +124,7 @@ def _out_shape(value: ir.Value, perm: list[int]) -> ir.Shape | None:
     return ir.Shape(dims)
 
 
-def _rebuild(graph: ir.Graph, namer: Namer, node: ir.Node, inputs: list[ir.Value | None], t: ir.Node,
+def _rebuild(graph: ir.Graph, namer: Names, node: ir.Node, inputs: list[ir.Value | None], t: ir.Node,
              perm: list[int], old_nodes: list[ir.Node]) -> ir.Node:
     """``node`` on untransposed inputs followed by one Transpose(perm) in place of ``old_nodes``."""
     out = node.outputs[0]
@@ -150,7 +138,7 @@ def _rebuild(graph: ir.Graph, namer: Namer, node: ir.Node, inputs: list[ir.Value
     return transpose
 
 
-def _sink(graph: ir.Graph, namer: Namer, t: ir.Node, step: _Step, perm: list[int]) -> ir.Node:
+def _sink(graph: ir.Graph, namer: Names, t: ir.Node, step: _Step, perm: list[int]) -> ir.Node:
     x, tv = t.inputs[0], t.outputs[0]
     inputs = []
     for i, v in enumerate(step.node.inputs):
@@ -160,7 +148,7 @@ def _sink(graph: ir.Graph, namer: Namer, t: ir.Node, step: _Step, perm: list[int
             array = const(v)
             moved = _permuted_const(array, perm)
             keep = _strip(array.shape) == _strip(moved.shape)  # only size-1 axes moved: same data, same broadcast
-            inputs.append(v if keep else initializer(graph, namer, f"{v.name or 'c'}_untransposed", moved, array.dtype))
+            inputs.append(v if keep else add_initializer(graph, namer(f"{v.name or 'c'}_untransposed"), moved.astype(array.dtype)))
         else:
             inputs.append(v)
     return _rebuild(graph, namer, step.node, inputs, t, perm, [t, step.node])
@@ -182,7 +170,7 @@ def _cancel(graph: ir.Graph, t: ir.Node, outer: ir.Node) -> None:
 
 
 def _apply(t: ir.Node, steps: list[_Step], end: ir.Node, partner: ir.Node | None, perm: list[int]):
-    def apply(graph: ir.Graph, namer: Namer) -> None:
+    def apply(graph: ir.Graph, namer: Names) -> None:
         current = t
         for step in steps:
             current = _sink(graph, namer, current, step, perm)

@@ -1,41 +1,44 @@
 """The inputs a benchmark runs on, one set per batch size.
 
-The batch dim is the first input's dim 0 (as in :mod:`slipway.convert.inputs`); every input
+The batch dim is the first input's dim 0 (as in :mod:`slipway.verify.inputs`); every input
 whose dim 0 carries the same name is batched with it.
 
 * Random (no data given): floats standard normal, integers uniform in [0, 9] (narrowed when the
-  input indexes a smaller table through ``Gather``), booleans a fair coin, drawn by
-  :func:`slipway.convert.inputs.random_feeds`. Dynamic dims other than the batch take their
+  input indexes a smaller table through ``Gather``, or set to the constants the graph compares
+  it with), booleans a fair coin, drawn by :func:`slipway.verify.inputs.random_feeds`. Dynamic dims other than the batch take their
   sizes from ``shapes`` (``--shape NAME=D0,D1,...``).
 * Data (a dict of arrays or an ``.npz`` file): names, dtypes, ranks and static dims are checked
-  against the model; the batch axis is tiled or cut to each batch size (a batch-1 file serves
-  every batch).
+  against the model (:func:`slipway.verify.inputs.check_data`); the batch axis is tiled or cut to
+  each batch size (a batch-1 file serves every batch).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from slipway.convert.inputs import Feeds, InputSpec, input_specs, random_feeds
-from slipway.convert.probe import at_batch, derive_dim_sizes, fixed_dims, with_value_hints
 from slipway.errors import UserError
+from slipway.verify.inputs import (
+    Feeds,
+    InputsLike,
+    InputSpec,
+    at_batch,
+    batch_data,
+    check_data,
+    input_specs,
+    load_inputs,
+    model_batch,
+    random_feeds,
+)
+from slipway.verify.probe import derive_dim_sizes, fixed_dims, with_value_hints
 
-InputsLike = Mapping[str, np.ndarray] | str | os.PathLike
-
-
-def model_batch(specs: Sequence[InputSpec]) -> int | str:
-    """The batch dim: its name when dynamic, its size when static (1 for a model without one)."""
-    if not specs or not specs[0].dims:
-        return 1
-    return specs[0].dims[0]
+__all__ = ["InputsLike", "make_feeds", "default_batches", "check_batches", "check_memory", "available_memory",
+           "random_bytes", "data_bytes", "dim_sizes", "describe"]
 
 
 def default_batches(specs: Sequence[InputSpec]) -> tuple[int]:
@@ -177,79 +180,6 @@ def dim_sizes(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]) -
                 raise UserError(f"input {s.name!r} dim {axis} ({d!r}) is dynamic: give its size with "
                                 f"--shape {s.name}=... or pass input data")
     return sizes
-
-
-def load_inputs(inputs: InputsLike) -> tuple[dict[str, np.ndarray], str]:
-    """The arrays of a dict or an ``.npz`` file, and a label for error messages."""
-    if isinstance(inputs, Mapping):
-        return {str(k): np.asarray(v) for k, v in inputs.items()}, "inputs"
-    p = Path(inputs)
-    if not p.is_file():
-        raise UserError(f"input data file not found: {p}")
-    try:
-        loaded = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{p} is not a readable .npz file: {_one_line(e)}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise UserError(f"{p}: expected a .npz archive of named arrays (np.savez), got one array")
-    try:
-        with loaded:
-            return {k: loaded[k] for k in loaded.files}, p.name
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{p} is not a readable .npz file: {_one_line(e)}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
-
-
-def check_data(specs: Sequence[InputSpec], data: Mapping[str, np.ndarray], label: str) -> None:
-    """Names, dtypes, ranks, static dims and shared dim sizes of ``data`` against the model."""
-    names = [s.name for s in specs]
-    for name in data:
-        if name not in names:
-            raise UserError(f"{label}: {name!r} is not a model input (inputs: {', '.join(names) or 'none'})")
-    batch = model_batch(specs)
-    seen: dict[str, tuple[int, str]] = {}
-    for s in specs:
-        if s.name not in data:
-            raise UserError(f"{label}: input {s.name!r} is missing (the model needs {', '.join(names)})")
-        a = data[s.name]
-        if a.dtype != s.dtype:
-            raise UserError(f"{label}: input {s.name!r} is {a.dtype}, the model expects {s.dtype}")
-        if a.ndim != len(s.dims):
-            raise UserError(f"{label}: input {s.name!r} has rank {a.ndim} {list(a.shape)}, the model expects "
-                            f"rank {len(s.dims)} {s.dims}")
-        for axis, d in enumerate(s.dims):
-            n = int(a.shape[axis])
-            if isinstance(d, int) and n != d:
-                raise UserError(f"{label}: input {s.name!r} dim {axis} is {n}, the model fixes it at {d}")
-            if isinstance(d, str):
-                if n == 0:
-                    raise UserError(f"{label}: input {s.name!r} dim {axis} is empty")
-                first = seen.setdefault(d, (n, s.name))
-                if first[0] != n and d != batch:
-                    raise UserError(f"{label}: dim {d!r} is {first[0]} in {first[1]!r} but {n} in {s.name!r}")
-                if first[0] != n:
-                    raise UserError(f"{label}: the batch dim is {first[0]} in {first[1]!r} but {n} in {s.name!r}")
-
-
-def batch_data(specs: Sequence[InputSpec], data: Mapping[str, np.ndarray], batch: int) -> Feeds:
-    """``data`` with every batched input tiled (or cut) along axis 0 to ``batch`` rows; an unnamed dim
-    of another input that has the data's batch size (a state's batch, ``state [2, None, 128]``) along with it."""
-    name = model_batch(specs)
-    have = int(data[specs[0].name].shape[0]) if isinstance(name, str) and specs[0].dims else None
-    sizes = {d: int(data[s.name].shape[a]) for s in specs for a, d in enumerate(s.dims) if isinstance(d, str)}
-    follow = at_batch(specs, sizes, batch, have) if have is not None else {}
-    feeds: Feeds = {}
-    for s in specs:
-        a = data[s.name]
-        for axis, d in enumerate(s.dims):
-            if isinstance(d, str) and follow.get(d, a.shape[axis]) != a.shape[axis]:
-                a = np.take(a, np.arange(follow[d]) % a.shape[axis], axis=axis)
-        feeds[s.name] = np.require(a, requirements="C")  # ascontiguousarray makes a 0-d array 1-d
-    return feeds
 
 
 def describe(feeds: Mapping[str, np.ndarray]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from slipway import page, svg
 from slipway.analyze.report import PALETTE, si
+from slipway.cpus import usable_cpus
 from slipway.model import atomic_write_text
 from slipway.perf.runner import BenchResult
 
@@ -54,7 +55,7 @@ def label(r: BenchResult) -> str:
 
 def environment() -> dict[str, str]:
     """CPU, Python and engine versions of this host (no engine is imported)."""
-    from slipway.analyze.machine import cpu_count, cpu_model
+    from slipway.analyze.machine import cpu_model  # imports onnxruntime
 
     versions = []
     for pkg in ENGINE_PACKAGES:
@@ -62,7 +63,7 @@ def environment() -> dict[str, str]:
             versions.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
             continue
-    return {"CPU": f"{cpu_model()} ({cpu_count()} cores)", "Python": platform.python_version(),
+    return {"CPU": f"{cpu_model()} ({usable_cpus()} cores)", "Python": platform.python_version(),
             "Engines": ", ".join(versions) or "-"}
 
 

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 
 from slipway import backends as engines
-from slipway.convert.inputs import Feeds
 from slipway.errors import SlipwayError, UserError
 from slipway.model import ModelLike, as_model, save
 from slipway.perf.feeds import InputsLike, make_feeds
 from slipway.perf.stats import Budget, RssSampler, peak_rss_mb, summarize
+from slipway.verify.inputs import Feeds
 
 __all__ = ["BenchResult", "Config", "benchmark", "run_config", "measure", "usable_backends"]
 

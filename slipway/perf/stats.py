@@ -30,6 +30,12 @@ MB = 1024 * 1024
 CHECK_SAMPLES = 5_000  # at most this many latencies (a strided subsample) per stability check
 
 
+def median(values: Sequence[float] | np.ndarray) -> float:
+    """The median of ``values`` (the mean of the middle two for an even count): the statistic every
+    timing here reports (bench's p50, a stable-median check, A/B blocks in :mod:`slipway.perf.ab`)."""
+    return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
 @dataclass(frozen=True)
 class Budget:
     """How long to warm up and measure one configuration."""
@@ -79,9 +85,9 @@ class Budget:
         if runs < max(self.min_runs, 2):
             return False
         step = max(1, runs // CHECK_SAMPLES)  # a strided subsample keeps a check cheap on fast models
-        whole = float(np.median(np.concatenate([np.asarray(s[::step], dtype=np.float64) for s in samples if len(s)])))
+        whole = median(np.concatenate([np.asarray(s[::step], dtype=np.float64) for s in samples if len(s)]))
         recent = [np.asarray(s[len(s) // 2::step], dtype=np.float64) for s in samples if len(s) > 1]
-        late = float(np.median(np.concatenate(recent))) if recent else whole
+        late = median(np.concatenate(recent)) if recent else whole
         return whole > 0 and abs(late - whole) <= self.tolerance * whole
 
 

@@ -41,14 +41,20 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from slipway.convert import verify as v
+from slipway import backends
+from slipway import verify as v
 from slipway.errors import UserError, VerificationError
 from slipway.model import ModelLike, as_model, check_output
+from slipway.optimize import optimize
+from slipway.perf.ab import TARGETS
 from slipway.quantize import evaluate as ev
+from slipway.quantize import qdq, speed
 from slipway.quantize import sensitivity as sens
-from slipway.quantize import speed
+from slipway.quantize.precision import convert_precision, to_fp16
 from slipway.quantize.result import FloatLayer, QuantizeResult, Step
 from slipway.quantize.types import METHODS
+from slipway.verify.inputs import load_inputs
+from slipway.verify.probe import derive_dim_sizes, plan_inputs
 
 AUTO = "auto"  # entropy ranges, unless they lose more than AUTO_DROP: then the best of the other methods
 AUTO_ORDER = ("entropy", "minmax", "percentile", "mse")
@@ -194,11 +200,7 @@ class _Inputs:
 
     def random_set(self, model: ir.Model) -> ev.EvalData:
         if self.data is not None:  # one feed dict, as given (a state's batch need not be its dim 0)
-            from slipway.perf.feeds import load_inputs
-
             return ev.from_feeds(model, [load_inputs(self.data)[0]], what="--data")
-        from slipway.convert.probe import derive_dim_sizes, plan_inputs
-
         specs = v.input_specs(model)
         first = specs[0].dims[0] if specs and specs[0].dims else None  # the batch dim, or a static batch
         if any(not s.dims or s.dims[0] != first for s in specs):
@@ -209,8 +211,6 @@ class _Inputs:
 
 def _prepared(source: ir.Model, prepare: bool, result: QuantizeResult, inputs: _Inputs) -> ir.Model:
     if prepare:
-        from slipway.optimize import optimize
-
         done = optimize(source, None, skip=["sink-transposes", "matmul-add-to-gemm"], speed_check=False,
                         shapes=inputs.shapes, data=inputs.data)
         result.notes.extend(n for n in done.verification.notes if n not in result.notes)
@@ -295,7 +295,7 @@ def _formats(symmetric: bool | None, per_channel: bool, reduce_range: bool | Non
 def _int8(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *, calib: Any, method: str,
           formats: dict[str, Any], max_drop: float | None, eval_data: Any, metric: Any, fallback: str, cache: Any,
           preprocess: Any, calib_limit: int | None, eval_limit: int | None, prepare: bool) -> ir.Model:
-    from slipway.quantize import calibrate, qdq
+    from slipway.quantize import calibrate  # imports quantize.data, which imports slipway.ops (scipy, OpenCV)
     from slipway.quantize.data import calibration_data
 
     if calib is None:
@@ -340,10 +340,8 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, 
 
 def _nothing_to_quantize(model: ir.Model) -> str:
     """Why Q/DQ placement found nothing: no quantizable op, or only inside If / Loop / Scan bodies."""
-    from slipway.quantize.qdq import SUPPORTED
-
     inside = sorted({n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)
-                     if n.graph is not model.graph and n.op_type in SUPPORTED})
+                     if n.graph is not model.graph and n.op_type in qdq.SUPPORTED})
     if inside:
         return (f"nothing in the main graph can be quantized to INT8: its {', '.join(inside)} nodes are inside "
                 "control flow (If / Loop / Scan bodies), where Q/DQ placement does not go yet")
@@ -377,16 +375,12 @@ class _Builder:
         self.formats, self.fallback = formats, fallback
 
     def __call__(self, layers: Sequence[str]) -> tuple[ir.Model, Any]:
-        from slipway.quantize import qdq
-
         model, report = qdq.quantize_qdq(self.prepared, self.ranges, exclude_nodes=layers, **self.formats)
         if self.fallback == "fp16":
             model = self._fp16(model, set(layers))
         return model, report
 
     def _fp16(self, model: ir.Model, layers: set[str]) -> ir.Model:
-        from slipway.quantize.precision import to_fp16
-
         _name_nodes(model)
         keep = [n.name for n in model.graph if n.name not in layers]
         try:
@@ -474,8 +468,6 @@ def _unreachable(last: tuple[ir.Model, Any, ev.Score, str] | None, judge: _Judge
 
 def _low(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *, eval_data: Any, calib: Any,
          metric: Any, preprocess: Any, eval_limit: int | None, max_drop: float | None, prepare: bool) -> ir.Model:
-    from slipway.quantize.precision import convert_precision
-
     prepared = source
     if prepare:  # folded BatchNormalization: its variance and 1/sqrt(var + eps) are what FP16 cannot hold
         say("preparing the graph")
@@ -501,9 +493,6 @@ def _low(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *
 def _verify(source: ir.Model, final: ir.Model, result: QuantizeResult, precision: str,
             atol: float | None = None, rtol: float | None = None) -> v.VerifyReport:
     """Outputs of ``final`` on the target engine vs FP32 (onnxruntime, optimizations off) on real samples."""
-    from slipway import backends
-    from slipway.optimize import TARGETS
-
     atol = TOLERANCE[precision][0] if atol is None else atol
     rtol = TOLERANCE[precision][1] if rtol is None else rtol
     feeds_list = result.verify_feeds

@@ -34,7 +34,6 @@ the data.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -47,6 +46,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from slipway.backends.ort import ort_session
+from slipway.compare.run import load_model, typed_copy
 from slipway.errors import UserError
 from slipway.model import ModelLike, atomic_write_bytes
 from slipway.quantize.data import CalibrationData, calibration_data
@@ -75,8 +76,6 @@ def collect(model: ModelLike, data: Any, *, tensors: Sequence[str] | None = None
     With ``cache``, a cache file for this model, data and ``bins`` is used instead of running the
     data, and a fresh one is written otherwise (the data digest is computed only then).
     """
-    from slipway.compare.run import load_model, typed_copy
-
     if not isinstance(bins, int) or bins < 16:
         raise UserError(f"bins must be an integer of at least 16, got {bins!r}")
     original = load_model(model, "to calibrate")
@@ -100,8 +99,6 @@ def collect(model: ModelLike, data: Any, *, tensors: Sequence[str] | None = None
 
 def activations(model: ir.Model) -> list[str]:
     """Float values of the main graph that depend on a graph input (inputs included), in graph order."""
-    from slipway.compare.run import typed_copy
-
     if any(v.type is None for node in model.graph for v in node.outputs):
         model = typed_copy(model)
     inits = set(model.graph.initializers)
@@ -152,39 +149,34 @@ def _run(model: ir.Model, data: CalibrationData, names: list[str], bins: int, pr
     stats = {n: TensorStats(n, float("inf"), float("-inf"), 0) for n in names}
     bad: set[str] = set()
     done = 0
-    with contextlib.ExitStack() as stack:
-        session = _session(model, exposed, stack) if exposed else None
-        for k, feeds in enumerate(data):
-            for n in names:
-                if n in inputs and update(stats[n], feeds[n], bins):
-                    bad.add(n)
-            outs = _execute(session, exposed, feeds, k) if exposed else []
-            for i, n in enumerate(exposed):
-                if update(stats[n], outs[i], bins):
-                    bad.add(n)
-                outs[i] = None  # drop each activation as soon as it is counted
-            del outs
-            done += data.rows(feeds)
-            if progress is not None:
-                progress(done, data.total)
+    session = _session(model, exposed) if exposed else None
+    for k, feeds in enumerate(data):
+        for n in names:
+            if n in inputs and update(stats[n], feeds[n], bins):
+                bad.add(n)
+        outs = _execute(session, exposed, feeds, k) if exposed else []
+        for i, n in enumerate(exposed):
+            if update(stats[n], outs[i], bins):
+                bad.add(n)
+            outs[i] = None  # drop each activation as soon as it is counted
+        del outs
+        done += data.rows(feeds)
+        if progress is not None:
+            progress(done, data.total)
+    del session  # frees the engine (and a > 2 GB model's temporary file) before the stats are returned
     notes = [f"{n}: non-finite values ignored" for n in names if n in bad]
     return Calibration(stats, done, notes=notes)
 
 
-def _session(model: ir.Model, exposed: list[str], stack: contextlib.ExitStack) -> Any:
+def _session(model: ir.Model, exposed: list[str]) -> Any:
     """An onnxruntime session of ``model`` (our copy) with ``exposed`` as its only outputs."""
-    import onnxruntime as ort
-
-    from slipway.backends.base import onnx_source
-
     by_name = {v.name: v for node in model.graph for v in node.outputs}
     model.graph.outputs.clear()
     model.graph.outputs.extend(by_name[n] for n in exposed)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 4  # errors come back as exceptions; ORT's own log stays off the terminal
     try:
-        return ort.InferenceSession(stack.enter_context(onnx_source(model)), so, providers=["CPUExecutionProvider"])
+        return ort_session(model, optimization="basic", raw_errors=True)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"onnxruntime cannot load the model to calibrate: {_one_line(e)}") from None
 

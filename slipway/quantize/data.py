@@ -39,11 +39,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from slipway.convert.inputs import Feeds, InputSpec, input_specs
 from slipway.errors import UserError
 from slipway.model import ModelLike, as_model
 from slipway.ops.image import bgr_to_rgb, hwc_to_chw, letterbox, normalize
 from slipway.ops.resize import resize
+from slipway.verify.inputs import Feeds, InputSpec, input_specs
 
 __all__ = ["ImageSpec", "CalibrationData", "calibration_data", "IMAGE_SUFFIXES", "ARRAY_SUFFIXES", "EMPTY"]
 

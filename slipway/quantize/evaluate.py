@@ -45,10 +45,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from slipway import backends
 from slipway.compare.metrics import cosine, snr_db
 from slipway.compare.run import DEFAULT_DIM
-from slipway.convert.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
 from slipway.errors import UserError
+from slipway.perf.ab import TARGETS
+from slipway.verify.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
 
 __all__ = ["EvalData", "Metric", "Score", "Output", "from_feeds", "random_set", "verify_feeds", "run_outputs",
            "parts", "samples_in", "resolve_metric", "metric_value", "score", "LABEL_KEYS", "BATCH"]
@@ -338,9 +340,6 @@ def run_outputs(model: ir.Model, ev: EvalData, target: str = "ort") -> list[Outp
     """Each output of ``model`` over the whole evaluation set on ``target``: one array, the batches
     concatenated along axis 0, or - when the output's shape differs between batches (samples of several
     shapes) - the list of the batches' arrays, in sample order."""
-    from slipway import backends
-    from slipway.optimize import TARGETS
-
     session = backends.load(model, TARGETS.get(target, target))
     try:
         names = [o.name for o in session.outputs]

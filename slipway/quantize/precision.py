@@ -41,12 +41,15 @@ import ml_dtypes
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
 from slipway.errors import UserError
+from slipway.graph import Names, add_initializer, copy_model, default_opset
 from slipway.model import ModelLike, as_model
+from slipway.passes.opset import convert
 
 if TYPE_CHECKING:
-    from slipway.convert.verify import VerifyReport
+    from slipway.verify import VerifyReport
 
 __all__ = ["BLOCK_REASONS", "DEFAULT_BLOCK", "KEEP_FP32_INPUTS", "PrecisionReport", "convert_precision",
            "to_fp16", "to_bf16", "verify_precision"]
@@ -120,20 +123,7 @@ class _Ctx:
         self.low_nodes: dict[ir.Node, _Slots] = {}
         self.float_set: set[ir.Node] = set()
         self.casts: dict[tuple[ir.Value, ir.DataType], ir.Value] = {}
-        self.taken: set[str] = set()
-        for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            self.taken.update(v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name)
-            if node.name:
-                self.taken.add(node.name)
-        self.taken.update(v.name for v in (*model.graph.inputs, *model.graph.initializers.values()) if v.name)
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
+        self.fresh = Names(model)
 
     def place(self, node: ir.Node, after: ir.Node | None) -> None:
         if after is not None and after.graph is self.graph:
@@ -189,7 +179,7 @@ def convert_precision(
     if precision not in LOW:
         raise UserError(f"precision must be one of {', '.join(LOW)}, got {precision!r}")
     lo, hi = _bounds(precision, min_positive, max_finite)
-    m = as_model(model).clone()
+    m = copy_model(as_model(model))
     blocked_ops, blocked_nodes = _names("block_ops", block_ops), _names("block_nodes", block_nodes)
     missing = sorted(blocked_nodes - {n.name for n in m.graph.all_nodes() if n.name})
     if missing:
@@ -256,10 +246,6 @@ def _names(what: str, names: Iterable[str]) -> set[str]:
 
 
 def _prepare(m: ir.Model, precision: str, upgrade_opset: bool, notes: list[str]) -> None:
-    from onnx_ir.passes.common import ShapeInferencePass
-
-    from slipway.passes.opset import convert, default_opset
-
     opset = default_opset(m) or 1
     if precision == "bf16" and upgrade_opset and opset < BF16_OPSET:
         try:
@@ -299,7 +285,7 @@ def _small(v: ir.Value | None) -> bool:
 
 
 def _classify(ctx: _Ctx, blocked_ops: set[str], blocked_nodes: set[str]) -> None:
-    opset = ctx.model.opset_imports.get("", 1)
+    opset = default_opset(ctx.model) or 1
     int_derived: set[ir.Value] = set()
     for node in ctx.graph:
         reason = _fixed_reason(node, blocked_ops, blocked_nodes)
@@ -496,12 +482,11 @@ def _copy(ctx: _Ctx, v: ir.Value, to: ir.DataType, data: np.ndarray | None) -> i
     data = _const_array(v) if data is None else data
     name = ctx.fresh(f"{v.name}_{_SUFFIX[to]}")
     t = ir.Tensor(np.asarray(data, np.float32), name=name) if to == F32 else ctx.tensor(data, name)
-    new = ir.Value(name=name, shape=_shape(v), type=ir.TensorType(to), const_value=t if p is None else None)
     if p is None:
-        ctx.graph.register_initializer(new)
-    else:
-        ctx.place(ir.Node("", "Constant", [], [ir.AttrTensor("value", t)], outputs=[new],
-                          name=ctx.fresh(f"Constant_{name}")), p)
+        return add_initializer(ctx.graph, name, t)
+    new = ir.Value(name=name, shape=_shape(v), type=ir.TensorType(to))
+    ctx.place(ir.Node("", "Constant", [], [ir.AttrTensor("value", t)], outputs=[new],
+                      name=ctx.fresh(f"Constant_{name}")), p)
     return new
 
 
@@ -528,7 +513,7 @@ def verify_precision(original: ModelLike, converted: ModelLike, *, atol: float =
     rounded; outputs are compared as float32, ``max_rel`` relative to each output's largest
     reference magnitude. Returns the report; it does not raise.
     """
-    from slipway.convert import verify as v
+    from slipway import verify as v
 
     ref_model, cand = as_model(original), as_model(converted)
     has_bf16 = any(x.dtype == ir.DataType.BFLOAT16 for n in cand.graph for x in n.outputs)
@@ -547,7 +532,7 @@ def _runner(model: ir.Model, backend: str) -> tuple[Callable[[Mapping[str, np.nd
     """feeds (float32) -> outputs (float32) of ``model`` on ``backend``, cast at the boundary; and the engine's name."""
     from slipway import backends
     from slipway.backends.base import Options
-    from slipway.convert.verify import engine_name, ort_runner
+    from slipway.verify import engine_name, ort_runner
 
     if backend == "ort":
         inner, engine = ort_runner(model), engine_name()

@@ -33,8 +33,21 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from slipway.errors import UserError
-from slipway.passes._fusion import Namer, attr_float, attr_int, const, drop_unused, is_op, out_channels
-from slipway.passes.opset import convert, default_opset
+from slipway.graph import (
+    WEIGHT_QMAX,
+    Names,
+    add_initializer,
+    attr_float,
+    attr_int,
+    const,
+    copy_model,
+    default_opset,
+    is_op,
+    out_channels,
+    quantize_weight,
+    remove_dead,
+)
+from slipway.passes.opset import convert
 from slipway.quantize.types import Ranges
 
 __all__ = ["QuantReport", "quantize_qdq", "quantize_weight", "activation_qparams", "weight_axis", "SUPPORTED",
@@ -48,7 +61,6 @@ SUPPORTED = COMPUTE + JOINS + POOLS + SHARED
 ABSORBED = ("Relu", "Clip")
 QTYPES = {"int8": (np.int8, -128, 127), "uint8": (np.uint8, 0, 255)}
 MIN_OPSET = 13  # per-axis DequantizeLinear
-WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127] (the TensorRT convention)
 # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 with VPMADDUBSW, which adds
 # pairs of products into int16 and saturates (2 x 255 x 127 > 32767); |w| <= 63 cannot saturate.
 REDUCED_QMAX = 63
@@ -77,22 +89,6 @@ class QuantReport:
 
 
 # --- numbers ------------------------------------------------------------------------------------
-
-def quantize_weight(w: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 ``(q, scale)`` of ``w`` with ``|q| <= qmax``: per slice along ``axis`` (scale of
-    shape ``[w.shape[axis]]``) or per tensor (``axis=None``, scalar scale). An all-zero slice gets scale 1."""
-    w64 = np.asarray(w, dtype=np.float64)
-    if axis is None:
-        amax = np.asarray(np.abs(w64).max() if w64.size else 0.0)
-    else:
-        amax = np.abs(np.moveaxis(w64, axis, 0)).reshape(w64.shape[axis], -1).max(axis=1)
-    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    shape = [1] * w64.ndim
-    if axis is not None:
-        shape[axis] = -1
-    q = np.clip(np.round(w64 / scale.astype(np.float64).reshape(shape)), -qmax, qmax)
-    return q.astype(np.int8), scale
-
 
 def activation_qparams(lo: float, hi: float, activation_type: str, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(scale, zero_point)`` scalars that represent ``[lo, hi]`` (always widened to hold 0).
@@ -296,7 +292,7 @@ def _plan(graph: ir.Graph, plan: _Plan) -> None:
 
 # --- rewriting ----------------------------------------------------------------------------------
 
-def _dequantize(graph: ir.Graph, namer: Namer, base: str, q: ir.Value, scale: ir.Value, zp: ir.Value,
+def _dequantize(graph: ir.Graph, namer: Names, base: str, q: ir.Value, scale: ir.Value, zp: ir.Value,
                 axis: int | None, shape: ir.Shape | None) -> ir.Value:
     attrs = [ir.AttrInt64("axis", axis)] if axis is not None else []
     out = ir.Value(name=namer(f"{base}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=shape)
@@ -304,16 +300,7 @@ def _dequantize(graph: ir.Graph, namer: Namer, base: str, q: ir.Value, scale: ir
     return out
 
 
-def _const(graph: ir.Graph, namer: Namer, base: str, array: np.ndarray) -> ir.Value:
-    """A new initializer (0-d arrays stay scalars, as Q/DQ per-tensor parameters must be)."""
-    tensor = ir.tensor(np.array(array, copy=True, order="C"), name=namer(base))
-    value = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
-                     const_value=tensor)
-    graph.register_initializer(value)
-    return value
-
-
-def _quantize_weights(graph: ir.Graph, namer: Namer, plan: _Plan) -> dict[ir.Node, np.ndarray]:
+def _quantize_weights(graph: ir.Graph, namer: Names, plan: _Plan) -> dict[ir.Node, np.ndarray]:
     """int8 initializers + DequantizeLinear for the planned weights; the weight scale of each node."""
     done: dict[tuple[ir.Value, int | None], tuple[ir.Value, np.ndarray]] = {}
     scales: dict[ir.Node, np.ndarray] = {}
@@ -325,9 +312,9 @@ def _quantize_weights(graph: ir.Graph, namer: Namer, plan: _Plan) -> dict[ir.Nod
         if (v, axis) not in done:
             q, scale = quantize_weight(w, axis, plan.qmax)
             base = v.name or f"{node.name}_W"
-            qv = _const(graph, namer, f"{base}_quantized", q)
-            sv = _const(graph, namer, f"{base}_scale", scale)
-            zv = _const(graph, namer, f"{base}_zero_point", np.zeros(scale.shape, np.int8))
+            qv = add_initializer(graph, namer(f"{base}_quantized"), q)
+            sv = add_initializer(graph, namer(f"{base}_scale"), scale)
+            zv = add_initializer(graph, namer(f"{base}_zero_point"), np.zeros(scale.shape, np.int8))
             done[(v, axis)] = (_dequantize(graph, namer, base, qv, sv, zv, axis, ir.Shape(w.shape)), scale)
             plan.report.weights += 1
         dq, scale = done[(v, axis)]
@@ -335,11 +322,11 @@ def _quantize_weights(graph: ir.Graph, namer: Namer, plan: _Plan) -> dict[ir.Nod
         old.append(v)
         if idx == 1:
             scales[node] = scale
-    drop_unused(old)
+    remove_dead(old)
     return scales
 
 
-def _quantize_biases(graph: ir.Graph, namer: Namer, plan: _Plan, qparams: dict[ir.Value, tuple],
+def _quantize_biases(graph: ir.Graph, namer: Names, plan: _Plan, qparams: dict[ir.Value, tuple],
                      w_scales: dict[ir.Node, np.ndarray]) -> None:
     old = []
     for node in plan.biases:
@@ -356,13 +343,13 @@ def _quantize_biases(graph: ir.Graph, namer: Namer, plan: _Plan, qparams: dict[i
         base = node.inputs[2].name or f"{node.name}_B"
         axis = 0 if scale.size > 1 else None
         scale = scale if axis is not None else scale.reshape(())
-        qv = _const(graph, namer, f"{base}_quantized", q.astype(np.int32))
-        sv = _const(graph, namer, f"{base}_scale", scale)
-        zv = _const(graph, namer, f"{base}_zero_point", np.zeros(scale.shape, np.int32))
+        qv = add_initializer(graph, namer(f"{base}_quantized"), q.astype(np.int32))
+        sv = add_initializer(graph, namer(f"{base}_scale"), scale)
+        zv = add_initializer(graph, namer(f"{base}_zero_point"), np.zeros(scale.shape, np.int32))
         old.append(node.inputs[2])
         node.replace_input_with(2, _dequantize(graph, namer, base, qv, sv, zv, axis, ir.Shape([b.size])))
         plan.report.biases += 1
-    drop_unused(old)
+    remove_dead(old)
 
 
 def _group_qparams(plan: _Plan, activation_type: str, symmetric: bool) -> dict[ir.Value, tuple]:
@@ -377,15 +364,15 @@ def _group_qparams(plan: _Plan, activation_type: str, symmetric: bool) -> dict[i
     return {root: activation_qparams(lo, hi, activation_type, symmetric) for root, (lo, hi) in spans.items()}
 
 
-def _quantize_activations(graph: ir.Graph, namer: Namer, plan: _Plan, qparams: dict[ir.Value, tuple]) -> None:
+def _quantize_activations(graph: ir.Graph, namer: Names, plan: _Plan, qparams: dict[ir.Value, tuple]) -> None:
     made: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
     excluded = {n for n in graph if not plan.usable(n)}
     for v in plan.need:
         root = plan.find(v)
         if root not in made:
             scale, zp = qparams[root]
-            made[root] = (_const(graph, namer, f"{root.name}_scale", scale),
-                          _const(graph, namer, f"{root.name}_zero_point", zp))
+            made[root] = (add_initializer(graph, namer(f"{root.name}_scale"), scale),
+                          add_initializer(graph, namer(f"{root.name}_zero_point"), zp))
         sv, zv = made[root]
         name = v.name
         users = [(u.node, u.idx) for u in v.uses() if u.node not in excluded]
@@ -426,7 +413,7 @@ def _check(ranges: Mapping[str, tuple[float, float]], activation_type: str, ops:
 
 def _name_nodes(model: ir.Model) -> None:
     """Give every unnamed main-graph node the name ``OpType_index`` (so reports can name it)."""
-    namer = Namer(model)
+    namer = Names(model)
     for i, node in enumerate(model.graph):
         if not node.name:
             node.name = namer(f"{node.op_type}_{i}")
@@ -450,7 +437,7 @@ def quantize_qdq(model: ir.Model, ranges: Mapping[str, tuple[float, float]], *, 
     if not isinstance(model, ir.Model):
         raise UserError(f"quantize_qdq expects an onnx_ir.Model, got {type(model).__name__}")
     clean, ops = _check(ranges, activation_type, ops), set(ops)
-    model = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    model = copy_model(model)
     _name_nodes(model)
     ShapeInferencePass(strict_mode=False)(model)
     names = {n.name for n in model.graph}
@@ -467,7 +454,7 @@ def quantize_qdq(model: ir.Model, ranges: Mapping[str, tuple[float, float]], *, 
         plan.report.notes.append(f"opset {opset} converted to {MIN_OPSET} (per-channel DequantizeLinear)")
     graph = model.graph
     _plan(graph, plan)
-    namer = Namer(model)
+    namer = Names(model)
     qparams = _group_qparams(plan, activation_type, symmetric_activations)
     w_scales = _quantize_weights(graph, namer, plan)
     _quantize_biases(graph, namer, plan, qparams, w_scales)

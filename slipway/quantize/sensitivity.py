@@ -29,8 +29,11 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.compare.run import typed_copy
-from slipway.convert.inputs import Feeds
-from slipway.convert.verify import ort_runner
+from slipway.graph import add_initializer, default_opset
+from slipway.passes.opset import convert
+from slipway.quantize.qdq import MIN_OPSET
+from slipway.verify import ort_runner
+from slipway.verify.inputs import Feeds
 
 __all__ = ["LayerSensitivity", "quantized_layers", "analyze", "table"]
 
@@ -130,9 +133,6 @@ class _Shadow:
     """Copies quantized layers of B (with their input Q/DQ chains) into a copy of A."""
 
     def __init__(self, fp32: ir.Model) -> None:
-        from slipway.passes.opset import convert, default_opset
-        from slipway.quantize.qdq import MIN_OPSET
-
         self.model = typed_copy(fp32)
         if (default_opset(self.model) or MIN_OPSET) < MIN_OPSET:  # as quantize_qdq: per-axis DQ needs opset 13
             convert(self.model, MIN_OPSET)
@@ -156,8 +156,7 @@ class _Shadow:
         if id(v) in self.memo:
             return self.memo[id(v)]
         if v.const_value is not None and v.producer() is None:
-            new = ir.Value(name=SHADOW + v.name, shape=v.shape, type=v.type, const_value=v.const_value)
-            self.model.graph.register_initializer(new)
+            new = add_initializer(self.model.graph, SHADOW + v.name, v.const_value)
             self.memo[id(v)] = new
             return new
         producer = v.producer()

@@ -7,9 +7,9 @@ A quantized model is only worth its accuracy cost when it runs faster. Two thing
   product (AVX2 only, plain NEON) the engines emulate it with 16-bit multiply-adds and INT8 is
   often no faster than FP32: a warning says so.
 * :func:`measure` - the FP32 and the quantized model timed at batch 1 on the target engine with
-  its own optimizations on, in alternating blocks (:func:`slipway.optimize.latency_pair`), so
-  both see the same background load. The latencies are always measured and reported, whatever
-  the instruction set.
+  its own optimizations on, in alternating blocks (:func:`slipway.perf.ab.latency_compare`, the
+  engine of optimize's never-slower check too), so both see the same background load. The
+  latencies are always measured and reported, whatever the instruction set.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ import onnx_ir as ir
 
 from slipway.analyze.machine import cpu_features, cpu_model, int8_isa
 from slipway.errors import UserError
+from slipway.perf.ab import latency_compare
 
 __all__ = ["SpeedReport", "Int8Choice", "int8_defaults", "isa_check", "measure", "TARGETS"]
 
-TARGETS = ("ort", "openvino")
+TARGETS = ("ort", "openvino")  # engine table names
+SLOWER_TOLERANCE = 0.02  # the quantized model is reported slower past 2% over FP32's median
 
 
 @dataclass
@@ -118,12 +120,11 @@ def measure(report: SpeedReport, fp32: ir.Model, quantized: ir.Model, *, budget_
             feeds: Mapping[str, np.ndarray] | None = None) -> SpeedReport:
     """Time ``fp32`` and ``quantized`` on ``feeds`` (default: batch 1 at ``dim_sizes``) on ``report.target``
     (alternating blocks); fills the latencies."""
-    from slipway.optimize import latency_pair
-
-    before, after = latency_pair(fp32, quantized, report.target, budget_s, dim_sizes,
-                                 dict(feeds) if feeds is not None else None)
+    speed = latency_compare(fp32, quantized, report.target, budget_s, dim_sizes,
+                            dict(feeds) if feeds is not None else None)
+    before, after = speed.a_ms, speed.b_ms
     report.latency_fp32_ms, report.latency_quant_ms = before, after
-    if after > before * 1.02:
+    if speed.slower(SLOWER_TOLERANCE):
         report.warnings.append(
             f"the quantized model is slower than FP32 on {report.target}: {after:.3f} ms vs {before:.3f} ms")
     return report

@@ -4,10 +4,13 @@ Layers, each transport-free below the adapters:
 
 * ``repository.py`` reads ``REPO/MODEL/config.pbtxt`` + ``REPO/MODEL/VERSION/model.onnx`` with
   Triton's own model-config schema and completes a missing config from the ONNX model;
-* ``model.py`` is one loaded version: engine sessions sharing one copy of the weights, request checks;
+* ``request.py`` is THE check of an inference request (parameters, inputs, outputs), for every transport;
+* ``model.py`` is one loaded version: engine sessions sharing one copy of the weights (the engine
+  comes from the registry in :mod:`slipway.backends`), its request signature;
 * ``batcher.py`` merges concurrent requests into batches, runs them off the event loop;
 * ``dataplane.py`` is the protocol's logic (health, metadata, config, statistics, repository
-  control, inference); ``http.py`` (aiohttp) and ``grpc.py`` (grpc.aio) are thin adapters;
+  control, inference), typed for the adapters as ``types.Plane``; ``http.py`` (aiohttp) and
+  ``grpc.py`` (grpc.aio) are thin adapters that only decode and encode;
 * ``metrics.py`` exposes Triton-named Prometheus metrics; ``server.py`` ties it all to ports.
 """
 

@@ -32,9 +32,10 @@ from time import monotonic_ns
 import numpy as np
 
 from slipway.errors import ServeError, UserError, one_line
+from slipway.serve.request import RequestError, batch_rows, priority_level
 from slipway.serve.stats import ModelStats
 
-__all__ = ["QueuePolicy", "BatchPolicy", "RunFn", "Batcher"]
+__all__ = ["QueuePolicy", "BatchPolicy", "RunFn", "Batcher", "batch_policy", "check_policy"]
 
 RunFn = Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -56,8 +57,8 @@ class BatchPolicy:
     preferred_batch_sizes: list[int] = field(default_factory=list)
     max_queue_delay_us: int = 0
     priority_levels: int = 0  # 0 = one level; else 1..N, 1 is highest
-    default_priority: int = 0  # Triton default_priority_level: the level of a request that says priority 0
-    #                            (0 with priority_levels N > 0: level N)
+    default_priority: int | None = None  # Triton default_priority_level: the level of a request that says
+    #                                      priority 0 (None with priority_levels N > 0: level N)
     default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
     priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)
 
@@ -94,7 +95,7 @@ class Batcher:
         self._max_preferred = max(self._preferred)
         self._delay_ns = policy.max_queue_delay_us * 1000
         self._max_pending = max_pending
-        _check(policy, instances, max_pending, name)
+        check_policy(policy, name, instances=instances, max_pending=max_pending)
         self._levels, self._default_level, self._policies = _levels(policy, name)
         # queue 2*i: level i+1 in arrival order; 2*i+1: its requests pushed back by a DELAY timeout
         self._queues: list[deque[_Request]] = [deque() for _ in range(2 * len(self._policies))]
@@ -123,20 +124,31 @@ class Batcher:
         return self._queued + self._running
 
     async def infer(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> dict[str, np.ndarray]:
-        """Queue one request, wait for its batch to run, return its rows of every output."""
+        """Check, queue one request, wait for its batch to run, return its rows of every output.
+
+        The server checks its requests beforehand (:func:`slipway.serve.request.check`) and calls
+        :meth:`submit`; this is the same, with the batch and priority rules applied here.
+        """
         start = monotonic_ns()
+        try:
+            rows = self._rows(feeds)
+            level = priority_level(priority, self._levels, self._default_level, self._name)
+        except ServeError:
+            self._stats.request_done(False, monotonic_ns() - start, reason="OTHER")
+            raise
+        return await self.submit(feeds, rows, level, timeout_us, start)
+
+    async def submit(self, feeds: dict[str, np.ndarray], rows: int, level: int, timeout_us: int = 0,
+                     start: int = 0) -> dict[str, np.ndarray]:
+        """Queue a checked request (``rows`` batch rows, 0-based queue ``level``) and wait for its rows."""
+        start = start or monotonic_ns()
         if self._closing:
             self._stats.request_done(False, 0, reason="REJECTED")
             raise ServeError(f"model {self._name} is unloading", 503)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        try:
-            rows, key = self._shape(feeds)
-            level = self._level(priority)
-        except ServeError:
-            self._stats.request_done(False, monotonic_ns() - start, reason="OTHER")
-            raise
+        key = self._key(feeds)
         policy = self._policies[level]
         if self._queued >= self._max_pending or 0 < policy.max_queue_size <= self._level_queued[level]:
             self._stats.request_done(False, monotonic_ns() - start, reason="REJECTED")
@@ -177,42 +189,32 @@ class Batcher:
 
     # ---- request checks -------------------------------------------------------------------------
 
-    def _shape(self, feeds: dict[str, np.ndarray]) -> tuple[int, tuple | None]:
-        """Rows of a request (its first dim; 1 when the model has no batch dim) and its merge key."""
+    def _rows(self, feeds: dict[str, np.ndarray]) -> int:
+        """Rows of an unchecked request (its first dim; 1 when the model has no batch dim)."""
         if self._mbs <= 0 or not feeds:
-            return 1, None
+            return 1
         rows = -1
         first = ""
-        key = []
         for name, a in feeds.items():
             shape = a.shape
             if not shape:
-                raise ServeError(f"input {name} of model {self._name} is a scalar; it needs a batch dimension", 400)
+                raise RequestError(f"input {name} of model {self._name} is a scalar; it needs a batch dimension")
             if rows < 0:
                 rows, first = shape[0], name
             elif shape[0] != rows:
-                raise ServeError(f"inputs of model {self._name} have different batch sizes: {first} has {rows}, "
-                                 f"{name} has {shape[0]}", 400)
-            key.append((name, a.dtype, shape[1:]))
-        if rows > self._mbs or rows < 1:
-            raise ServeError(f"batch size {rows} of the request to model {self._name} is outside 1..{self._mbs} "
-                             f"(max_batch_size)", 400)
-        if not self._merge:
-            return rows, None
+                raise RequestError(f"inputs of model {self._name} have different batch sizes: {first} has {rows}, "
+                                   f"{name} has {shape[0]}")
+        batch_rows(first, rows, self._mbs, self._name)
+        return rows
+
+    def _key(self, feeds: dict[str, np.ndarray]) -> tuple | None:
+        """What requests must share to be merged: input names, dtypes and non-batch shapes (None: never)."""
+        if not self._merge or not feeds:
+            return None
+        key = [(name, a.dtype, a.shape[1:]) for name, a in feeds.items()]
         if len(key) > 1:
             key.sort()  # names are unique: only they are compared
-        return rows, tuple(key)
-
-    def _level(self, priority: int) -> int:
-        """0-based queue level of a request's ``priority`` (0 = the default level)."""
-        if self._levels == 0:
-            return 0
-        if priority == 0:
-            return self._default_level
-        if not 1 <= priority <= self._levels:
-            raise ServeError(f"priority {priority} of the request to model {self._name} is outside 1..{self._levels}",
-                             400)
-        return priority - 1
+        return tuple(key)
 
     # ---- scheduling (event loop) ----------------------------------------------------------------
 
@@ -504,35 +506,75 @@ def _concat(batch: list[_Request]) -> dict[str, np.ndarray]:
 
 
 def _levels(policy: BatchPolicy, name: str) -> tuple[int, int, list[QueuePolicy]]:
-    """(priority levels, 0-based default level, queue policy per level)."""
+    """(priority levels, 0-based default level, queue policy per level) of a checked policy."""
     n = policy.priority_levels
-    if n < 0:
-        raise UserError(f"model {name}: priority_levels must be >= 0, got {n}")
     if n == 0:
         return 0, 0, [policy.default_queue_policy]
     default = policy.default_priority or n
-    if not 1 <= default <= n:
-        raise UserError(f"model {name}: default_priority_level {default} is outside 1..{n}")
-    for level in policy.priority_queue_policy:
-        if not 1 <= level <= n:
-            raise UserError(f"model {name}: priority_queue_policy names level {level}, outside 1..{n}")
     policies = [policy.priority_queue_policy.get(i + 1, policy.default_queue_policy) for i in range(n)]
     return n, default - 1, policies
 
 
-def _check(policy: BatchPolicy, instances: int, max_pending: int, name: str) -> None:
+def check_policy(policy: BatchPolicy, name: str, *, instances: int = 1, max_pending: int = 1) -> None:
+    """THE batching-policy check (the repository checks a config with it, the batcher its policy).
+
+    One-line UserError naming the model and the field.
+    """
     if instances < 1:
-        raise UserError(f"model {name}: needs at least one instance, got {instances}")
+        raise UserError(f"model {name!r}: needs at least one instance, got {instances}")
     if max_pending < 1:
-        raise UserError(f"model {name}: max_pending must be >= 1, got {max_pending}")
-    if policy.max_batch_size < 0:
-        raise UserError(f"model {name}: max_batch_size must be >= 0, got {policy.max_batch_size}")
+        raise UserError(f"model {name!r}: max_pending must be >= 1, got {max_pending}")
+    mbs = policy.max_batch_size
+    if mbs < 0:
+        raise UserError(f"model {name!r}: max_batch_size must be >= 0, got {mbs}")
+    if policy.dynamic and mbs == 0:
+        raise UserError(f"model {name!r}: dynamic_batching needs max_batch_size > 0")
     if policy.max_queue_delay_us < 0:
-        raise UserError(f"model {name}: max_queue_delay_microseconds must be >= 0, got {policy.max_queue_delay_us}")
-    bad = [s for s in policy.preferred_batch_sizes if not 1 <= s <= max(policy.max_batch_size, 1)]
-    if bad:
-        raise UserError(f"model {name}: preferred_batch_size {bad[0]} is outside 1..{policy.max_batch_size}")
-    qps = [policy.default_queue_policy, *policy.priority_queue_policy.values()]
-    for qp in qps:
+        raise UserError(f"model {name!r}: max_queue_delay_microseconds must be >= 0, got {policy.max_queue_delay_us}")
+    for size in policy.preferred_batch_sizes:
+        if not 0 < size <= max(mbs, 1):
+            raise UserError(f"model {name!r}: preferred_batch_size {size} is not in 1..max_batch_size ({mbs})")
+    levels, default = policy.priority_levels, policy.default_priority
+    if levels < 0:
+        raise UserError(f"model {name!r}: priority_levels must be >= 0, got {levels}")
+    if levels == 0 and (default or policy.priority_queue_policy):
+        raise UserError(f"model {name!r}: default_priority_level and priority_queue_policy need priority_levels")
+    if levels and default is not None and not 1 <= default <= levels:
+        raise UserError(f"model {name!r}: default_priority_level {default} is not in 1..priority_levels ({levels})")
+    for level in policy.priority_queue_policy:
+        if not 1 <= level <= levels:
+            raise UserError(f"model {name!r}: priority_queue_policy level {level} is not in 1..{levels}")
+    for qp in [policy.default_queue_policy, *policy.priority_queue_policy.values()]:
+        if qp.max_queue_size < 0:
+            raise UserError(f"model {name!r}: max_queue_size is negative")
         if qp.timeout_action.upper() not in ("REJECT", "DELAY"):
-            raise UserError(f"model {name}: timeout_action must be REJECT or DELAY, got {qp.timeout_action!r}")
+            raise UserError(f"model {name!r}: timeout_action must be REJECT or DELAY, got {qp.timeout_action!r}")
+
+
+def batch_policy(config) -> BatchPolicy:
+    """The policy of a Triton ``ModelConfig``: ``max_batch_size`` and ``dynamic_batching``."""
+    if not config.HasField("dynamic_batching"):
+        return BatchPolicy(max_batch_size=int(config.max_batch_size), dynamic=False)
+    dyn = config.dynamic_batching
+    return BatchPolicy(
+        max_batch_size=int(config.max_batch_size),
+        dynamic=True,
+        preferred_batch_sizes=[int(x) for x in dyn.preferred_batch_size],
+        max_queue_delay_us=int(dyn.max_queue_delay_microseconds),
+        priority_levels=int(dyn.priority_levels),
+        default_priority=int(dyn.default_priority_level),
+        default_queue_policy=_queue_policy(dyn.default_queue_policy) if dyn.HasField("default_queue_policy")
+        else QueuePolicy(),
+        priority_queue_policy={int(k): _queue_policy(v) for k, v in dyn.priority_queue_policy.items()},
+    )
+
+
+def _queue_policy(p) -> QueuePolicy:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return QueuePolicy(
+        timeout_us=int(p.default_timeout_microseconds),
+        allow_timeout_override=bool(p.allow_timeout_override),
+        max_queue_size=int(p.max_queue_size),
+        timeout_action=mc.ModelQueuePolicy.TimeoutAction.Name(p.timeout_action),
+    )

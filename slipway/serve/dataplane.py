@@ -48,6 +48,8 @@ class Entry:
 
 
 class DataPlane:
+    """The :class:`~slipway.serve.types.Plane` the adapters serve (see the module docstring)."""
+
     def __init__(self, repository: Repository, *, control: str = "none", models: list[str] | None = None,
                  threads: int = 0, max_pending: int = 1024, poll_seconds: float = 2.0) -> None:
         if control not in CONTROL_MODES:
@@ -153,10 +155,10 @@ class DataPlane:
         return {"name": name, "versions": [str(v) for v in sorted(entry.versions)], "platform": mv.platform,
                 **mv.metadata()}
 
-    def model_config(self, name: str, version: str = ""):
+    def model_config(self, name: str, version: str = "") -> Any:  # ModelConfig
         return self._version(name, version).config
 
-    def model_statistics(self, name: str = "", version: str = ""):
+    def model_statistics(self, name: str = "", version: str = "") -> Any:  # ModelStatisticsResponse
         from tritonclient.grpc import service_pb2 as pb
 
         if name:
@@ -254,7 +256,8 @@ class DataPlane:
         for _ in range(3):
             mv = self._version(request.model, request.version)
             try:
-                return await mv.infer(request)
+                checked = mv.check(request)  # THE request check (slipway.serve.request), for every transport
+                return await mv.run(checked, request.id)
             except ServeError as e:
                 # swapped out between choosing the version and queueing: ask the new one
                 if e.status == 503 and mv.closing and not request.version and not self.stopping:

@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from slipway.errors import ServeError
 from slipway.serve.tensors import check_shape, element_count, from_raw, numpy_dtype, to_raw
-from slipway.serve.types import InferRequest, InferResponse, InferTensor, RequestedOutput
+from slipway.serve.types import InferRequest, InferResponse, InferTensor, Plane, RequestedOutput
 
 __all__ = ["make_server", "status_code", "decode_request", "encode_response", "InferenceServicer"]
 
@@ -58,7 +58,7 @@ def status_code(status: int) -> grpc.StatusCode:
     return _CODES.get(status, grpc.StatusCode.INTERNAL)
 
 
-def make_server(plane: Any, *, max_message_bytes: int = 64 << 20, token: str | None = None) -> grpc.aio.Server:
+def make_server(plane: Plane, *, max_message_bytes: int = 64 << 20, token: str | None = None) -> grpc.aio.Server:
     """A ``grpc.aio`` server serving ``plane``; the caller adds the port and starts it (inside its event loop)."""
     server = grpc.aio.server(
         options=[
@@ -214,8 +214,8 @@ def _unimplemented(name: str) -> Handler:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` over a DataPlane (see slipway/serve/dataplane.py)."""
 
-    def __init__(self, plane: Any, *, token: str | None = None) -> None:
-        self._plane = plane
+    def __init__(self, plane: Plane, *, token: str | None = None) -> None:
+        self._plane: Plane = plane
         self._token = None if token is None else f"Bearer {token}".encode()
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:

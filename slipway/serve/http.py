@@ -27,7 +27,7 @@ from google.protobuf.json_format import MessageToDict
 
 from slipway.errors import ServeError
 from slipway.serve import tensors
-from slipway.serve.types import InferRequest, InferResponse, InferTensor, RequestedOutput
+from slipway.serve.types import InferRequest, InferResponse, InferTensor, Plane, RequestedOutput
 
 try:  # python-rapidjson comes with tritonclient; about twice as fast as json on small documents
     import rapidjson as _json
@@ -54,13 +54,13 @@ log = logging.getLogger("slipway.serve")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MIN_COMPRESS_BYTES = 1024  # smaller infer responses are sent as they are even when gzip is acceptable
 _INT64 = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
-_PLANE = web.AppKey("plane", object)
+_PLANE = web.AppKey("plane", Plane)
 _LIMIT = web.AppKey("limit", int)
 _REQUEST_ID = web.RequestKey("request_id", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(plane: Any, *, max_body_bytes: int = 64 << 20, token: str | None = None,
+def make_app(plane: Plane, *, max_body_bytes: int = 64 << 20, token: str | None = None,
              metrics: Callable[[], tuple[bytes, str]] | None = None) -> web.Application:
     """The aiohttp application serving ``plane``; the caller runs it (AppRunner + TCPSite)."""
     middlewares: list = [_errors]
@@ -385,7 +385,11 @@ def _response_coding(accept: str) -> web.ContentCoding | None:
 
 def decode_infer(model: str, version: str, body: bytes | bytearray, header_length: str | None,
                  request_id: str = "") -> tuple[InferRequest, tuple[bool, dict[str, bool]]]:
-    """An infer body -> (InferRequest, (binary by default, binary per requested output))."""
+    """An infer body -> (InferRequest, (binary by default, binary per requested output)).
+
+    Only the body's syntax is checked here (JSON, binary sizes, tensor data); what the request asks
+    for is checked by the data plane (:mod:`slipway.serve.request`), the same for gRPC.
+    """
     total = len(body)
     if header_length is None:
         n = total
@@ -412,19 +416,11 @@ def decode_infer(model: str, version: str, body: bytes | bytearray, header_lengt
 
 
 def _request_parameters(p: Any) -> dict[str, Any]:
+    """The JSON form of the request parameters; their values are checked by the data plane."""
     if p is None:
         return {}
     if not isinstance(p, dict):
         raise ServeError("request 'parameters' must be a JSON object", 400)
-    for key, value in p.items():
-        if not isinstance(value, (bool, int, float, str)):
-            raise ServeError(f"request parameter {key!r} must be a bool, number or string, got {value!r}", 400)
-    for key in ("priority", "timeout"):
-        value = p.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ServeError(f"request parameter {key!r} must be a non-negative integer, got {value!r}", 400)
-    if not isinstance(p.get("binary_data_output", False), bool):
-        raise ServeError("request parameter 'binary_data_output' must be true or false", 400)
     return p
 
 
@@ -447,8 +443,6 @@ def _decode_inputs(items: Any, body: bytes | bytearray, pos: int) -> list[InferT
         params = item.get("parameters") or {}
         if not isinstance(params, dict):
             raise ServeError(f"input {name!r}: 'parameters' must be a JSON object", 400)
-        if "shared_memory_region" in params:
-            raise ServeError(f"input {name!r}: the shared memory extension is not supported", 400)
         size = params.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -485,14 +479,8 @@ def _decode_outputs(items: Any) -> tuple[list[RequestedOutput], dict[str, bool]]
         params = item.get("parameters") or {}
         if not isinstance(params, dict):
             raise ServeError(f"output {name!r}: 'parameters' must be a JSON object", 400)
-        if params.get("classification"):
-            raise ServeError("the classification extension is not supported", 400)
-        if "shared_memory_region" in params:
-            raise ServeError(f"output {name!r}: the shared memory extension is not supported", 400)
         if "binary_data" in params:
-            if not isinstance(params["binary_data"], bool):
-                raise ServeError(f"output {name!r}: binary_data must be true or false", 400)
-            binary[name] = params["binary_data"]
+            binary[name] = params["binary_data"]  # true/false: checked by the data plane
         outputs.append(RequestedOutput(name, params))
     return outputs, binary
 

@@ -23,6 +23,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2 as mc
 
+from slipway.backends import ENGINES, Engine, served_by
 from slipway.errors import ServeError, UserError, one_line
 from slipway.serve import tensors
 
@@ -31,10 +32,19 @@ __all__ = ["Repository", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZ
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MAX_BATCH_SIZE = 32
 EXECUTABLE_SUFFIXES = (".py", ".pkl", ".pickle", ".joblib", ".pt", ".pth", ".so")
-SUPPORTED = "onnxruntime_onnx, openvino"
 _VERSION = re.compile(r"[1-9][0-9]*")  # Triton ignores version dirs that are not numbers or start with 0
-_PLATFORM_OF = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}  # backend -> platform
-_BACKEND_OF = {v: k for k, v in _PLATFORM_OF.items()}
+
+
+def _engine(config: mc.ModelConfig) -> Engine | None:
+    """The registered engine serving the config's backend (None when no engine serves it)."""
+    return served_by(config.backend or "onnxruntime")
+
+
+def _platforms() -> tuple[dict[str, str], dict[str, str]]:
+    """(backend -> platform, platform -> backend) of the registered engines; backends without a platform
+    (python) are served by backend name only."""
+    platform_of = {e.triton[0]: e.triton[1] for e in ENGINES.values() if e.triton and e.triton[1]}
+    return platform_of, {v: k for k, v in platform_of.items()}
 
 
 @dataclass
@@ -107,9 +117,10 @@ class Repository:
         for kind, items in (("input", config.input), ("output", config.output)):
             for io in items:
                 _check_dims(name, kind, io)
-        if config.backend == "python":
+        engine = _engine(config)
+        if engine is not None and engine.declared_io:
             if not config.input or not config.output:
-                raise ServeError(f"model {name!r}: a python model must declare its inputs and outputs", 400)
+                raise ServeError(f"model {name!r}: a {config.backend} model must declare its inputs and outputs", 400)
         else:
             self._complete_io(name, config)
         _complete_instances(name, config)
@@ -192,11 +203,8 @@ def _version_dirs(path: Path) -> list[int]:
 def _candidates(config: mc.ModelConfig) -> list[str]:
     if config.default_model_filename:
         return [config.default_model_filename]
-    if config.backend == "python":
-        return ["model.py"]
-    if config.backend == "openvino" or config.platform == "openvino":
-        return ["model.onnx", "model.xml"]
-    return ["model.onnx"]
+    engine = _engine(config)
+    return list(engine.files) if engine is not None else ["model.onnx"]
 
 
 def _find_file(path: Path, config: mc.ModelConfig, version: int) -> Path | None:
@@ -247,8 +255,9 @@ def _refuse_executables(name: str, path: Path, config: mc.ModelConfig) -> None:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise ServeError(f"model {name!r} contains executable files ({shown}); "
                          "start the server with --allow-python-models to load them", 400)
-    if config.backend == "python":
-        raise ServeError(f"model {name!r} uses backend 'python', which runs its code; "
+    engine = _engine(config)
+    if engine is not None and engine.runs_code:
+        raise ServeError(f"model {name!r} uses backend {config.backend!r}, which runs its code; "
                          "start the server with --allow-python-models to load it", 400)
 
 
@@ -280,19 +289,21 @@ def _parse(name: str, path: Path, override: str | dict | None) -> mc.ModelConfig
 
 
 def _set_engine(name: str, config: mc.ModelConfig) -> None:
-    """Fill platform and backend of each other (onnxruntime_onnx when neither is set); refuse the rest."""
+    """Fill platform and backend of each other (onnxruntime_onnx when neither is set); refuse the backends
+    no registered engine serves (:mod:`slipway.backends`)."""
     platform, backend = config.platform, config.backend
     if not platform and not backend:
         platform, backend = "onnxruntime_onnx", "onnxruntime"
-    if backend == "python" and not platform:
-        return  # allowed only with allow_python_models: the executable check names the flag
-    for value, table in ((backend, _PLATFORM_OF), (platform, _BACKEND_OF)):
+    if backend and not platform and served_by(backend) is not None and not served_by(backend).triton[1]:
+        return  # served by backend name only (python); whether it may run is the executable check's
+    platform_of, backend_of = _platforms()
+    for value, table in ((backend, platform_of), (platform, backend_of)):
         if value and value not in table:
-            raise ServeError(f"model {name!r}: backend {value!r} is not supported ({SUPPORTED})", 400)
-    if backend and platform and _PLATFORM_OF[backend] != platform:
+            raise ServeError(f"model {name!r}: backend {value!r} is not supported ({', '.join(backend_of)})", 400)
+    if backend and platform and platform_of[backend] != platform:
         raise ServeError(f"model {name!r}: platform {platform!r} and backend {backend!r} disagree", 400)
-    config.platform = platform or _PLATFORM_OF[backend]
-    config.backend = backend or _BACKEND_OF[platform]
+    config.platform = platform or platform_of[backend]
+    config.backend = backend or backend_of[platform]
 
 
 def _complete_instances(name: str, config: mc.ModelConfig) -> None:
@@ -310,27 +321,13 @@ def _complete_instances(name: str, config: mc.ModelConfig) -> None:
 
 
 def _check_batching(name: str, config: mc.ModelConfig) -> None:
-    if not config.HasField("dynamic_batching"):
-        return
-    mbs, batching = config.max_batch_size, config.dynamic_batching
-    if mbs == 0:
-        raise ServeError(f"model {name!r}: dynamic_batching needs max_batch_size > 0", 400)
-    for size in batching.preferred_batch_size:
-        if not 0 < size <= mbs:
-            raise ServeError(f"model {name!r}: preferred_batch_size {size} is not in 1..max_batch_size ({mbs})", 400)
-    levels, default = batching.priority_levels, batching.default_priority_level
-    if levels == 0 and (default or batching.priority_queue_policy):
-        raise ServeError(f"model {name!r}: default_priority_level and priority_queue_policy need priority_levels",
-                         400)
-    if levels and not 1 <= default <= levels:
-        raise ServeError(f"model {name!r}: default_priority_level {default} is not in 1..priority_levels ({levels})",
-                         400)
-    for level in batching.priority_queue_policy:
-        if not 1 <= level <= levels:
-            raise ServeError(f"model {name!r}: priority_queue_policy level {level} is not in 1..{levels}", 400)
-    policies = [batching.default_queue_policy, *batching.priority_queue_policy.values()]
-    if any(p.max_queue_size < 0 for p in policies):
-        raise ServeError(f"model {name!r}: max_queue_size is negative", 400)
+    """The config's batching policy, by the batcher's own check (one rule set)."""
+    from slipway.serve.batcher import batch_policy, check_policy
+
+    try:
+        check_policy(batch_policy(config), name)
+    except UserError as e:
+        raise ServeError(str(e), 400) from None
 
 
 # ---------------------------------------------------------------------------------------------

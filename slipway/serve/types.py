@@ -4,11 +4,14 @@ encode from them; the data plane and the batcher never see a transport."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-__all__ = ["InferTensor", "RequestedOutput", "InferRequest", "InferResponse"]
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+__all__ = ["InferTensor", "RequestedOutput", "InferRequest", "InferResponse", "Plane"]
 
 
 @dataclass
@@ -53,3 +56,41 @@ class InferResponse:
     id: str = ""
     outputs: list[InferTensor] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class Plane(Protocol):
+    """What the HTTP and gRPC adapters call: :class:`slipway.serve.dataplane.DataPlane` implements it.
+
+    Errors are :class:`~slipway.errors.ServeError` (status -> HTTP code / gRPC code); a request
+    that fails its check is a :class:`~slipway.serve.request.RequestError` (400 / INVALID_ARGUMENT).
+    """
+
+    def live(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def metadata(self) -> dict[str, Any]:
+        """Server metadata: name, version, extensions."""
+        ...
+
+    def model_ready(self, name: str, version: str = "") -> bool: ...
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        """name, versions, platform, inputs and outputs (each: name, datatype, shape)."""
+        ...
+
+    def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig: ...
+
+    def model_statistics(self, name: str = "", version: str = "") -> service_pb2.ModelStatisticsResponse: ...
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """One row per model (version): name, version, state, reason."""
+        ...
+
+    async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None: ...
+
+    async def unload_model(self, name: str, parameters: dict[str, Any] | None = None) -> None: ...
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Check ``request`` (:mod:`slipway.serve.request`), run it, answer it."""
+        ...

@@ -72,8 +72,8 @@ def test_optimize_vad_verifies_state_and_sample_rate(tmp_path: Path) -> None:
 
 
 def test_vad_sample_rate_comes_from_the_graph() -> None:
-    from slipway.convert.probe import plan_inputs
     from slipway.model import load
+    from slipway.verify.probe import plan_inputs
 
     plan = plan_inputs(load(model("silero_vad")))
     # Equal(sr, 16000) in the graph: 16000 first, then a run on the If's other branch (8 kHz)

@@ -7,11 +7,11 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
-from slipway.convert.verify import verify_onnx
 from slipway.errors import UserError, VerificationError
 from slipway.passes import PASSES
 from slipway.passes.base import Pass, PassResult
 from slipway.passes.manager import DEFAULT_ORDER, PassManager, make_passes
+from slipway.verify import verify_onnx
 from tests.passes.util import make, op_types, run, tensor
 
 

@@ -10,6 +10,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from slipway.graph import copy_model
+
 
 def make(nodes: Sequence[onnx.NodeProto], inputs: Sequence[onnx.ValueInfoProto],
          outputs: Sequence[onnx.ValueInfoProto], initializers: Mapping[str, np.ndarray] = {},
@@ -28,7 +30,7 @@ def tensor(name: str, shape: Sequence[int | str | None], dtype=onnx.TensorProto.
 
 
 def copy(model: ir.Model) -> ir.Model:
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    return copy_model(model)
 
 
 def run(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -126,8 +126,8 @@ def exact_int8(monkeypatch: pytest.MonkeyPatch) -> None:
     """Evaluate as an int8 engine that never saturates (VNNI, AMX, ARM SDOT) computes, on any host:
     the Q/DQ graph run node by node in float (the same values up to float32 rounding), instead of
     onnxruntime's fused kernels, whose AVX2 u8 x s8 path saturates with full-range weights."""
-    from slipway.convert.verify import ort_runner
     from slipway.quantize import evaluate
+    from slipway.verify import ort_runner
 
     def run_outputs(model, data, target="ort"):
         run = ort_runner(model)

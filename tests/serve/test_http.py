@@ -33,6 +33,7 @@ from tritonclient.utils import InferenceServerException
 
 from slipway.errors import ServeError
 from slipway.serve.http import make_app
+from slipway.serve.request import check_parameters
 from slipway.serve.stats import ModelStats
 from slipway.serve.types import InferRequest, InferResponse, InferTensor
 
@@ -123,6 +124,7 @@ class FakePlane:
         self.loaded[name] = False
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        check_parameters(request)  # the data plane's model-independent request check, as DataPlane does
         self.last = request
         start = time.perf_counter_ns()
         m = self._check(request.model, request.version)

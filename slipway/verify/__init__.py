@@ -24,23 +24,32 @@ Integer, boolean and string outputs (labels, indices, argmax) are compared exact
 differing element fails, whatever the tolerance.
 
 The candidate runs in onnxruntime on CPU with graph optimizations disabled, so the error
-measured is the model's own, not that of onnxruntime's fusions. Input specs, size planning and
-random inputs live in :mod:`slipway.convert.inputs` and are re-exported here.
+measured is the model's own, not that of onnxruntime's fusions.
+
+The package is what every stage (convert, optimize, quantize, compare, bench, tune) imports:
+
+* :mod:`slipway.verify.inputs` - input specs, size plans, THE random feed generator, user data
+  (re-exported here);
+* :mod:`slipway.verify.probe` - the inputs a command runs a model on (``--data``, ``--shape``, or
+  sizes derived by running the model);
+* :mod:`slipway.verify.engine` - the candidate's engine (:func:`ort_runner`, :func:`engine_name`);
+* this module - comparison, reports, :func:`verify` / :func:`verify_onnx` and :func:`commit`.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
-from slipway.convert.inputs import (
+from slipway.errors import UserError, VerificationError, one_line
+from slipway.model import save
+from slipway.verify.engine import Runner, engine_name, ort_runner
+from slipway.verify.inputs import (
     DEFAULT_BATCH_SIZES,
     Feeds,
     InputSpec,
@@ -49,19 +58,13 @@ from slipway.convert.inputs import (
     plan_sizes,
     random_feeds,
 )
-from slipway.errors import UserError, VerificationError, one_line
-from slipway.model import EXTERNAL_THRESHOLD, save, weight_bytes
-
-if TYPE_CHECKING:
-    from slipway.convert.probe import Plan
+from slipway.verify.probe import Plan, plan_inputs
 
 __all__ = [
     "DEFAULT_BATCH_SIZES", "Feeds", "InputSpec", "OutputCheck", "VerifyReport", "VerifiedModel", "Runner",
     "Adjust", "compare", "merge", "input_specs", "plan_sizes", "random_feeds", "describe", "ort_runner",
-    "engine_name", "compare_runs", "verify", "verify_onnx", "record", "commit",
+    "engine_name", "compare_runs", "verify", "verify_onnx", "record", "commit", "Plan", "plan_inputs",
 ]
-
-Runner = Callable[[Feeds], dict[str, np.ndarray]]
 # (feeds, reference outputs, candidate outputs) -> reference outputs to compare against
 Adjust = Callable[[Feeds, dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]]
 REL_FLOOR = 1e-12
@@ -230,58 +233,6 @@ def merge(checks: Sequence[OutputCheck]) -> OutputCheck:
 # ---------------------------------------------------------------- running
 
 
-def ort_runner(model: ir.Model, *, optimization: str = "disabled", threads: int = 0) -> Runner:
-    """Run ``model`` in onnxruntime on CPU; returns a function feeds -> {output name: array}.
-
-    ``optimization`` is ``"disabled"`` (the default for verification: the graph runs node by
-    node as written, so the measured error belongs to the model and not to onnxruntime's
-    fusions, which change accumulation order), ``"basic"``, ``"extended"`` or ``"all"``.
-    """
-    import onnxruntime as ort
-
-    levels = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    so = ort.SessionOptions()
-    so.graph_optimization_level = levels[optimization]
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 4  # errors come back as exceptions; ORT's own log stays off the terminal
-    keep: list[object] = []
-    if weight_bytes(model) > EXTERNAL_THRESHOLD:  # too big for one protobuf: go through a file
-        tmp = tempfile.TemporaryDirectory(prefix="slipway-verify-")
-        keep.append(tmp)
-        path = os.path.join(tmp.name, "model.onnx")
-        ir.save(model, path, external_data="model.onnx.data")
-        source: str | bytes = path
-    else:
-        source = ir.to_proto(model).SerializeToString()
-    try:
-        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise UserError(f"onnxruntime cannot load the model: {one_line(e)}") from None
-    in_names = [i.name for i in sess.get_inputs()]
-    out_names = [o.name for o in sess.get_outputs()]
-
-    def run(feeds: Feeds) -> dict[str, np.ndarray]:
-        missing = [n for n in in_names if n not in feeds]
-        if missing:
-            raise UserError(f"no value for model input(s) {missing}")
-        outs = sess.run(out_names, {n: feeds[n] for n in in_names})
-        _ = keep  # the temporary directory lives as long as the session
-        return dict(zip(out_names, outs, strict=True))
-
-    return run
-
-
-def engine_name(optimization: str = "disabled") -> str:
-    import onnxruntime as ort
-
-    return f"onnxruntime {ort.__version__} CPUExecutionProvider, graph optimizations {optimization}"
-
-
 def compare_runs(
     reference: Runner,
     candidate: Runner,
@@ -358,7 +309,7 @@ def verify(
     """Compare ``reference`` with ``candidate`` run in onnxruntime.
 
     Runs ``extra_feeds`` (for example the user's example inputs) and then ``feeds`` when given
-    (a :func:`slipway.convert.probe.plan_inputs` plan), else random inputs at the sizes
+    (a :func:`slipway.verify.probe.plan_inputs` plan), else random inputs at the sizes
     :func:`plan_sizes` picks. Returns the report; it does not raise on a mismatch (use
     :meth:`VerifyReport.raise_if_failed` or :func:`commit`).
     """
@@ -396,15 +347,13 @@ def verify_onnx(
 ) -> VerifyReport:
     """Verify a transformed ONNX model against the model it came from (both in onnxruntime).
 
-    The inputs: ``plan`` (from :func:`slipway.convert.probe.plan_inputs`: the user's data or
+    The inputs: ``plan`` (from :func:`slipway.verify.probe.plan_inputs`: the user's data or
     shapes, or sizes derived from the model), else random ones at ``dim_sizes``; with neither,
     a plan is derived here.
     """
     specs = input_specs(reference_model, examples)
     reference = ort_runner(reference_model)
     if plan is None and dim_sizes is None and examples is None:
-        from slipway.convert.probe import plan_inputs
-
         plan = plan_inputs(reference_model, reference, batch_sizes=batch_sizes, seed=seed)
     return verify(reference, candidate_model, specs, atol=atol, rtol=rtol,
                   batch_sizes=batch_sizes, dim_sizes=dim_sizes, seed=seed,

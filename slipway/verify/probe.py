@@ -24,14 +24,28 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
 
-from slipway.convert.inputs import DEFAULT_BATCH_SIZES, Feeds, InputSpec, describe, input_specs, random_feeds
 from slipway.errors import UserError, one_line
+from slipway.verify.engine import Runner, ort_runner
+from slipway.verify.inputs import (
+    DEFAULT_BATCH_SIZES,
+    Feeds,
+    InputSpec,
+    at_batch,
+    batch_data,
+    batch_dim,
+    check_data,
+    describe,
+    input_specs,
+    load_inputs,
+    random_feeds,
+    tied_dims,
+)
 
 # sizes tried for a dynamic dim, cheapest combination first: multiples of 16 and 32 (strided
 # image models), powers of two and the usual audio chunk lengths
@@ -39,8 +53,6 @@ LADDER = (16, 32, 64, 96, 128, 160, 256, 320, 512, 640, 1024)
 MAX_PROBES = 48
 PROBE_BUDGET_S = 30.0
 COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
-
-Runner = Callable[[Feeds], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -75,8 +87,6 @@ def plan_inputs(
         raise UserError("give either --data or --shape, not both (the data has its shapes)")
     specs = list(specs) if specs is not None else with_value_hints(model, input_specs(model))
     if reference is None:
-        from slipway.convert.verify import ort_runner
-
         reference = ort_runner(model)
     rng = np.random.default_rng(seed)
     if data is not None:
@@ -97,7 +107,7 @@ def derive_dim_sizes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None
                      reference: Runner | None = None) -> dict[str, int]:
     """Sizes of every dynamic dim except the batch: the user's (``shapes``), the rest derived."""
     specs = with_value_hints(model, input_specs(model))
-    batch = _batch_dim(specs)
+    batch = batch_dim(specs)
     fixed = fixed_dims(specs, shapes or {})
     if all(d == batch or d in fixed for d in _dynamic(specs)):
         return {d: n for d, n in fixed.items() if d != batch}
@@ -165,27 +175,8 @@ def _constant(v: ir.Value) -> np.ndarray | None:
     return None
 
 
-def _batch_dim(specs: Sequence[InputSpec]) -> str | None:
-    return specs[0].dims[0] if specs and specs[0].dims and isinstance(specs[0].dims[0], str) else None
-
-
 def _dynamic(specs: Sequence[InputSpec]) -> list[str]:
     return list(dict.fromkeys(d for s in specs for d in s.dims if isinstance(d, str)))
-
-
-def at_batch(specs: Sequence[InputSpec], sizes: Mapping[str, int], batch: int, base: int = 1) -> dict[str, int]:
-    """``sizes`` (made at batch ``base``) moved to ``batch``: the batch dim and the unnamed dims of
-    other inputs that equal ``base`` (a state's batch: ``state [2, None, 128]``) take ``batch``."""
-    name = _batch_dim(specs)
-    if name is None:
-        return dict(sizes)
-    follow = {d for d in _tied(specs) if sizes.get(d) == base}
-    return {**sizes, name: batch, **{d: batch for d in follow}}
-
-
-def _tied(specs: Sequence[InputSpec]) -> set[str]:
-    """Unnamed dims of inputs after the first: candidates to share the batch size."""
-    return {s.dims[a] for s in specs[1:] for a in s.anonymous if isinstance(s.dims[a], str)}
 
 
 def fixed_dims(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]],
@@ -219,7 +210,7 @@ def _show(dims: Sequence[int | str]) -> str:
 
 
 def _user_batch(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]) -> int:
-    batch = _batch_dim(specs)
+    batch = batch_dim(specs)
     if batch is None:
         return 1
     return int(fixed_dims(specs, shapes).get(batch, 1))
@@ -228,7 +219,7 @@ def _user_batch(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]])
 def _with_batch(specs: Sequence[InputSpec], sizes: Mapping[str, int], batch: int) -> dict[str, int]:
     """``sizes`` completed: the batch dim at ``batch``; dims not given derive nothing here."""
     out = dict(sizes)
-    name = _batch_dim(specs)
+    name = batch_dim(specs)
     if name is not None:
         out.setdefault(name, batch)
     missing = [d for d in _dynamic(specs) if d not in out]
@@ -272,14 +263,12 @@ def _must_run(reference: Runner, feeds: Feeds, how: str) -> None:
 
 def _from_data(specs: list[InputSpec], reference: Runner, data: Mapping[str, np.ndarray] | str | os.PathLike,
                batch_sizes: Sequence[int]) -> Plan:
-    from slipway.perf.feeds import batch_data, check_data, load_inputs
-
     arrays, label = load_inputs(data)
     check_data(specs, arrays, label)
     first = {s.name: np.require(arrays[s.name], requirements="C") for s in specs}  # keeps 0-d arrays 0-d
     _must_run(reference, first, f"on {label}")
     plan = Plan([first], "data")
-    batch = _batch_dim(specs)
+    batch = batch_dim(specs)
     if batch is not None:
         have = int(first[specs[0].name].shape[0])
         other = next((b for b in batch_sizes if b != have), None)
@@ -298,7 +287,7 @@ def _add_batch_run(plan: Plan, specs: list[InputSpec], reference: Runner, sizes:
                    batch_sizes: Sequence[int], rng: np.random.Generator, second: Mapping[str, int] | None = None) -> None:
     """A run at each other batch size (unnamed dims at the batch size follow it), if it runs; the
     runs alternate between ``sizes`` and ``second`` (other derived sizes), second first."""
-    batch = _batch_dim(specs)
+    batch = batch_dim(specs)
     have = sizes.get(batch, 1) if batch is not None else None
     others = [b for b in dict.fromkeys(batch_sizes) if b != have] if batch is not None else []
     variants = [dict(second), dict(sizes)] if second is not None and dict(second) != dict(sizes) else [dict(sizes)]
@@ -324,10 +313,10 @@ def _add_batch_run(plan: Plan, specs: list[InputSpec], reference: Runner, sizes:
 
 def _derived(specs: list[InputSpec], reference: Runner, batch_sizes: Sequence[int],
              rng: np.random.Generator) -> Plan:
-    batch = _batch_dim(specs)
+    batch = batch_dim(specs)
     first_batch = int(batch_sizes[0]) if batch_sizes else 1
     dims = [d for d in _dynamic(specs) if d != batch]
-    tied = _tied(specs)
+    tied = tied_dims(specs)
     base = {batch: first_batch} if batch is not None else {}
     examples = _example_sizes(specs)
     choices = [_candidates(d, d in tied, examples.get(d), first_batch) for d in dims]

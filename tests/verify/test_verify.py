@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import slipway
-from slipway.convert.verify import (
+from slipway.errors import UserError, VerificationError
+from slipway.verify import (
     InputSpec,
     commit,
     compare,
@@ -21,7 +22,6 @@ from slipway.convert.verify import (
     verify,
     verify_onnx,
 )
-from slipway.errors import UserError, VerificationError
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((6, 4)).astype(np.float32)

@@ -8,8 +8,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from slipway.convert.probe import at_batch, plan_inputs
 from slipway.errors import UserError
+from slipway.verify.probe import at_batch, plan_inputs
 
 
 def _model(nodes, inputs, outputs, inits=(), opset: int = 17) -> ir.Model:
@@ -104,7 +104,7 @@ def test_data_runs_as_given_and_a_state_tiles_with_the_batch():
 
 
 def test_at_batch_moves_unnamed_state_dims_with_the_batch():
-    from slipway.convert.inputs import input_specs
+    from slipway.verify.inputs import input_specs
 
     specs = input_specs(branchy())
     assert at_batch(specs, {"N": 1, "T": 16, "state.1": 1}, 4) == {"N": 4, "T": 16, "state.1": 4}
@@ -112,7 +112,7 @@ def test_at_batch_moves_unnamed_state_dims_with_the_batch():
 
 
 def test_paddle_dims_minus_one_and_question_marks_are_dynamic_and_distinct():
-    from slipway.convert.inputs import input_specs
+    from slipway.verify.inputs import input_specs
 
     proto = helper.make_model(helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])], "g",
