@@ -6,6 +6,8 @@ and exits with code 1, without a traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class SlipwayError(Exception):
     """Base class of every error slipway raises on purpose."""
@@ -51,14 +53,23 @@ class MissingDependencyError(UserError):
         self.extra = extra
 
 
-def one_line(e: BaseException) -> str:
+def one_line(e: BaseException, *, typed: bool = False) -> str:
     """The first non-empty line of an exception's message (at most 300 characters), else its type name.
 
     onnxruntime's run errors nest ("... running If node ... Status Message: ... running Pad node ...
-    Status Message: <why>"): only the innermost reason is kept.
+    Status Message: <why>"): only the innermost reason is kept. onnx's C++ assertion prefix
+    ("... Assertion `false` failed: <why>") is dropped. ``typed`` prefixes the exception's type name
+    ("ValueError: <why>"), for errors that are bugs rather than bad input.
     """
     text = str(e).strip()
     if "Status Message:" in text:
         text = text.rsplit("Status Message:", 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(e).__name__
+    line = _ASSERTION.sub("", lines[0])[:_LIMIT].strip() if lines else ""
+    if not line:
+        return type(e).__name__
+    return f"{type(e).__name__}: {line}" if typed else line
+
+
+_LIMIT = 300
+_ASSERTION = re.compile(r"^.*?Assertion `false` failed: ")

@@ -30,7 +30,7 @@ import onnx_ir as ir
 
 __all__ = [
     "FLOAT_DTYPES", "WEIGHT_QMAX", "const_tensor", "const", "float_const", "is_op", "label", "Names",
-    "add_initializer", "node_like", "only_used_by", "other_user", "replace", "is_dead", "remove_dead", "all_nodes",
+    "add_initializer", "node_like", "only_used_by", "sole_user", "other_user", "replace", "is_dead", "remove_dead", "all_nodes",
     "default_opset", "attr_int", "attr_ints", "attr_float", "attr_str", "is_known_dim", "infer_node", "copy_model",
     "out_channels", "quantize_weight",
 ]
@@ -136,6 +136,17 @@ def only_used_by(value: ir.Value, node: ir.Node) -> bool:
     producer = value.producer()
     return (not value.is_graph_output() and all(use.node is node for use in value.uses())
             and (producer is None or producer.graph is node.graph))
+
+
+def sole_user(value: ir.Value) -> ir.Node | None:
+    """The one node that reads ``value`` (in the same graph), or None (no reader, several, or a graph output)."""
+    if value.is_graph_output():
+        return None
+    users = {id(use.node): use.node for use in value.uses()}
+    if len(users) != 1:
+        return None
+    (node,) = users.values()
+    return node if node.graph is not None and node.graph is value.graph else None
 
 
 def other_user(value: ir.Value, node: ir.Node) -> str:

@@ -59,11 +59,11 @@ def load(path: str | os.PathLike, *, validate: bool = True, infer_shapes: bool =
     except (DecodeError, RuntimeWarning) as e:
         if not _starts_like_onnx(p):
             raise UserError(f"{p} is not an ONNX model: its bytes are not an ONNX protobuf") from None
-        raise UserError(f"{p} is a truncated or corrupt ONNX file: the protobuf cannot be parsed ({_one_line(e)})") from None
+        raise UserError(f"{p} is a truncated or corrupt ONNX file: the protobuf cannot be parsed ({one_line(e)})") from None
     except (FileNotFoundError, OSError) as e:
-        raise UserError(f"{p}: cannot read external data: {_one_line(e)}") from None
+        raise UserError(f"{p}: cannot read external data: {one_line(e)}") from None
     except Exception as e:  # onnx_ir raises plain exceptions for malformed protos
-        raise UserError(f"{p} is not a readable ONNX model: {_one_line(e)}") from None
+        raise UserError(f"{p} is not a readable ONNX model: {one_line(e)}") from None
     if model.graph is None or (len(model.graph) == 0 and not model.graph.outputs and not model.graph.inputs):
         raise UserError(f"{p} is not an ONNX model: it has no graph (truncated file or another format)")
     check_external_data(model, p)
@@ -96,11 +96,6 @@ def _check_not_other_format(p: Path) -> None:
 def _starts_like_onnx(p: Path) -> bool:
     # Every ONNX writer emits field 1 (ir_version, a varint) first: tag byte 0x08.
     return p.open("rb").read(1) == b"\x08"
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 def _external_tensors(model: ir.Model) -> list[ir.ExternalTensor]:
@@ -160,9 +155,9 @@ def check(model: ir.Model, where: str = "model") -> None:
     try:
         CheckerPass(full_check=True)(model)
     except onnx.checker.ValidationError as e:
-        raise UserError(f"{where}: invalid ONNX model: {_one_line(e)}") from None
+        raise UserError(f"{where}: invalid ONNX model: {one_line(e)}") from None
     except onnx.shape_inference.InferenceError as e:
-        raise UserError(f"{where}: invalid ONNX model (shape inference failed): {_one_line(e)}") from None
+        raise UserError(f"{where}: invalid ONNX model (shape inference failed): {one_line(e)}") from None
 
 
 def as_model(model: ModelLike, *, validate: bool = False, infer_shapes: bool = True) -> ir.Model:

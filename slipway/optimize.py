@@ -31,7 +31,7 @@ from slipway.errors import UserError
 from slipway.model import ModelLike, as_model, check_output
 from slipway.passes import manager as pm
 from slipway.perf.ab import SIGN_TEST_SHARE, TARGETS, Speed, latency, latency_compare
-from slipway.verify.probe import Plan, plan_inputs
+from slipway.verify.probe import Plan, hinted_specs, plan_inputs
 
 __all__ = ["OptimizeResult", "optimize", "TARGETS"]
 
@@ -177,7 +177,7 @@ def input_plan(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None = 
                batch_sizes: Sequence[int] = v.DEFAULT_BATCH_SIZES) -> Plan:
     """The inputs ``model`` is verified and timed on (see :func:`optimize`)."""
     if dim_sizes is not None and not shapes and data is None:
-        specs = v.input_specs(model)
+        specs = hinted_specs(model)
         rng = np.random.default_rng(0)
         sizes = v.plan_sizes(specs, batch_sizes, default_dim_sizes(model, dim_sizes))
         return Plan([v.random_feeds(specs, s, rng) for s in sizes], "dim_sizes")

@@ -5,8 +5,9 @@ Adding an engine is one :func:`register` call below: its name, the ``module:attr
 load only when used) and how it is served. ``slipway bench``, ``compare``, ``tune`` and
 ``optimize`` see every engine that runs ONNX models (:data:`BACKENDS`); ``slipway serve`` maps a
 config.pbtxt ``backend:`` / ``platform:`` to an engine with :func:`served_by`, picks its GPU
-variant for ``KIND_GPU`` instances, looks for its model files and converts Triton's config
-parameters with the registration, so the server names no engine itself.
+variant for ``KIND_GPU`` instances, looks for its model files, reads their inputs and outputs
+(``Engine.io``, see :mod:`slipway.backends.declared`) and converts Triton's config parameters with
+the registration, so the server names no engine itself.
 
 Tuned settings (``MODEL.tune.json``, written by ``slipway tune``) are applied here, explicitly and
 by one rule: :func:`choose`, used by :func:`load` and by the server.
@@ -18,14 +19,18 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from slipway.backends.base import Backend, Options, Session, TensorInfo
+from slipway.backends.declared import Declared
 from slipway.errors import UserError
+from slipway.model import SOURCE_KEY
+from slipway.settings import read_settings
 
 __all__ = [
-    "Backend", "Options", "Session", "TensorInfo", "Engine", "ENGINES", "BACKENDS", "register", "registration",
-    "served_by", "get", "load", "available", "tuned_settings", "Choice", "choose",
+    "Backend", "Options", "Session", "TensorInfo", "Declared", "Engine", "ENGINES", "BACKENDS", "register",
+    "registration", "served_by", "get", "load", "available", "tuned_settings", "Choice", "choose",
 ]
 
 
@@ -41,7 +46,9 @@ class Engine:
     files: tuple[str, ...] = ("model.onnx",)  # model file names in a version directory, preferred first
     onnx: bool = True  # runs ONNX models: bench, tune, compare and optimize offer it
     runs_code: bool = False  # loading runs user code: the server needs --allow-python-models
-    declared_io: bool = False  # nothing to read inputs/outputs from: config.pbtxt must declare them
+    # "module:function" reading a model file's declared inputs/outputs (slipway.backends.declared), imported
+    # on use; "" = nothing to read them from: config.pbtxt must declare them
+    io: str = "slipway.backends.declared:onnx_io"
     bytes_as_text: bool = True  # BYTES inputs reach it as str (ONNX strings), else as bytes
     # Triton backend parameter -> (Options setting, converter), understood in config.pbtxt parameters
     parameters: Mapping[str, tuple[str, Callable[[str], Any]]] = field(default_factory=dict)
@@ -49,6 +56,13 @@ class Engine:
     def __post_init__(self) -> None:
         if not self.family:
             object.__setattr__(self, "family", self.name.split("-")[0])
+
+    def read_io(self, path: Path, label: str) -> tuple[list[Declared], list[Declared]]:
+        """(inputs, outputs) the model file ``path`` declares, by the engine's ``io`` reader; a one-line
+        UserError naming the file as ``label`` when it cannot be read."""
+        if not self.io:
+            raise UserError(f"the {self.name} engine reads no inputs or outputs from {label}")
+        return _resolve(self.io)(Path(path), label)
 
 
 ENGINES: dict[str, Engine] = {}
@@ -81,10 +95,11 @@ register(Engine("ort", "slipway.backends.ort:CPU", triton=("onnxruntime", "onnxr
 register(Engine("ort-cuda", "slipway.backends.ort:CUDA", device="gpu", parameters=_ORT_PARAMETERS))
 register(Engine("ort-tensorrt", "slipway.backends.ort:TENSORRT", device="gpu", parameters=_ORT_PARAMETERS))
 register(Engine("openvino", "slipway.backends.openvino:CPU", triton=("openvino", "openvino"),
-                files=("model.onnx", "model.xml")))
-register(Engine("openvino-gpu", "slipway.backends.openvino:GPU", device="gpu", files=("model.onnx", "model.xml")))
+                files=("model.onnx", "model.xml"), io="slipway.backends.openvino:read_io"))
+register(Engine("openvino-gpu", "slipway.backends.openvino:GPU", device="gpu", files=("model.onnx", "model.xml"),
+                io="slipway.backends.openvino:read_io"))
 register(Engine("python", "slipway.backends.python:PYTHON", triton=("python", ""), files=("model.py",), onnx=False,
-                runs_code=True, declared_io=True, bytes_as_text=False))
+                runs_code=True, io="", bytes_as_text=False))
 
 
 def registration(name: str) -> Engine:
@@ -104,7 +119,12 @@ def served_by(triton_backend: str, device: str = "cpu") -> Engine | None:
 
 def get(name: str) -> Backend:
     """The backend called ``name`` (a key of :data:`ENGINES`)."""
-    module, attr = registration(name).target.split(":")
+    return _resolve(registration(name).target)
+
+
+def _resolve(target: str) -> Any:
+    """The object a "module:attribute" target names (the module imported now)."""
+    module, attr = target.split(":")
     return getattr(import_module(module), attr)
 
 
@@ -171,9 +191,6 @@ def load(model, backend: str | None = "ort", options: Options | None = None) -> 
 def tuned_settings(model) -> dict | None:
     """The tuned settings for ``model``: ``MODEL.tune.json`` beside a path, or beside the file a model
     returned by :func:`slipway.load` came from; None when there are none (or they are stale)."""
-    from slipway.model import SOURCE_KEY
-    from slipway.settings import read_settings
-
     if isinstance(model, (str, os.PathLike)):
         path = model
     else:

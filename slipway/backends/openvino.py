@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slipway.backends.base import FeedCheck, Options, SessionBase, TensorInfo, check_options, onnx_source
-from slipway.errors import MissingDependencyError, UserError
+from slipway.backends.declared import Declared, onnx_io
+from slipway.errors import MissingDependencyError, UserError, one_line
 
-__all__ = ["OpenVINOBackend", "OpenVINOSession", "CPU", "GPU"]
+__all__ = ["OpenVINOBackend", "OpenVINOSession", "CPU", "GPU", "read_io"]
 
 SETTINGS: dict[str, tuple[Any, ...]] = {
     "hint": ("latency", "throughput"),
@@ -168,6 +170,32 @@ def _info(port: Any) -> TensorInfo:
         dtype = np.dtype(object)
     names = sorted(port.get_names())
     return TensorInfo(port.get_any_name() if len(names) <= 1 else names[0], dims, dtype)
+
+
+def read_io(path: Path, label: str) -> tuple[list[Declared], list[Declared]]:
+    """The inputs and outputs a model file declares (the engine's ``io`` reader): an OpenVINO IR
+    (``.xml``) through ``read_model`` without compiling it, any other file as ONNX."""
+    if Path(path).suffix != ".xml":
+        return onnx_io(path, label)
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        raise UserError(f"{label} needs openvino; install it with: pip install 'slipway[openvino]'") from None
+    try:
+        model = core().read_model(str(path))
+    except RuntimeError as e:
+        raise UserError(f"{label} is not a readable OpenVINO model: {one_line(e)}") from None
+    return [_declared(p) for p in model.inputs], [_declared(p) for p in model.outputs]
+
+
+def _declared(port: Any) -> Declared:
+    shape = port.get_partial_shape()
+    dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else -1 for d in shape]
+    try:
+        dtype = np.dtype(port.get_element_type().to_dtype())
+    except (TypeError, RuntimeError):
+        dtype = None
+    return Declared(port.get_any_name(), dtype, dims, f"OpenVINO type {port.get_element_type()}")
 
 
 CPU = OpenVINOBackend("openvino", "CPU")

@@ -13,7 +13,8 @@ from slipway.compare.layers import compare
 from slipway.compare.metrics import tensor_diff
 from slipway.compare.run import load_model, make_feeds, run_model, typed_copy
 from slipway.compare.types import BisectReport, BisectStep
-from slipway.errors import UserError, VerificationError
+from slipway.errors import UserError, VerificationError, one_line
+from slipway.graph import copy_model
 from slipway.passes.base import Pass
 from slipway.passes.manager import make_passes
 
@@ -37,11 +38,6 @@ def _name(p: Pass) -> str:
     return getattr(p, "name", "") or type(p).__name__
 
 
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
-
-
 def run_bisect(model: object, passes: Sequence[Pass | str], *, backend: str, options: Options | None,
                feeds: Mapping[str, np.ndarray] | str | os.PathLike | None, atol: float, rtol: float,
                batch: int, seed: int, dims: Mapping[str, int] | None,
@@ -52,16 +48,16 @@ def run_bisect(model: object, passes: Sequence[Pass | str], *, backend: str, opt
     original = typed_copy(load_model(model, "to bisect"))
     inputs = make_feeds(original, original, feeds, batch=batch, seed=seed, dims=dims, shapes=shapes)
     reference = run_model(original, inputs, backend=backend, options=options)
-    current = original.clone()
+    current = copy_model(original)
     steps: list[BisectStep] = []
     for index, p in enumerate(chosen):
-        before = current.clone()
+        before = copy_model(current)
         try:
             result = p(current)
         except (UserError, VerificationError):
             raise
         except Exception as e:  # the pass itself failed: it is the culprit
-            steps.append(BisectStep(_name(p), False, float("nan"), float("nan"), False, f"raised {_one_line(e)}"))
+            steps.append(BisectStep(_name(p), False, float("nan"), float("nan"), False, f"raised {one_line(e, typed=True)}"))
             return BisectReport(steps, _name(p), index, None)
         current = result.model
         if not result.modified:  # trusted, as the pass manager does: same model, same outputs

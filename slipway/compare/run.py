@@ -12,10 +12,11 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from slipway.backends import Options, load
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
+from slipway.graph import copy_model
 from slipway.model import as_model
-from slipway.verify.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
-from slipway.verify.probe import derive_dim_sizes, plan_inputs
+from slipway.verify.inputs import Feeds, InputSpec, check_names, input_specs, plan_sizes, random_feeds
+from slipway.verify.probe import derive_dim_sizes, hinted_specs, plan_inputs
 
 __all__ = ["DEFAULT_DIM", "load_model", "typed_copy", "make_feeds", "run_model", "describe_run"]
 
@@ -37,21 +38,18 @@ def load_model(model: object, what: str) -> ir.Model:
 
 def typed_copy(model: ir.Model) -> ir.Model:
     """A copy of ``model`` (sharing its weights) in which every main-graph value has a type if inference can say."""
-    try:
-        copy = model.clone()
-    except (RuntimeError, ValueError):  # nodes out of topological order: clone through the protobuf
-        copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    copy = copy_model(model)
     copy.graph.sort()
     if any(v.type is None for node in copy.graph for v in node.outputs):
         try:
             copy = ShapeInferencePass(strict_mode=False)(copy).model
         except Exception as e:  # inference is best effort: values it cannot type are not compared
-            copy.meta["slipway.compare.inference_error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            copy.meta["slipway.compare.inference_error"] = one_line(e)
     return copy
 
 
 def _specs_checked(a: ir.Model, b: ir.Model) -> list[InputSpec]:
-    specs = input_specs(a)
+    specs = hinted_specs(a)  # random inputs follow the graph's value hints
     names_a = [s.name for s in specs]
     names_b = [s.name for s in input_specs(b)]
     if sorted(names_a) != sorted(names_b):
@@ -97,30 +95,18 @@ def _read_npz(path: str | os.PathLike) -> Feeds:
     try:
         data = np.load(p, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"cannot read inputs from {p}: {_one_line(e)}") from None
+        raise UserError(f"cannot read inputs from {p}: {one_line(e)}") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise UserError(f"{p} is not an .npz file (save inputs with numpy.savez(path, name=array, ...))")
     try:
         with data:
             return {k: data[k] for k in data.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"cannot read inputs from {p}: {_one_line(e)}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
+        raise UserError(f"cannot read inputs from {p}: {one_line(e)}") from None
 
 
 def _check_feeds(specs: Sequence[InputSpec], given: Mapping[str, object]) -> Feeds:
-    names = [s.name for s in specs]
-    missing = [n for n in names if n not in given]
-    if missing:
-        raise UserError(f"no value for input {missing[0]!r} (the inputs given are {sorted(given)}; "
-                        f"the model's inputs are {names})")
-    extra = sorted(set(given) - set(names))
-    if extra:
-        raise UserError(f"the model has no input named {extra[0]!r} (its inputs are {names})")
+    check_names(specs, given)
     out: Feeds = {}
     sizes: dict[str, int] = {}
     for s in specs:
@@ -155,7 +141,7 @@ def run_model(model: ir.Model, feeds: Feeds, *, backend: str, options: Options |
     """
     target = model
     if expose:
-        target = model.clone()
+        target = copy_model(model)
         by_name = {v.name: v for node in target.graph for v in node.outputs}
         present = {v.name for v in target.graph.outputs}
         for name in expose:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from slipway.graph import Names, const, is_op, label, replace
+from slipway.graph import Names, const, is_op, label, replace, sole_user
 from slipway.passes._fusion import Fuse, FusionPass, Match, Skip
 from slipway.passes.base import PassResult, register
 
@@ -48,17 +48,6 @@ def _scalar(value: ir.Value | None, target: float, found: _Found | None = None) 
     return True
 
 
-def _sole_user(value: ir.Value) -> ir.Node | None:
-    """The one node that reads ``value`` (in the same graph), or None."""
-    if value.is_graph_output():
-        return None
-    users = {id(use.node): use.node for use in value.uses()}
-    if len(users) != 1:
-        return None
-    (node,) = users.values()
-    return node if node.graph is not None and node.graph is value.graph else None
-
-
 def _operands(node: ir.Node, value: ir.Value) -> ir.Value | None:
     """The other input of a binary ``node`` that reads ``value`` once."""
     a, b = node.inputs[0], node.inputs[1]
@@ -72,7 +61,7 @@ def _operands(node: ir.Node, value: ir.Value) -> ir.Value | None:
 def _erf_input(anchor: ir.Node) -> _Found | str:
     u = anchor.inputs[0]
     p = u.producer() if u is not None else None
-    if u is None or p is None or _sole_user(u) is not anchor:
+    if u is None or p is None or sole_user(u) is not anchor:
         return f"{label(anchor)}: its input is not x / sqrt(2) used only here"
     found = _Found(p.inputs[0], [p]) if p.inputs else None
     if is_op(p, "Div") and _scalar(p.inputs[1], SQRT2, found):
@@ -88,7 +77,7 @@ def _erf_input(anchor: ir.Node) -> _Found | str:
 def _cube(c: ir.Value, x: ir.Value, user: ir.Node, found: _Found) -> list[ir.Node] | None:
     """Nodes computing ``c = x^3`` (Pow(x, 3), x * (x * x) or (x * x) * x), used only by ``user``."""
     p = c.producer()
-    if p is None or _sole_user(c) is not user:
+    if p is None or sole_user(c) is not user:
         return None
     if is_op(p, "Pow") and p.inputs[0] is x and _scalar(p.inputs[1], 3.0, found):
         return [p]
@@ -96,7 +85,7 @@ def _cube(c: ir.Value, x: ir.Value, user: ir.Node, found: _Found) -> list[ir.Nod
         return None
     for sq_value, other in ((p.inputs[0], p.inputs[1]), (p.inputs[1], p.inputs[0])):
         sq = sq_value.producer() if sq_value is not None else None
-        if other is not x or sq is None or _sole_user(sq_value) is not p:
+        if other is not x or sq is None or sole_user(sq_value) is not p:
             continue
         if is_op(sq, "Mul") and sq.inputs[0] is x and sq.inputs[1] is x:
             return [sq, p]
@@ -109,19 +98,19 @@ def _tanh_input(anchor: ir.Node) -> _Found | None:
     """x from ``Tanh(sqrt(2/pi) * (x + 0.044715 * x^3))``; None when it is no GELU."""
     u = anchor.inputs[0]
     p = u.producer() if u is not None else None
-    if u is None or not is_op(p, "Mul") or _sole_user(u) is not anchor:
+    if u is None or not is_op(p, "Mul") or sole_user(u) is not anchor:
         return None
     for i in (0, 1):
         s = p.inputs[i]
         found = _Found(s, [p])
-        if not _scalar(p.inputs[1 - i], SQRT_2_OVER_PI, found) or s is None or _sole_user(s) is not p:
+        if not _scalar(p.inputs[1 - i], SQRT_2_OVER_PI, found) or s is None or sole_user(s) is not p:
             continue
         add = s.producer()
         if not is_op(add, "Add"):
             continue
         for x, t in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
             q = t.producer() if t is not None else None
-            if not is_op(q, "Mul") or _sole_user(t) is not add:
+            if not is_op(q, "Mul") or sole_user(t) is not add:
                 continue
             for j in (0, 1):
                 cube = _cube(q.inputs[j], x, q, found)
@@ -139,7 +128,7 @@ def _factor(value: ir.Value, found: _Found, user: ir.Node) -> tuple[set[str], li
     if _scalar(value, 0.5, found):
         return {"half"}, []
     p = value.producer()
-    if is_op(p, "Mul") and _sole_user(value) is user:
+    if is_op(p, "Mul") and sole_user(value) is user:
         other = _operands(p, found.x)
         if other is not None and _scalar(other, 0.5, found):
             return {"x", "half"}, [p]
@@ -149,14 +138,14 @@ def _factor(value: ir.Value, found: _Found, user: ir.Node) -> tuple[set[str], li
 def _tail(anchor: ir.Node, found: _Found) -> ir.Value | str:
     """The value ``0.5 * x * (1 + anchor)``, collecting its nodes into ``found``; or why not."""
     out = anchor.outputs[0]
-    add = _sole_user(out)
+    add = sole_user(out)
     one = _operands(add, out) if is_op(add, "Add") else None
     if one is None or not _scalar(one, 1.0, found):
         return f"{label(anchor)}: its output does not feed (1 + {anchor.op_type}) alone"
     found.nodes += [anchor, add]
     cur, have = add.outputs[0], set()
     while have != {"x", "half"}:
-        node = _sole_user(cur)
+        node = sole_user(cur)
         got = None
         if is_op(node, "Mul"):
             other = _operands(node, cur)

@@ -22,7 +22,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from slipway.errors import UserError, VerificationError
+from slipway.errors import UserError, VerificationError, one_line
 from slipway.graph import copy_model
 from slipway.passes.base import PASSES, Pass
 
@@ -155,7 +155,7 @@ class PassManager:
             raise
         except Exception as e:  # a bug or an unhandled case in the pass: roll back, go on without it
             record.seconds += time.perf_counter() - t0
-            record.failed = f"pass {p.name} failed and was skipped: {type(e).__name__}: {_one_line(e)}"
+            record.failed = f"pass {p.name} failed and was skipped: {one_line(e, typed=True)}"
             disabled.add(p.name)
             return state, False  # the snapshot itself: nothing else holds it
         record.seconds += time.perf_counter() - t0
@@ -179,10 +179,5 @@ class PassManager:
             try:
                 lines.extend(p.explain(restore(state)))
             except Exception as e:
-                lines.append(f"{p.name}: cannot explain ({type(e).__name__}: {_one_line(e)})")
+                lines.append(f"{p.name}: cannot explain ({one_line(e, typed=True)})")
         return lines
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else ""

@@ -18,7 +18,7 @@ import onnx.inliner
 import onnx.version_converter
 import onnx_ir as ir
 
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
 from slipway.graph import default_opset
 from slipway.model import MIN_OPSET, max_opset
 from slipway.passes.base import Pass, PassResult, register
@@ -61,11 +61,6 @@ def weights_as_inputs(model: ir.Model) -> Iterator[dict[str, tuple[ir.TensorProt
             graph.register_initializer(v)
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return re.sub(r"^.*?Assertion `false` failed: ", "", text)[:300]
-
-
 def _culprit(message: str, proto: onnx.ModelProto) -> str:
     for pattern in _OP_IN_MESSAGE:
         m = pattern.search(message)
@@ -88,7 +83,7 @@ def convert(model: ir.Model, target: int) -> None:
         out.ir_version = max(out.ir_version, needed)
         onnx.checker.check_model(out, full_check=True)
     except Exception as e:
-        message = _one_line(e)
+        message = one_line(e)
         raise UserError(f"cannot convert opset {current} to {target}: {_culprit(message, proto)}: {message}") from None
     converted = ir.serde.deserialize_model(out)
     graph = converted.graph

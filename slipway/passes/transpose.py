@@ -25,7 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from slipway.graph import Names, add_initializer, const, is_op, label, node_like, only_used_by, replace
+from slipway.graph import (
+    Names,
+    add_initializer,
+    const,
+    is_op,
+    label,
+    node_like,
+    only_used_by,
+    replace,
+    sole_user,
+)
 from slipway.passes._fusion import Fuse, FusionPass, Match, Skip
 from slipway.passes.base import register
 
@@ -50,16 +60,6 @@ def _perm(node: ir.Node) -> list[int] | None:
     if x is None or x.shape is None:
         return None
     return list(range(len(x.shape)))[::-1]
-
-
-def _sole_user(value: ir.Value) -> ir.Node | None:
-    if value.is_graph_output():
-        return None
-    users = {id(use.node): use.node for use in value.uses()}
-    if len(users) != 1:
-        return None
-    (node,) = users.values()
-    return node if node.graph is not None and node.graph is value.graph else None
 
 
 def _permuted_const(array: np.ndarray, perm: Sequence[int]) -> np.ndarray:
@@ -212,7 +212,7 @@ class SinkTransposes(FusionPass):
         steps: list[_Step] = []
         value = node.outputs[0]
         for _ in range(_MAX_CHAIN):
-            user = _sole_user(value)
+            user = sole_user(value)
             if user is None:
                 why = "a graph output" if value.is_graph_output() else "read by several nodes"
                 return self._stop(node, steps, f"{value.name!r} is {why}")

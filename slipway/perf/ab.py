@@ -24,7 +24,8 @@ import onnx_ir as ir
 
 from slipway import backends
 from slipway.perf.stats import median
-from slipway.verify.inputs import Feeds, input_specs, plan_sizes, random_feeds
+from slipway.verify.inputs import Feeds, plan_sizes, random_feeds
+from slipway.verify.probe import hinted_specs
 
 __all__ = ["TARGETS", "Speed", "latency", "latency_pair", "latency_compare", "latency_ratio", "SIGN_TEST_SHARE"]
 
@@ -47,7 +48,7 @@ class Speed:
 
 def random_batch1(model: ir.Model, dim_sizes: Mapping[str, Sequence[int]] | None = None) -> Feeds:
     """Random inputs at batch 1, other dynamic dims at ``dim_sizes`` (seed 0)."""
-    specs = input_specs(model)
+    specs = hinted_specs(model)
     sizes = plan_sizes(specs, [1], dim_sizes)[0]
     return random_feeds(specs, sizes, np.random.default_rng(0))
 

@@ -30,12 +30,12 @@ from slipway.verify.inputs import (
     at_batch,
     batch_data,
     check_data,
-    input_specs,
+    describe,
     load_inputs,
     model_batch,
     random_feeds,
 )
-from slipway.verify.probe import derive_dim_sizes, fixed_dims, with_value_hints
+from slipway.verify.probe import derive_dim_sizes, fixed_dims, hinted_specs
 
 __all__ = ["InputsLike", "make_feeds", "default_batches", "check_batches", "check_memory", "available_memory",
            "random_bytes", "data_bytes", "dim_sizes", "describe"]
@@ -65,7 +65,7 @@ def make_feeds(model: ir.Model, batches: Sequence[int] | None, inputs: InputsLik
 
     ``batches=None``: the data's own batch, else 1 (or the model's static batch).
     """
-    specs = with_value_hints(model, input_specs(model))
+    specs = hinted_specs(model)
     if inputs is not None:
         if shapes:
             raise UserError("give either input data or input shapes, not both (the data has its shapes)")
@@ -180,8 +180,3 @@ def dim_sizes(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]) -
                 raise UserError(f"input {s.name!r} dim {axis} ({d!r}) is dynamic: give its size with "
                                 f"--shape {s.name}=... or pass input data")
     return sizes
-
-
-def describe(feeds: Mapping[str, np.ndarray]) -> str:
-    """``x[8,3,224,224] float32``: the shapes and dtypes of one feed dict."""
-    return ", ".join(f"{k}[{','.join(map(str, v.shape))}] {v.dtype}" for k, v in feeds.items()) or "no inputs"

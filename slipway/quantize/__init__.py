@@ -44,6 +44,7 @@ import onnx_ir as ir
 from slipway import backends
 from slipway import verify as v
 from slipway.errors import UserError, VerificationError
+from slipway.graph import copy_model
 from slipway.model import ModelLike, as_model, check_output
 from slipway.optimize import optimize
 from slipway.perf.ab import TARGETS
@@ -53,7 +54,7 @@ from slipway.quantize import sensitivity as sens
 from slipway.quantize.precision import convert_precision, to_fp16
 from slipway.quantize.result import FloatLayer, QuantizeResult, Step
 from slipway.quantize.types import METHODS
-from slipway.verify.inputs import load_inputs
+from slipway.verify.inputs import load_inputs, shared_batch
 from slipway.verify.probe import derive_dim_sizes, plan_inputs
 
 AUTO = "auto"  # entropy ranges, unless they lose more than AUTO_DROP: then the best of the other methods
@@ -201,9 +202,7 @@ class _Inputs:
     def random_set(self, model: ir.Model) -> ev.EvalData:
         if self.data is not None:  # one feed dict, as given (a state's batch need not be its dim 0)
             return ev.from_feeds(model, [load_inputs(self.data)[0]], what="--data")
-        specs = v.input_specs(model)
-        first = specs[0].dims[0] if specs and specs[0].dims else None  # the batch dim, or a static batch
-        if any(not s.dims or s.dims[0] != first for s in specs):
+        if not shared_batch(v.input_specs(model)):
             # no shared batch axis (a scalar input, a state batched on axis 1): the probe's runs, as given
             return ev.from_feeds(model, plan_inputs(model, shapes=self.shapes).feeds, what="random inputs")
         return ev.random_set(model, RANDOM_SAMPLES, dims=derive_dim_sizes(model, self.shapes))
@@ -219,7 +218,7 @@ def _prepared(source: ir.Model, prepare: bool, result: QuantizeResult, inputs: _
             result.notes.append("prepared with " + ", ".join(f"{k}={n}" for k, n in changes.items()))
         model = done.model
     else:
-        model = ir.serde.deserialize_model(ir.serde.serialize_model(source))
+        model = copy_model(source)
     _name_nodes(model)
     return model
 

@@ -48,7 +48,7 @@ import onnx_ir as ir
 
 from slipway.backends.ort import ort_session
 from slipway.compare.run import load_model, typed_copy
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
 from slipway.model import ModelLike, atomic_write_bytes
 from slipway.quantize.data import CalibrationData, calibration_data
 from slipway.quantize.types import METHODS, Calibration, Ranges, TensorStats
@@ -178,19 +178,14 @@ def _session(model: ir.Model, exposed: list[str]) -> Any:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"onnxruntime cannot load the model to calibrate: {_one_line(e)}") from None
+        raise UserError(f"onnxruntime cannot load the model to calibrate: {one_line(e)}") from None
 
 
 def _execute(session: Any, names: list[str], feeds: dict[str, np.ndarray], k: int) -> list[Any]:
     try:
         return session.run(names, feeds)
     except Exception as e:
-        raise UserError(f"calibration batch {k}: onnxruntime failed: {_one_line(e)}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
+        raise UserError(f"calibration batch {k}: onnxruntime failed: {one_line(e)}") from None
 
 
 def update(stats: TensorStats, x: Any, bins: int = 2048) -> bool:
@@ -438,7 +433,7 @@ def load(path: str | os.PathLike) -> Calibration:
     except UserError:
         raise
     except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{p} is not a readable calibration cache: {_one_line(e)}") from None
+        raise UserError(f"{p} is not a readable calibration cache: {one_line(e)}") from None
     return Calibration(stats, int(record["samples"]), record["model_digest"], record["data_digest"],
                        list(record.get("notes", [])))
 

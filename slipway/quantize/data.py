@@ -39,7 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
 from slipway.model import ModelLike, as_model
 from slipway.ops.image import bgr_to_rgb, hwc_to_chw, letterbox, normalize
 from slipway.ops.resize import resize
@@ -175,11 +175,6 @@ def _names(specs: Sequence[InputSpec]) -> str:
 
 def _shape_text(dims: Sequence[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -326,7 +321,7 @@ def _file_shapes(path: Path, specs: Sequence[InputSpec]) -> dict[str, tuple[int,
                     with z.open(member) as f:
                         shapes[member[:-4]] = _npy_header(f)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read calibration data {path}: {_one_line(e)}") from None
+        raise UserError(f"cannot read calibration data {path}: {one_line(e)}") from None
     _check_keys(list(shapes), specs, str(path))
     return shapes
 
@@ -344,7 +339,7 @@ def _read_file(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read calibration data {path}: {_one_line(e)}") from None
+        raise UserError(f"cannot read calibration data {path}: {one_line(e)}") from None
 
 
 def _from_files(files: list[Path], specs: Sequence[InputSpec], batch: int, limit: int | None,
@@ -428,7 +423,7 @@ def _image_sample(fn: Callable[[np.ndarray], Any], path: Path, spec: InputSpec, 
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise UserError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise UserError(f"cannot read image {path}: {one_line(e)}") from None
     image = cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR) if raw.size else None
     if image is None:
         raise UserError(f"cannot read image {path}: not a valid image file")
@@ -454,7 +449,7 @@ def _image_fn(spec: InputSpec, preprocess: Any) -> tuple[Callable[[np.ndarray], 
         try:
             preprocess = ImageSpec(**preprocess)
         except TypeError as e:
-            raise UserError(f"image pre-processing: {_one_line(e)}") from None
+            raise UserError(f"image pre-processing: {one_line(e)}") from None
     if not isinstance(preprocess, ImageSpec):
         raise UserError(f"preprocess must be an ImageSpec, a dict of its fields or a function, "
                         f"got {type(preprocess).__name__}")

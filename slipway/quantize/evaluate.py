@@ -48,9 +48,18 @@ import onnx_ir as ir
 from slipway import backends
 from slipway.compare.metrics import cosine, snr_db
 from slipway.compare.run import DEFAULT_DIM
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
 from slipway.perf.ab import TARGETS
-from slipway.verify.inputs import Feeds, InputSpec, input_specs, plan_sizes, random_feeds
+from slipway.verify.inputs import (
+    Feeds,
+    InputSpec,
+    check_names,
+    input_specs,
+    plan_sizes,
+    random_feeds,
+    shared_batch,
+)
+from slipway.verify.probe import hinted_specs
 
 __all__ = ["EvalData", "Metric", "Score", "Output", "from_feeds", "random_set", "verify_feeds", "run_outputs",
            "parts", "samples_in", "resolve_metric", "metric_value", "score", "LABEL_KEYS", "BATCH"]
@@ -78,11 +87,6 @@ def _batch_dim(specs: Sequence[InputSpec]) -> int | str:
     return specs[0].dims[0] if specs and specs[0].dims else 1
 
 
-def _one_line(e: BaseException) -> str:
-    lines = [s.strip() for s in str(e).strip().splitlines() if s.strip()]
-    return lines[0][:300] if lines else type(e).__name__
-
-
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UserError(f"evaluation data not found: {path}")
@@ -90,7 +94,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, AttributeError) as e:
-        raise UserError(f"cannot read evaluation data {path}: {_one_line(e)}") from None
+        raise UserError(f"cannot read evaluation data {path}: {one_line(e)}") from None
 
 
 def _split_labels(arrays: Mapping[str, Any], specs: Sequence[InputSpec]) -> tuple[dict[str, np.ndarray], Any]:
@@ -109,14 +113,7 @@ def _with_batch_axis(spec: InputSpec, x: np.ndarray, what: str) -> np.ndarray:
 
 
 def _check(specs: Sequence[InputSpec], feeds: Mapping[str, np.ndarray], what: str) -> Feeds:
-    names = [s.name for s in specs]
-    missing = [n for n in names if n not in feeds]
-    if missing:
-        raise UserError(f"{what}: no value for input {missing[0]!r} (got {sorted(feeds)}; the model's inputs "
-                        f"are {names})")
-    extra = sorted(set(feeds) - set(names))
-    if extra:
-        raise UserError(f"{what}: the model has no input named {extra[0]!r} (its inputs are {names})")
+    check_names(specs, feeds, what)
     out: Feeds = {}
     for s in specs:
         x = _with_batch_axis(s, np.asarray(feeds[s.name]), what)
@@ -191,12 +188,16 @@ def from_feeds(model: ir.Model, data: Any, *, limit: int | None = None, what: st
 
 
 def random_set(model: ir.Model, samples: int, seed: int = 0, dims: Mapping[str, int] | None = None) -> EvalData:
-    """Random inputs (standard normal floats) as an evaluation set without labels; dynamic dims other
-    than the batch at ``dims[name]`` (default :data:`DEFAULT_DIM`)."""
-    specs = input_specs(model)
+    """Random inputs (:func:`slipway.verify.inputs.random_feeds` with the graph's value hints) as an
+    evaluation set without labels; dynamic dims other than the batch at ``dims[name]`` (default
+    :data:`DEFAULT_DIM`), a dynamic dim 0 of another input at the batch's rows."""
+    specs = hinted_specs(model)
     dim = _batch_dim(specs)
     rng = np.random.default_rng(seed)
     size = {d: [int((dims or {}).get(d, DEFAULT_DIM))] for s in specs for d in s.dims if isinstance(d, str)}
+    for s in specs:  # a shared batch axis (shared_batch): every dynamic dim 0 has the batch's rows
+        if s.dims and isinstance(s.dims[0], str) and s.dims[0] != dim:
+            size[s.dims[0]] = [samples if isinstance(dim, str) else int(dim)]
     if isinstance(dim, str):
         plan = plan_sizes(specs, [samples], {d: n for d, n in size.items() if d != dim})[0]
         rows = [random_feeds(specs, plan, rng)]
@@ -231,14 +232,6 @@ def _shape(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 def _count(feeds: Feeds) -> int:
     return int(next(iter(feeds.values())).shape[0])
-
-
-def _batched(specs: Sequence[InputSpec]) -> bool:
-    """Whether samples are rows of axis 0 of every input: no scalar input, and every dim 0 dynamic or
-    the first input's (silero's ``state [2, None, 128]`` is not). Row counts that then disagree are the
-    user's mistake (:func:`_counts`), not another layout."""
-    first = specs[0].dims[0] if specs and specs[0].dims else None
-    return all(s.dims and (isinstance(s.dims[0], str) or s.dims[0] == first) for s in specs)
 
 
 def _counts(specs: Sequence[InputSpec], rows: list[Feeds], what: str) -> list[int]:
@@ -290,7 +283,7 @@ def _build(specs: Sequence[InputSpec], rows: list[Feeds], labels: list[np.ndarra
            limit: int | None, what: str, batch: int) -> EvalData:
     if not rows or not specs:
         raise UserError(f"{what} is empty: no samples")
-    if not _batched(specs):  # each feed dict is one sample, run as given
+    if not shared_batch(specs):  # each feed dict is one sample, run as given
         rows = rows[:limit] if limit is not None else rows
         lab = np.concatenate(labels, axis=0)[:len(rows)] if labels else None
         note = ("the inputs share no batch axis (a scalar input, or one batched on another axis): each feed "
@@ -463,7 +456,7 @@ def _call_custom(m: Metric, outputs: list[Output], labels: np.ndarray | None) ->
     try:
         value = m.fn(outputs, labels)  # type: ignore[misc]
     except Exception as e:
-        raise UserError(f"the metric {m.name!r} raised {type(e).__name__}: {_one_line(e)}") from None
+        raise UserError(f"the metric {m.name!r} raised {one_line(e, typed=True)}") from None
     try:
         value = float(value)
     except (TypeError, ValueError):

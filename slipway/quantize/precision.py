@@ -35,7 +35,6 @@ import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import ml_dtypes
 import numpy as np
@@ -43,13 +42,14 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
+from slipway import backends
+from slipway.backends.base import Options
 from slipway.errors import UserError
 from slipway.graph import Names, add_initializer, copy_model, default_opset
 from slipway.model import ModelLike, as_model
 from slipway.passes.opset import convert
-
-if TYPE_CHECKING:
-    from slipway.verify import VerifyReport
+from slipway.verify import VerifyReport, compare_runs, describe, engine_name, ort_runner, plan_sizes, random_feeds
+from slipway.verify.probe import hinted_specs
 
 __all__ = ["BLOCK_REASONS", "DEFAULT_BLOCK", "KEEP_FP32_INPUTS", "PrecisionReport", "convert_precision",
            "to_fp16", "to_bf16", "verify_precision"]
@@ -513,27 +513,21 @@ def verify_precision(original: ModelLike, converted: ModelLike, *, atol: float =
     rounded; outputs are compared as float32, ``max_rel`` relative to each output's largest
     reference magnitude. Returns the report; it does not raise.
     """
-    from slipway import verify as v
-
     ref_model, cand = as_model(original), as_model(converted)
     has_bf16 = any(x.dtype == ir.DataType.BFLOAT16 for n in cand.graph for x in n.outputs)
     backend = backend or ("openvino" if has_bf16 else "ort")
-    specs = v.input_specs(ref_model, None)
+    specs = hinted_specs(ref_model)
     rng = np.random.default_rng(seed)
-    feeds_list = [v.random_feeds(specs, sizes, rng) for sizes in v.plan_sizes(specs, batch_sizes, dim_sizes, None)]
+    feeds_list = [random_feeds(specs, sizes, rng) for sizes in plan_sizes(specs, batch_sizes, dim_sizes, None)]
     runner, engine = _runner(cand, backend)
-    checks, failure = v.compare_runs(v.ort_runner(ref_model), runner, feeds_list, atol=atol, rtol=rtol)
+    checks, failure = compare_runs(ort_runner(ref_model), runner, feeds_list, atol=atol, rtol=rtol)
     batches = sorted({int(f[specs[0].name].shape[0]) for f in feeds_list if specs and specs[0].dims})
-    return v.VerifyReport(checks, atol, rtol, batches, [v.describe(f) for f in feeds_list],
-                          "the float32 model in " + v.engine_name(), engine, failure)
+    return VerifyReport(checks, atol, rtol, batches, [describe(f) for f in feeds_list],
+                        "the float32 model in " + engine_name(), engine, failure)
 
 
 def _runner(model: ir.Model, backend: str) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], str]:
     """feeds (float32) -> outputs (float32) of ``model`` on ``backend``, cast at the boundary; and the engine's name."""
-    from slipway import backends
-    from slipway.backends.base import Options
-    from slipway.verify import engine_name, ort_runner
-
     if backend == "ort":
         inner, engine = ort_runner(model), engine_name()
     else:

@@ -18,6 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from tritonclient.grpc import service_pb2 as pb
+
+from slipway import __version__
 from slipway.errors import ServeError, one_line
 from slipway.serve.model import ModelVersion, load_version
 from slipway.serve.repository import Repository
@@ -136,8 +139,6 @@ class DataPlane:
         return all(e is not None and e.state == "READY" for e in wanted)
 
     def metadata(self) -> dict[str, Any]:
-        from slipway import __version__
-
         return {"name": "slipway", "version": __version__, "extensions": list(EXTENSIONS)}
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -159,8 +160,6 @@ class DataPlane:
         return self._version(name, version).config
 
     def model_statistics(self, name: str = "", version: str = "") -> Any:  # ModelStatisticsResponse
-        from tritonclient.grpc import service_pb2 as pb
-
         if name:
             if version:
                 versions = [self._version(name, version)]

@@ -23,8 +23,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from slipway.errors import ServeError
-from slipway.serve.tensors import check_shape, element_count, from_raw, numpy_dtype, to_raw
+from slipway.errors import ServeError, one_line
+from slipway.serve.tensors import check_shape, count_error, element_count, from_raw, numpy_dtype, to_raw, type_error
 from slipway.serve.types import InferRequest, InferResponse, InferTensor, Plane, RequestedOutput
 
 __all__ = ["make_server", "status_code", "decode_request", "encode_response", "InferenceServicer"]
@@ -104,12 +104,12 @@ def _from_contents(name: str, contents: pb.InferTensorContents, datatype: str, s
     field = _CONTENTS.get(datatype)
     if field is None:
         raise ServeError(f"input {name!r}: {datatype} data must be sent in raw_input_contents", 400)
+    if any(f.name != field for f, _ in contents.ListFields()):  # e.g. int_contents for FP32
+        raise type_error(name, datatype)
     values = getattr(contents, field)
     count = element_count(shape)
     if len(values) != count:
-        raise ServeError(
-            f"input {name!r}: {len(values)} values in {field}, expected {count} for {datatype} {shape}", 400
-        )
+        raise count_error(name, len(values), datatype, shape)
     if datatype == "BYTES":
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
@@ -169,15 +169,9 @@ def _set_params(target: Any, values: dict[str, Any]) -> None:
 Handler = Callable[..., Awaitable[Any]]
 
 
-def _one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""
-
-
 def _internal(exc: BaseException, what: str) -> str:
     log.error("gRPC %s failed", what, exc_info=exc)
-    detail = _one_line(str(exc))
-    return f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    return f"internal error: {one_line(exc, typed=True)}"
 
 
 def _rpc(auth: bool = True) -> Callable[[Handler], Handler]:
@@ -193,7 +187,7 @@ def _rpc(auth: bool = True) -> Callable[[Handler], Handler]:
             try:
                 return await method(self, request, context)
             except ServeError as exc:
-                code, message = status_code(exc.status), _one_line(str(exc))
+                code, message = status_code(exc.status), one_line(exc)
             except Exception as exc:  # noqa: BLE001 - any bug becomes INTERNAL; CancelledError propagates
                 code, message = grpc.StatusCode.INTERNAL, _internal(exc, name)
             await context.abort(code, message)
@@ -346,7 +340,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = await self._plane.infer(decode_request(request))
             return pb.ModelStreamInferResponse(infer_response=encode_response(response))
         except ServeError as exc:
-            message = _one_line(str(exc))
+            message = one_line(exc)
         except Exception as exc:  # noqa: BLE001 - a bug in one request must not end the stream
             message = _internal(exc, "ModelStreamInfer")
         echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)

@@ -25,8 +25,8 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 
-from slipway.errors import ServeError
-from slipway.serve import tensors
+import slipway.serve.tensors as tensors
+from slipway.errors import ServeError, one_line
 from slipway.serve.types import InferRequest, InferResponse, InferTensor, Plane, RequestedOutput
 
 try:  # python-rapidjson comes with tritonclient; about twice as fast as json on small documents
@@ -110,7 +110,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             message = e.reason
         return _failed(request, e.status, message)
     except Exception as e:
-        return _failed(request, 500, f"internal error: {_one_line(e)}", traceback=True)
+        return _failed(request, 500, f"internal error: {one_line(e, typed=True)}", traceback=True)
 
 
 def _failed(request: web.Request, status: int, message: str, traceback: bool = False) -> web.Response:
@@ -123,11 +123,6 @@ def _failed(request: web.Request, status: int, message: str, traceback: bool = F
     if status == 401:
         response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
     return response
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _auth_middleware(token: str) -> Callable:
@@ -277,7 +272,7 @@ async def _read_body(request: web.Request) -> bytes | bytearray:
         return await _read_exact(request, n)
     except (HttpProcessingError, RequestPayloadError) as e:
         cause = e if isinstance(e, HttpProcessingError) else e.__cause__
-        message = cause.message if isinstance(cause, HttpProcessingError) else _one_line(e)
+        message = cause.message if isinstance(cause, HttpProcessingError) else one_line(e, typed=True)
         raise ServeError(f"could not read the request body: {message}", 400) from None
     except ConnectionError:
         raise ServeError("the client closed the connection before the body was complete", 400) from None
@@ -326,7 +321,7 @@ def _parse_json(data: bytes | bytearray) -> Any:
     try:
         return _loads(data)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise ServeError(f"malformed JSON in the request: {_one_line(e)}", 400) from None
+        raise ServeError(f"malformed JSON in the request: {one_line(e, typed=True)}", 400) from None
 
 
 def _parameters(obj: dict, what: str) -> dict:

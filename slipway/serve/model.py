@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
 
+import slipway.serve.tensors as tensors
+from slipway.backends import ENGINES, choose, get, served_by
 from slipway.cpus import usable_cpus
 from slipway.errors import ServeError, UserError, one_line
-from slipway.serve import tensors
 from slipway.serve.batcher import Batcher, batch_policy
 from slipway.serve.request import Checked, Signature, TensorSpec, check, specs
 from slipway.serve.stats import ModelStats
 from slipway.serve.types import InferRequest, InferResponse, InferTensor
+from slipway.verify.inputs import random_array
 
 __all__ = ["TensorSpec", "ModelVersion", "load_version", "engine_options"]  # TensorSpec: from serve.request
 
@@ -119,8 +122,6 @@ def engine_options(config, model_file: Path, threads: int = 0) -> tuple[str, Any
     The config's ``parameters`` then override: ``backend``, ``threads`` / ``intra_op_thread_count``,
     ``precision``, ``slipway.<setting>``, and the Triton parameters the engine's registration names.
     """
-    from slipway.backends import ENGINES, choose
-
     engine = _served_by(config)
     choice = choose(model_file, family=engine.family, device=engine.device, tuned=model_file.suffix == ".onnx")
     backend, options = choice.backend, choice.options
@@ -149,10 +150,6 @@ def engine_options(config, model_file: Path, threads: int = 0) -> tuple[str, Any
 
 def _served_by(config):
     """The registered engine for config.pbtxt's backend on its instances' device (KIND_GPU -> gpu)."""
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from slipway.backends import served_by
-
     triton = (config.backend or "onnxruntime").lower()
     gpu = any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group)
     engine = served_by(triton, "gpu" if gpu else "cpu") or served_by(triton)
@@ -184,8 +181,6 @@ def _instances(config) -> int:
 
 def _engine(name: str, version: int, config, model_file: Path, threads: int):
     """Load the engine (blocking: called in a thread) -> (platform, run, closer, instances, bytes as text)."""
-    from slipway.backends import ENGINES, get
-
     instances = _instances(config)
     backend, options = engine_options(config, model_file, threads)
     try:
@@ -220,8 +215,6 @@ def _engine(name: str, version: int, config, model_file: Path, threads: int):
 
 def warmup(config, run, instances: int) -> None:
     """Run the config's ``model_warmup`` samples (or one zero sample at batch 1) on every instance."""
-    from tritonclient.grpc import model_config_pb2 as mc
-
     samples = list(config.model_warmup)
     batched = int(config.max_batch_size) > 0
     if samples:
@@ -232,7 +225,7 @@ def warmup(config, run, instances: int) -> None:
                 dtype = tensors.DATATYPES[tensors.datatype_from_config(mc.DataType.Name(w.data_type))]
                 shape = ([rows] if batched else []) + list(w.dims)
                 if w.HasField("random_data") and w.random_data and dtype.kind == "f":
-                    feeds[name] = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+                    feeds[name] = random_array(shape, dtype, np.random.default_rng(0))
                 else:
                     feeds[name] = np.zeros(shape, dtype=dtype)
             for _ in range(max(1, int(s.count))):

@@ -18,14 +18,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 from google.protobuf import json_format, text_format
-from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from slipway.backends import ENGINES, Engine, served_by
+import slipway.serve.tensors as tensors
+from slipway.backends import ENGINES, Declared, Engine, served_by
 from slipway.errors import ServeError, UserError, one_line
-from slipway.serve import tensors
+from slipway.serve.batcher import batch_policy, check_policy
 
 __all__ = ["Repository", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZE", "EXECUTABLE_SUFFIXES"]
 
@@ -118,11 +117,13 @@ class Repository:
             for io in items:
                 _check_dims(name, kind, io)
         engine = _engine(config)
-        if engine is not None and engine.declared_io:
+        if engine is None:
+            raise ServeError(f"model {name!r}: no engine serves backend {config.backend!r}", 400)
+        if not engine.io:  # nothing to read them from (python)
             if not config.input or not config.output:
                 raise ServeError(f"model {name!r}: a {config.backend} model must declare its inputs and outputs", 400)
         else:
-            self._complete_io(name, config)
+            self._complete_io(name, engine, config)
         _complete_instances(name, config)
         _check_batching(name, config)
         return config
@@ -165,9 +166,9 @@ class Repository:
             h.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode())
         return h.hexdigest()[:32]
 
-    def _complete_io(self, name: str, config: mc.ModelConfig) -> None:
+    def _complete_io(self, name: str, engine: Engine, config: mc.ModelConfig) -> None:
         file = self.model_file(name, config, self.versions(name, config)[-1])
-        inputs, outputs = _read_io(name, file, file.relative_to(self.root).as_posix())
+        inputs, outputs = _read_io(name, engine, file, file.relative_to(self.root).as_posix())
         if config.max_batch_size == 0 and not config.input and not config.output and _batchable(inputs + outputs):
             config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
             if not config.HasField("dynamic_batching"):
@@ -322,8 +323,6 @@ def _complete_instances(name: str, config: mc.ModelConfig) -> None:
 
 def _check_batching(name: str, config: mc.ModelConfig) -> None:
     """The config's batching policy, by the batcher's own check (one rule set)."""
-    from slipway.serve.batcher import batch_policy, check_policy
-
     try:
         check_policy(batch_policy(config), name)
     except UserError as e:
@@ -334,59 +333,24 @@ def _check_batching(name: str, config: mc.ModelConfig) -> None:
 # inputs and outputs
 
 
-def _read_io(name: str, file: Path, rel: str) -> tuple[list[_Tensor], list[_Tensor]]:
-    if file.suffix == ".xml":
-        return _openvino_io(name, file, rel)
+def _read_io(name: str, engine: Engine, file: Path, rel: str) -> tuple[list[_Tensor], list[_Tensor]]:
+    """What ``file`` declares, read by the engine's own reader (:attr:`Engine.io`), in protocol datatypes."""
     try:
-        model = onnx.load(str(file), load_external_data=False)
-    except (OSError, DecodeError, ValueError) as e:
-        raise ServeError(f"model {name!r}: {rel} is not a readable ONNX model: {one_line(e)}", 400) from None
-    graph = model.graph
-    weights = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    inputs = [_onnx_tensor(name, "input", v) for v in graph.input if v.name not in weights]
-    return inputs, [_onnx_tensor(name, "output", v) for v in graph.output]
+        inputs, outputs = engine.read_io(file, rel)
+    except UserError as e:
+        raise ServeError(f"model {name!r}: {e}", 400) from None
+    return [_tensor(name, "input", t) for t in inputs], [_tensor(name, "output", t) for t in outputs]
 
 
-def _onnx_tensor(model: str, kind: str, value: onnx.ValueInfoProto) -> _Tensor:
-    which = value.type.WhichOneof("value")
-    if which != "tensor_type":
-        raise ServeError(f"model {model!r}: {kind} {value.name!r} is a {which or 'untyped value'}, not a tensor", 400)
-    tensor_type = value.type.tensor_type
+def _tensor(model: str, kind: str, t: Declared) -> _Tensor:
     try:
-        datatype = tensors.datatype_of(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-    except (KeyError, ValueError, TypeError, ServeError):
-        type_name = onnx.TensorProto.DataType.Name(tensor_type.elem_type) \
-            if tensor_type.elem_type in onnx.TensorProto.DataType.values() else str(tensor_type.elem_type)
-        raise ServeError(f"model {model!r}: {kind} {value.name!r} has ONNX type {type_name}, "
-                         "which the server does not support", 400) from None
-    shape = None
-    if tensor_type.HasField("shape"):
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim]
-    return _Tensor(value.name, datatype, shape)
-
-
-def _openvino_io(name: str, file: Path, rel: str) -> tuple[list[_Tensor], list[_Tensor]]:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise ServeError(f"model {name!r}: {rel} needs openvino; install it with: pip install 'slipway[openvino]'",
+        if t.dtype is None:
+            raise TypeError
+        datatype = tensors.datatype_of(t.dtype)
+    except (ServeError, TypeError):
+        raise ServeError(f"model {model!r}: {kind} {t.name!r} has {t.type}, which the server does not support",
                          400) from None
-    try:
-        model = ov.Core().read_model(str(file))
-    except RuntimeError as e:
-        raise ServeError(f"model {name!r}: {rel} is not a readable OpenVINO model: {one_line(e)}", 400) from None
-
-    def tensor(port: object) -> _Tensor:
-        shape = port.get_partial_shape()
-        dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else -1 for d in shape]
-        try:
-            datatype = tensors.datatype_of(port.get_element_type().to_dtype())
-        except (ServeError, TypeError, RuntimeError):
-            raise ServeError(f"model {name!r}: tensor {port.get_any_name()!r} has OpenVINO type "
-                             f"{port.get_element_type()}, which the server does not support", 400) from None
-        return _Tensor(port.get_any_name(), datatype, dims)
-
-    return [tensor(p) for p in model.inputs], [tensor(p) for p in model.outputs]
+    return _Tensor(t.name, datatype, None if t.shape is None else list(t.shape))
 
 
 def _batchable(items: Sequence[_Tensor]) -> bool:

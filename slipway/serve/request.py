@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from slipway.errors import ServeError
-from slipway.serve import tensors
+from slipway.serve.tensors import datatype_from_config
 from slipway.serve.types import InferRequest
 
 __all__ = [
@@ -59,7 +59,7 @@ def specs(entries: Any) -> list[TensorSpec]:
     out = []
     for e in entries:
         reshape = tuple(e.reshape.shape) if e.HasField("reshape") else None
-        datatype = tensors.datatype_from_config(mc.DataType.Name(e.data_type))
+        datatype = datatype_from_config(mc.DataType.Name(e.data_type))
         out.append(TensorSpec(e.name, datatype, tuple(e.dims), reshape, bool(getattr(e, "optional", False))))
     return out
 

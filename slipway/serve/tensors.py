@@ -20,7 +20,7 @@ from slipway.errors import ServeError
 
 __all__ = [
     "DATATYPES", "CONFIG_TYPES", "numpy_dtype", "datatype_of", "config_type", "datatype_from_config",
-    "from_raw", "to_raw", "from_json", "to_json", "check_shape", "element_count",
+    "from_raw", "to_raw", "from_json", "to_json", "check_shape", "element_count", "count_error", "type_error",
 ]
 
 # protocol name -> numpy dtype (object for BYTES)
@@ -82,6 +82,18 @@ def element_count(shape: Sequence[int]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def count_error(name: str, got: int, datatype: str, shape: Sequence[int]) -> ServeError:
+    """THE message of typed data (JSON ``data``, gRPC ``*_contents``) with the wrong number of elements."""
+    return ServeError(f"input {name!r}: {got} elements, expected {element_count(shape)} for {datatype} {list(shape)}",
+                      400)
+
+
+def type_error(name: str, datatype: str) -> ServeError:
+    """THE message of typed data of the wrong kind: JSON strings for FP32, gRPC ``int_contents`` for FP32 ..."""
+    kind = "strings" if datatype == "BYTES" else "booleans" if datatype == "BOOL" else "numbers"
+    return ServeError(f"input {name!r}: data must hold {datatype} {kind}", 400)
 
 
 def check_shape(name: str, shape: Any) -> list[int]:
@@ -163,21 +175,25 @@ def from_json(name: str, data: Any, datatype: str, shape: Sequence[int]) -> np.n
     if datatype == "BYTES":
         flat = _flatten(data)
         if len(flat) != count:
-            raise ServeError(f"input {name!r}: {len(flat)} elements, expected {count} for shape {list(shape)}", 400)
+            raise count_error(name, len(flat), datatype, shape)
         out = np.empty(count, dtype=object)
         for i, x in enumerate(flat):
             if not isinstance(x, (str, bytes)):
-                raise ServeError(f"input {name!r}: BYTES element {i} must be a string, got {type(x).__name__}", 400)
+                raise type_error(name, datatype)
             out[i] = x.encode("utf-8") if isinstance(x, str) else x
         return out.reshape(shape)
     try:
-        arr = np.asarray(data, dtype=np.float64 if dtype.kind == "f" or datatype == "BF16" else None)
+        arr = np.asarray(data)
+        if arr.dtype.kind in "SU":  # strings, even "1.5", are not numbers (float64 would parse them)
+            raise type_error(name, datatype)
+        if (dtype.kind == "f" or datatype == "BF16") and arr.dtype != np.float64:
+            arr = np.asarray(data, dtype=np.float64) if arr.dtype == object else arr.astype(np.float64)
     except (ValueError, TypeError):
         raise ServeError(f"input {name!r}: data is not a regular list of numbers", 400) from None
     if arr.dtype == object or arr.dtype.kind in "SUV":
-        raise ServeError(f"input {name!r}: data must hold {datatype} numbers", 400)
+        raise type_error(name, datatype)
     if arr.size != count:
-        raise ServeError(f"input {name!r}: {arr.size} elements, expected {count} for shape {list(shape)}", 400)
+        raise count_error(name, arr.size, datatype, shape)
     if datatype == "BOOL":
         if arr.dtype != np.bool_ and not np.isin(arr, (0, 1)).all():
             raise ServeError(f"input {name!r}: BOOL data must be true/false", 400)

@@ -36,17 +36,8 @@ class InferRequest:
     id: str = ""
     inputs: list[InferTensor] = field(default_factory=list)
     outputs: list[RequestedOutput] = field(default_factory=list)  # empty = every output
-    parameters: dict[str, Any] = field(default_factory=dict)  # priority, timeout (µs), binary_data_output ...
-
-    @property
-    def priority(self) -> int:
-        """Triton's ``priority`` parameter (0 = the model's default level)."""
-        return int(self.parameters.get("priority", 0) or 0)
-
-    @property
-    def timeout_us(self) -> int:
-        """Triton's ``timeout`` parameter in microseconds (0 = the queue policy's default)."""
-        return int(self.parameters.get("timeout", 0) or 0)
+    # priority, timeout (µs), binary_data_output ...: as sent; checked and read by serve.request.check
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from slipway.errors import UserError
+from slipway.errors import UserError, one_line
 
 Feeds = dict[str, np.ndarray]
 InputsLike = Mapping[str, np.ndarray] | str | os.PathLike
@@ -198,6 +198,14 @@ def batch_dim(specs: Sequence[InputSpec]) -> str | None:
     return specs[0].dims[0] if specs and specs[0].dims and isinstance(specs[0].dims[0], str) else None
 
 
+def shared_batch(specs: Sequence[InputSpec]) -> bool:
+    """Whether samples are rows of axis 0 of every input: no scalar input, and every dim 0 dynamic or
+    the first input's (silero's ``state [2, None, 128]`` is not). Row counts that then disagree are the
+    user's mistake, not another layout."""
+    first = specs[0].dims[0] if specs and specs[0].dims else None
+    return all(s.dims and (isinstance(s.dims[0], str) or s.dims[0] == first) for s in specs)
+
+
 def at_batch(specs: Sequence[InputSpec], sizes: Mapping[str, int], batch: int, base: int = 1) -> dict[str, int]:
     """``sizes`` (made at batch ``base``) moved to ``batch``: the batch dim and the unnamed dims of
     other inputs that equal ``base`` (a state's batch: ``state [2, None, 128]``) take ``batch``."""
@@ -226,19 +234,27 @@ def load_inputs(inputs: InputsLike) -> tuple[dict[str, np.ndarray], str]:
     try:
         loaded = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{p} is not a readable .npz file: {_one_line(e)}") from None
+        raise UserError(f"{p} is not a readable .npz file: {one_line(e)}") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise UserError(f"{p}: expected a .npz archive of named arrays (np.savez), got one array")
     try:
         with loaded:
             return {k: loaded[k] for k in loaded.files}, p.name
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{p} is not a readable .npz file: {_one_line(e)}") from None
+        raise UserError(f"{p} is not a readable .npz file: {one_line(e)}") from None
 
 
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
+def check_names(specs: Sequence[InputSpec], given: Mapping[str, object], what: str = "") -> None:
+    """One value per model input and nothing else (one-line errors, prefixed with ``what``)."""
+    at = f"{what}: " if what else ""
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise UserError(f"{at}no value for input {missing[0]!r} (the inputs given are {sorted(given)}; the model's "
+                        f"inputs are {names})")
+    extra = sorted(set(given) - set(names))
+    if extra:
+        raise UserError(f"{at}the model has no input named {extra[0]!r} (its inputs are {names})")
 
 
 def check_data(specs: Sequence[InputSpec], data: Mapping[str, np.ndarray], label: str) -> None:

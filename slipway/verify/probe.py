@@ -31,6 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slipway.errors import UserError, one_line
+from slipway.graph import const
 from slipway.verify.engine import Runner, ort_runner
 from slipway.verify.inputs import (
     DEFAULT_BATCH_SIZES,
@@ -85,7 +86,7 @@ def plan_inputs(
     """
     if data is not None and shapes:
         raise UserError("give either --data or --shape, not both (the data has its shapes)")
-    specs = list(specs) if specs is not None else with_value_hints(model, input_specs(model))
+    specs = list(specs) if specs is not None else hinted_specs(model)
     if reference is None:
         reference = ort_runner(model)
     rng = np.random.default_rng(seed)
@@ -106,7 +107,7 @@ def plan_inputs(
 def derive_dim_sizes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None,
                      reference: Runner | None = None) -> dict[str, int]:
     """Sizes of every dynamic dim except the batch: the user's (``shapes``), the rest derived."""
-    specs = with_value_hints(model, input_specs(model))
+    specs = hinted_specs(model)
     batch = batch_dim(specs)
     fixed = fixed_dims(specs, shapes or {})
     if all(d == batch or d in fixed for d in _dynamic(specs)):
@@ -117,6 +118,12 @@ def derive_dim_sizes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None
 
 
 # ---------------------------------------------------------------- hints and dims
+
+
+def hinted_specs(model: ir.Model) -> list[InputSpec]:
+    """The model's input specs with the graph's value hints (:func:`with_value_hints`): what every
+    random input is drawn from."""
+    return with_value_hints(model, input_specs(model))
 
 
 def with_value_hints(model: ir.Model, specs: list[InputSpec]) -> list[InputSpec]:
@@ -160,19 +167,10 @@ def compared_constants(model: ir.Model, name: str) -> list[int]:
         if node.op_type not in COMPARISONS or node.domain not in ("", "ai.onnx"):
             continue
         for other in node.inputs:
-            const = _constant(other) if other is not None and other is not value else None
-            if const is not None and const.size == 1 and np.issubdtype(const.dtype, np.integer):
-                found.append(int(const.reshape(-1)[0]))
+            c = const(other, limit=1) if other is not value else None
+            if c is not None and c.size == 1 and np.issubdtype(c.dtype, np.integer):
+                found.append(int(c.reshape(-1)[0]))
     return list(dict.fromkeys(found))
-
-
-def _constant(v: ir.Value) -> np.ndarray | None:
-    if v.const_value is not None:
-        return v.const_value.numpy()
-    node = v.producer()
-    if node is not None and node.op_type == "Constant" and "value" in node.attributes:
-        return node.attributes["value"].as_tensor().numpy()
-    return None
 
 
 def _dynamic(specs: Sequence[InputSpec]) -> list[str]:

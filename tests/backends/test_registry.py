@@ -26,6 +26,24 @@ def _model(path):
     return path
 
 
+def test_every_engine_reads_its_model_files_or_needs_them_declared(tmp_path):
+    """Engine.io: "module:function" read on use; "" (python) means config.pbtxt declares the tensors."""
+    path = _model(tmp_path / "m.onnx")
+    for engine in ENGINES.values():
+        if not engine.io:
+            assert engine.name == "python"
+            with pytest.raises(UserError, match="reads no inputs or outputs"):
+                engine.read_io(path, "m.onnx")
+            continue
+        inputs, outputs = engine.read_io(path, "m.onnx")
+        f32 = np.dtype(np.float32)
+        assert [(t.name, t.dtype, t.shape, t.type) for t in inputs + outputs] == [
+            ("x", f32, [-1, 4], "ONNX type FLOAT"), ("y", f32, [-1, 4], "ONNX type FLOAT")]
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="^shown/bad.onnx is not a readable ONNX model: "):
+        ENGINES["ort"].read_io(tmp_path / "bad.onnx", "shown/bad.onnx")
+
+
 def _tune(path, backend="ort", threads=1):
     settings_path(path).write_text(json.dumps({
         "backend": backend, "options": {"threads": threads, "precision": "fp32", "settings": {}},

@@ -354,7 +354,7 @@ def test_parameters_reach_plane(server, client):
     _, _, inputs = _add_sub_inputs(1)
     client.infer("add_sub", inputs, priority=3, timeout=1500, parameters={"s": "x", "flag": True, "n": -5, "f": 0.5})
     last = server.plane.last
-    assert (last.priority, last.timeout_us) == (3, 1500)
+    assert (last.parameters["priority"], last.parameters["timeout"]) == (3, 1500)
     assert {k: last.parameters[k] for k in ("s", "flag", "n", "f")} == {"s": "x", "flag": True, "n": -5, "f": 0.5}
 
 
@@ -448,7 +448,7 @@ def test_typed_contents(server):
         (pb.ModelInferRequest(model_name="add_sub", inputs=[
             _tensor("INPUT0", "FP32", [1, 16], fp32_contents=[1.0] * 15),
             _tensor("INPUT1", "FP32", [1, 16], fp32_contents=[1.0] * 16)]),
-         "input 'INPUT0': 15 values in fp32_contents, expected 16 for FP32 [1, 16]"),
+         "input 'INPUT0': 15 elements, expected 16 for FP32 [1, 16]"),
         (pb.ModelInferRequest(model_name="identity_INT8", inputs=[_tensor("INPUT0", "INT8", [1], int_contents=[300])]),
          "input 'INPUT0': a value in int_contents is out of range for INT8"),
         (pb.ModelInferRequest(model_name="identity_FP16", inputs=[_tensor("INPUT0", "FP16", [1], fp32_contents=[1])]),

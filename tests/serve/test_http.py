@@ -445,7 +445,7 @@ def test_parameters_reach_the_plane(client: httpclient.InferenceServerClient, pl
     inputs, _, _ = add_sub_inputs(1)
     client.infer("add_sub", inputs, priority=2, timeout=1500, parameters={"tag": "abc", "level": 3})
     assert plane.last is not None
-    assert plane.last.priority == 2 and plane.last.timeout_us == 1500
+    assert plane.last.parameters["priority"] == 2 and plane.last.parameters["timeout"] == 1500
     assert plane.last.parameters["tag"] == "abc" and plane.last.parameters["level"] == 3
 
 

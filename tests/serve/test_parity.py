@@ -190,3 +190,42 @@ def test_http_only_mistakes_are_400(urls) -> None:
     status, answer = _post(url, json.dumps(body).encode(), {})
     assert status == 200
     np.testing.assert_allclose(answer["outputs"][0]["data"], (ROW @ W + B).ravel(), rtol=1e-5, atol=1e-5)
+
+
+# typed data: JSON "data" over HTTP, the InferTensorContents fields over gRPC (each decoded by its adapter,
+# each message worded by slipway.serve.tensors: count_error, type_error)
+TYPED: dict[str, tuple[str, list[int], list[Any], str, list[Any], str]] = {
+    # name: (datatype, shape, JSON data, contents field, contents values, message)
+    "too few elements": ("FP32", [1, 16], [1.0] * 15, "fp32_contents", [1.0] * 15,
+                         "input 'x': 15 elements, expected 16 for FP32 [1, 16]"),
+    "too many elements": ("FP32", [1, 16], [1.0] * 17, "fp32_contents", [1.0] * 17,
+                          "input 'x': 17 elements, expected 16 for FP32 [1, 16]"),
+    "no elements": ("FP32", [1, 16], [], "fp32_contents", [], "input 'x': 0 elements, expected 16 for FP32 [1, 16]"),
+    "INT32 count": ("INT32", [2, 2], [1, 2, 3], "int_contents", [1, 2, 3],
+                    "input 'x': 3 elements, expected 4 for INT32 [2, 2]"),
+    "BYTES count": ("BYTES", [1, 2], ["a"], "bytes_contents", [b"a"],
+                    "input 'x': 1 elements, expected 2 for BYTES [1, 2]"),
+    "FP32 as text / in int_contents": ("FP32", [1, 16], ["a"] * 16, "int_contents", [1] * 16,
+                                       "input 'x': data must hold FP32 numbers"),
+    "FP32 as numeric text / in bytes_contents": ("FP32", [1, 16], ["1"] * 16, "bytes_contents", [b"1"] * 16,
+                                                 "input 'x': data must hold FP32 numbers"),
+    "BOOL as text / in int_contents": ("BOOL", [1, 2], ["true", "false"], "int_contents", [1, 0],
+                                       "input 'x': data must hold BOOL booleans"),
+    "BYTES as numbers / in int_contents": ("BYTES", [1, 2], [1, 2], "int_contents", [1, 2],
+                                           "input 'x': data must hold BYTES strings"),
+}
+
+
+@pytest.mark.parametrize("name", list(TYPED))
+def test_same_typed_data_mistake_same_answer(urls, name) -> None:
+    http_url, grpc_url = urls
+    datatype, shape, data, field_name, values, message = TYPED[name]
+    body = {"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}]}
+    status, answer = _post(f"http://{http_url}/v2/models/prio/infer", json.dumps(body).encode(), {})
+    assert (status, answer.get("error")) == (400, message)
+    request = pb.ModelInferRequest(model_name="prio")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=shape)
+    getattr(tensor.contents, field_name).extend(values)
+    with grpc.insecure_channel(grpc_url) as channel, pytest.raises(grpc.RpcError) as info:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=20)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)

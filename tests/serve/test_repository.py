@@ -120,6 +120,20 @@ def test_unreadable_onnx_file(tmp_path):
     assert "m/1/model.onnx is not a readable ONNX model" in str(error(Repository(tmp_path).config, "m"))
 
 
+def test_model_file_types_the_server_cannot_serve(tmp_path):
+    """The engine's reader (Engine.io) names the file's own type; the repository refuses what has no datatype."""
+    c64 = identity_model(["N", 3], dtype=TensorProto.COMPLEX64)
+    add_model(tmp_path, "c", c64)
+    assert str(error(Repository(tmp_path).config, "c")) == \
+        "model 'c': input 'x' has ONNX type COMPLEX64, which the server does not support"
+    seq = helper.make_model(helper.make_graph(
+        [helper.make_node("SequenceEmpty", [], ["y"])], "g", [],
+        [helper.make_value_info("y", helper.make_sequence_type_proto(helper.make_tensor_type_proto(FLOAT, None)))]),
+        opset_imports=[helper.make_operatorsetid("", 17)])
+    add_model(tmp_path, "s", seq)
+    assert str(error(Repository(tmp_path).config, "s")) == "model 's': output 'y' is a sequence_type, not a tensor"
+
+
 # ---------------------------------------------------------------------------------------------
 # explicit configs
 
@@ -312,6 +326,9 @@ def test_openvino_model_xml(tmp_path):
     assert repo.model_file("m", config, 1) == folder / "1" / "model.xml"
     onnx.save(DYNAMIC, str(folder / "1" / "model.onnx"))
     assert repo.model_file("m", config, 1) == folder / "1" / "model.onnx"
+    (folder / "1" / "model.onnx").unlink()
+    (folder / "1" / "model.xml").write_text("<net>")
+    assert str(error(repo.config, "m")).startswith("model 'm': m/1/model.xml is not a readable OpenVINO model: ")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,8 +133,7 @@ output [{ name: "y" data_type: TYPE_FP32 dims: [ 3 ] }]
 
 
 def test_instances_split_the_cores(tmp_path) -> None:
-    import os
-
+    from slipway.cpus import usable_cpus
     from slipway.serve.model import engine_options
     from slipway.serve.repository import Repository
 
@@ -142,4 +141,4 @@ def test_instances_split_the_cores(tmp_path) -> None:
     _save(gemm_model(), repo / "gemm" / "1" / "model.onnx")
     (repo / "gemm" / "config.pbtxt").write_text('instance_group [{ count: 2 kind: KIND_CPU }]\n')
     _, opts = engine_options(Repository(repo).config("gemm"), repo / "gemm" / "1" / "model.onnx")
-    assert opts.threads == max(1, (os.cpu_count() or 1) // 2)
+    assert opts.threads == max(1, usable_cpus() // 2)  # the affinity mask and CPU quota, as the server

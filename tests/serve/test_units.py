@@ -48,12 +48,18 @@ def test_bytes_raw_and_json():
 def test_json_decoding_checks():
     assert tensors.from_json("x", [[1, 2], [3, 4]], "INT32", [2, 2]).dtype == np.int32
     assert tensors.from_json("x", [1.5, 2], "BF16", [2]).dtype == ml_dtypes.bfloat16
+    big = tensors.from_json("x", [1, True, 2.5, 2**70], "FP32", [4])  # JSON ints, bools, big ints are numbers
+    assert big.dtype == np.float32 and big.tolist() == [1.0, 1.0, 2.5, float(2**70)]
     for data, datatype, message in [
         ([1, 2, 3], "FP32", "3 elements, expected 4"),
         ([1.5, 2, 3, 4], "INT64", "INT64 data must be integers"),
         ([300, 1, 2, 3], "UINT8", "out of range for UINT8"),
         ([2, 0, 1, 1], "BOOL", "BOOL data must be true/false"),
-        (["a", "b", "c", "d"], "FP32", "not a regular list of numbers"),
+        (["a", "b", "c", "d"], "FP32", "input 'x': data must hold FP32 numbers"),
+        (["1", "2", "3", "4"], "FP32", "input 'x': data must hold FP32 numbers"),
+        ([[1, 2], [3]], "FP32", "not a regular list of numbers"),
+        ([1, 2, 3], "BYTES", "input 'x': 3 elements, expected 4 for BYTES \\[2, 2\\]"),
+        (["a", "b", "c", 4], "BYTES", "input 'x': data must hold BYTES strings"),
             (["a", "b", "c", "d"], "INT32", "must hold INT32 numbers"),
     ]:
         with pytest.raises(ServeError, match=message) as e:
