@@ -35,10 +35,11 @@ from slipway import verify as v
 from slipway.cpus import usable_cpus
 from slipway.errors import UserError
 from slipway.model import as_model, atomic_write_text
-from slipway.perf.feeds import make_feeds, model_batch
+from slipway.perf.feeds import make_feeds
 from slipway.perf.runner import Config, run_config, usable_backends
 from slipway.perf.stats import Budget
 from slipway.settings import digest, read_settings, settings_path
+from slipway.verify.inputs import model_batch
 
 __all__ = ["Candidate", "TuneResult", "tune", "settings_path", "read_settings", "pareto"]
 

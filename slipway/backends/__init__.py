@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from slipway.backends.base import Backend, Options, Session, TensorInfo
-from slipway.backends.declared import Declared
 from slipway.errors import UserError
 from slipway.model import SOURCE_KEY
 from slipway.settings import read_settings
 
 __all__ = [
-    "Backend", "Options", "Session", "TensorInfo", "Declared", "Engine", "ENGINES", "BACKENDS", "register",
+    "Backend", "Options", "Session", "TensorInfo", "Engine", "ENGINES", "BACKENDS", "register",
     "registration", "served_by", "get", "load", "available", "tuned_settings", "Choice", "choose",
 ]
 
@@ -57,7 +56,7 @@ class Engine:
         if not self.family:
             object.__setattr__(self, "family", self.name.split("-")[0])
 
-    def read_io(self, path: Path, label: str) -> tuple[list[Declared], list[Declared]]:
+    def read_io(self, path: Path, label: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
         """(inputs, outputs) the model file ``path`` declares, by the engine's ``io`` reader; a one-line
         UserError naming the file as ``label`` when it cannot be read."""
         if not self.io:

@@ -42,9 +42,13 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """One input or output of a model: as an engine session reports it, or as the model file declares
+    it (an engine's ``io`` reader, :mod:`slipway.backends.declared`)."""
+
     name: str
-    shape: tuple[int | str | None, ...]  # None or a name for a dynamic dim
-    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None  # None or a name for a dynamic dim; None: rank unknown (files)
+    dtype: np.dtype | None  # None: the file's type has no numpy dtype (files; a session has object)
+    type: str = ""  # the file's own type name, for messages: "ONNX type FLOAT", "OpenVINO type f32"
 
 
 @dataclass

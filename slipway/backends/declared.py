@@ -2,38 +2,30 @@
 
 Each engine registers the reader of its model files as ``Engine.io`` ("module:function", imported
 on use, see :mod:`slipway.backends`); ``slipway serve`` completes and checks a model's config with
-it. A reader is ``read(path, label) -> (inputs, outputs)`` of :class:`Declared`, and raises a
+it. A reader is ``read(path, label) -> (inputs, outputs)`` of
+:class:`~slipway.backends.base.TensorInfo` (``type`` set, ``shape`` None where the rank is unknown,
+``dtype`` None where numpy has none), and raises a
 one-line :class:`~slipway.errors.UserError` naming the file as ``label`` when it cannot read it.
-This module holds the type and the ONNX reader (onnx only, no engine): every ONNX engine uses it.
+This module holds the ONNX reader (onnx only, no engine): every ONNX engine uses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from slipway.backends.base import TensorInfo
 from slipway.errors import UserError, one_line
 
-__all__ = ["Declared", "Reader", "onnx_io"]
+__all__ = ["Reader", "onnx_io"]
 
 
-@dataclass(frozen=True)
-class Declared:
-    """One input or output as the model file declares it."""
-
-    name: str
-    dtype: np.dtype | None  # None: a type numpy has no dtype for
-    shape: list[int] | None  # -1: a dynamic dim; None: the rank is not known
-    type: str  # the file's own type, for messages: "ONNX type FLOAT", "OpenVINO type f32"
+Reader = Callable[[Path, str], tuple[list[TensorInfo], list[TensorInfo]]]
 
 
-Reader = Callable[[Path, str], tuple[list[Declared], list[Declared]]]
-
-
-def onnx_io(path: Path, label: str) -> tuple[list[Declared], list[Declared]]:
+def onnx_io(path: Path, label: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """The graph inputs (initializers left out) and outputs of an ONNX file, its weights not loaded."""
     import onnx
     from google.protobuf.message import DecodeError
@@ -48,7 +40,7 @@ def onnx_io(path: Path, label: str) -> tuple[list[Declared], list[Declared]]:
     return inputs, [_onnx_tensor("output", v) for v in graph.output]
 
 
-def _onnx_tensor(kind: str, value) -> Declared:
+def _onnx_tensor(kind: str, value) -> TensorInfo:
     import onnx
 
     which = value.type.WhichOneof("value")
@@ -63,5 +55,6 @@ def _onnx_tensor(kind: str, value) -> Declared:
         dtype = None
     shape = None
     if tensor_type.HasField("shape"):
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim]
-    return Declared(value.name, dtype, shape, f"ONNX type {type_name}")
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                      for d in tensor_type.shape.dim)
+    return TensorInfo(value.name, shape, dtype, f"ONNX type {type_name}")

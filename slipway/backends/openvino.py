@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from slipway.backends.base import FeedCheck, Options, SessionBase, TensorInfo, check_options, onnx_source
-from slipway.backends.declared import Declared, onnx_io
+from slipway.backends.declared import onnx_io
 from slipway.errors import MissingDependencyError, UserError, one_line
 
 __all__ = ["OpenVINOBackend", "OpenVINOSession", "CPU", "GPU", "read_io"]
@@ -157,22 +157,27 @@ class OpenVINOSession(SessionBase):
         return f"OpenVINOSession({self.backend!r}, inputs={[t.name for t in self._inputs]})"
 
 
-def _info(port: Any) -> TensorInfo:
+def _info(port: Any, *, file: bool = False) -> TensorInfo:
+    """A port as a session reports it, or (``file``) as the model file declares it (unknown rank: None,
+    a type numpy lacks: None, the file's type name kept for messages)."""
     shape = port.get_partial_shape()
-    dims: tuple[int | str | None, ...] = ()
+    dims: tuple[int | str | None, ...] | None = None if file else ()
     if shape.rank.is_static:
         dims = tuple(d.get_length() if d.is_static else None for d in shape)
     try:
-        dtype = np.dtype(port.get_element_type().to_dtype())
+        dtype: np.dtype | None = np.dtype(port.get_element_type().to_dtype())
     except Exception:  # types without a numpy dtype: checked by OpenVINO
-        dtype = np.dtype(object)
-    if dtype.kind in "SUO":
+        dtype = None
+    if dtype is not None and dtype.kind in "SUO":
         dtype = np.dtype(object)
     names = sorted(port.get_names())
-    return TensorInfo(port.get_any_name() if len(names) <= 1 else names[0], dims, dtype)
+    name = port.get_any_name() if len(names) <= 1 else names[0]
+    if file:
+        return TensorInfo(name, dims, dtype, f"OpenVINO type {port.get_element_type()}")
+    return TensorInfo(name, dims, dtype if dtype is not None else np.dtype(object))
 
 
-def read_io(path: Path, label: str) -> tuple[list[Declared], list[Declared]]:
+def read_io(path: Path, label: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """The inputs and outputs a model file declares (the engine's ``io`` reader): an OpenVINO IR
     (``.xml``) through ``read_model`` without compiling it, any other file as ONNX."""
     if Path(path).suffix != ".xml":
@@ -185,17 +190,7 @@ def read_io(path: Path, label: str) -> tuple[list[Declared], list[Declared]]:
         model = core().read_model(str(path))
     except RuntimeError as e:
         raise UserError(f"{label} is not a readable OpenVINO model: {one_line(e)}") from None
-    return [_declared(p) for p in model.inputs], [_declared(p) for p in model.outputs]
-
-
-def _declared(port: Any) -> Declared:
-    shape = port.get_partial_shape()
-    dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else -1 for d in shape]
-    try:
-        dtype = np.dtype(port.get_element_type().to_dtype())
-    except (TypeError, RuntimeError):
-        dtype = None
-    return Declared(port.get_any_name(), dtype, dims, f"OpenVINO type {port.get_element_type()}")
+    return [_info(p, file=True) for p in model.inputs], [_info(p, file=True) for p in model.outputs]
 
 
 CPU = OpenVINOBackend("openvino", "CPU")

@@ -122,4 +122,4 @@ class ConvertOpset(Pass):
         return PassResult(model, True, {f"opset {current}->{self.target_opset}": 1})
 
 
-__all__ = ["ConvertOpset", "convert", "default_opset", "weights_as_inputs"]
+__all__ = ["ConvertOpset", "convert", "weights_as_inputs"]

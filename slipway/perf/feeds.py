@@ -30,15 +30,14 @@ from slipway.verify.inputs import (
     at_batch,
     batch_data,
     check_data,
-    describe,
     load_inputs,
     model_batch,
     random_feeds,
 )
 from slipway.verify.probe import derive_dim_sizes, fixed_dims, hinted_specs
 
-__all__ = ["InputsLike", "make_feeds", "default_batches", "check_batches", "check_memory", "available_memory",
-           "random_bytes", "data_bytes", "dim_sizes", "describe"]
+__all__ = ["make_feeds", "default_batches", "check_batches", "check_memory", "available_memory",
+           "random_bytes", "data_bytes", "dim_sizes"]
 
 
 def default_batches(specs: Sequence[InputSpec]) -> tuple[int]:

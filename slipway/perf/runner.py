@@ -39,9 +39,9 @@ import numpy as np
 from slipway import backends as engines
 from slipway.errors import SlipwayError, UserError
 from slipway.model import ModelLike, as_model, save
-from slipway.perf.feeds import InputsLike, make_feeds
+from slipway.perf.feeds import make_feeds
 from slipway.perf.stats import Budget, RssSampler, peak_rss_mb, summarize
-from slipway.verify.inputs import Feeds
+from slipway.verify.inputs import Feeds, InputsLike
 
 __all__ = ["BenchResult", "Config", "benchmark", "run_config", "measure", "usable_backends"]
 

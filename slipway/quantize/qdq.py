@@ -50,7 +50,7 @@ from slipway.graph import (
 from slipway.passes.opset import convert
 from slipway.quantize.types import Ranges
 
-__all__ = ["QuantReport", "quantize_qdq", "quantize_weight", "activation_qparams", "weight_axis", "SUPPORTED",
+__all__ = ["QuantReport", "quantize_qdq", "activation_qparams", "weight_axis", "SUPPORTED",
            "MIN_OPSET"]
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")

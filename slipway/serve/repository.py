@@ -15,14 +15,13 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import slipway.serve.tensors as tensors
-from slipway.backends import ENGINES, Declared, Engine, served_by
+from slipway.backends import ENGINES, Engine, TensorInfo, served_by
 from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.batcher import batch_policy, check_policy
 
@@ -45,14 +44,6 @@ def _platforms() -> tuple[dict[str, str], dict[str, str]]:
     platform_of = {e.triton[0]: e.triton[1] for e in ENGINES.values() if e.triton and e.triton[1]}
     return platform_of, {v: k for k, v in platform_of.items()}
 
-
-@dataclass
-class _Tensor:
-    """An input or output as the model file declares it: protocol datatype, shape (-1 dynamic, None unknown)."""
-
-    name: str
-    datatype: str
-    shape: list[int] | None
 
 
 def completed_text(config: mc.ModelConfig) -> str:
@@ -333,8 +324,9 @@ def _check_batching(name: str, config: mc.ModelConfig) -> None:
 # inputs and outputs
 
 
-def _read_io(name: str, engine: Engine, file: Path, rel: str) -> tuple[list[_Tensor], list[_Tensor]]:
-    """What ``file`` declares, read by the engine's own reader (:attr:`Engine.io`), in protocol datatypes."""
+def _read_io(name: str, engine: Engine, file: Path, rel: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """What ``file`` declares, read by the engine's own reader (:attr:`Engine.io`): each tensor's type a
+    protocol datatype (checked here) and each dynamic dim -1."""
     try:
         inputs, outputs = engine.read_io(file, rel)
     except UserError as e:
@@ -342,18 +334,23 @@ def _read_io(name: str, engine: Engine, file: Path, rel: str) -> tuple[list[_Ten
     return [_tensor(name, "input", t) for t in inputs], [_tensor(name, "output", t) for t in outputs]
 
 
-def _tensor(model: str, kind: str, t: Declared) -> _Tensor:
+def _tensor(model: str, kind: str, t: TensorInfo) -> TensorInfo:
     try:
         if t.dtype is None:
             raise TypeError
-        datatype = tensors.datatype_of(t.dtype)
+        tensors.datatype_of(t.dtype)
     except (ServeError, TypeError):
         raise ServeError(f"model {model!r}: {kind} {t.name!r} has {t.type}, which the server does not support",
                          400) from None
-    return _Tensor(t.name, datatype, None if t.shape is None else list(t.shape))
+    shape = None if t.shape is None else tuple(d if isinstance(d, int) else -1 for d in t.shape)
+    return TensorInfo(t.name, shape, t.dtype, t.type)
 
 
-def _batchable(items: Sequence[_Tensor]) -> bool:
+def _type_of(t: TensorInfo) -> int:
+    return _type_enum(tensors.datatype_of(t.dtype))
+
+
+def _batchable(items: Sequence[TensorInfo]) -> bool:
     return bool(items) and all(t.shape and t.shape[0] == -1 for t in items)
 
 
@@ -361,21 +358,21 @@ def _type_enum(datatype: str) -> int:
     return mc.DataType.Value(tensors.config_type(datatype))
 
 
-def _fill(model: str, kind: str, declared: Sequence, actual: Sequence[_Tensor], mbs: int) -> None:
+def _fill(model: str, kind: str, declared: Sequence, actual: Sequence[TensorInfo], mbs: int) -> None:
     for t in actual:
         if t.shape is None:
             raise ServeError(f"model {model!r}: {kind} {t.name!r} has no shape in the model file; "
                              f"declare it in {CONFIG_FILE}", 400)
-        dims = t.shape
+        dims = list(t.shape)
         if mbs > 0:
             if not dims or dims[0] != -1:
                 raise ServeError(f"model {model!r}: max_batch_size {mbs} needs a dynamic first dim on {kind} "
                                  f"{t.name!r}, the model has shape {dims}", 400)
             dims = dims[1:]
-        declared.add(name=t.name, data_type=_type_enum(t.datatype), dims=dims)
+        declared.add(name=t.name, data_type=_type_of(t), dims=dims)
 
 
-def _check_declared(model: str, kind: str, declared: Sequence, actual: Sequence[_Tensor], mbs: int) -> None:
+def _check_declared(model: str, kind: str, declared: Sequence, actual: Sequence[TensorInfo], mbs: int) -> None:
     by_name = {t.name: t for t in actual}
     seen: set[str] = set()
     for io in declared:
@@ -386,16 +383,16 @@ def _check_declared(model: str, kind: str, declared: Sequence, actual: Sequence[
         t = by_name.get(io.name)
         if t is None:
             raise ServeError(f"{where} is not an {kind} of the model ({', '.join(by_name)})", 400)
-        if io.data_type != _type_enum(t.datatype):
+        if io.data_type != _type_of(t):
             raise ServeError(f"{where} has data_type {mc.DataType.Name(io.data_type)} but the model has "
-                             f"{tensors.config_type(t.datatype)}", 400)
+                             f"{tensors.config_type(tensors.datatype_of(t.dtype))}", 400)
         reshaped = io.HasField("reshape")
         shape = list(io.reshape.shape if reshaped else io.dims)
         full = ([-1] if mbs > 0 else []) + shape
         if t.shape is not None and not _compatible(full, t.shape):
             batch = " after the batch dim" if mbs > 0 else ""
             raise ServeError(f"{where} has {'reshape' if reshaped else 'dims'} {shape}{batch} "
-                             f"but the model has shape {t.shape}", 400)
+                             f"but the model has shape {list(t.shape)}", 400)
     missing = [t.name for t in actual if t.name not in seen]
     if kind == "input" and missing:
         raise ServeError(f"model {model!r}: model input(s) {', '.join(missing)} are not declared in the config", 400)

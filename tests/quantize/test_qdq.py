@@ -10,7 +10,8 @@ import pytest
 from onnx import helper
 
 from slipway.errors import UserError
-from slipway.quantize.qdq import quantize_qdq, quantize_weight
+from slipway.graph import quantize_weight
+from slipway.quantize.qdq import quantize_qdq
 from tests.passes.util import make, run, tensor
 
 rng = np.random.default_rng(0)

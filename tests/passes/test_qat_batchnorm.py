@@ -10,7 +10,7 @@ import pytest
 from onnx import helper
 
 from slipway.passes import PASSES
-from slipway.quantize.qat import FoldQatBatchNorm, fold_bn_into_qdq_conv, has_qdq
+from slipway.passes.qat_batchnorm import FoldQatBatchNorm, has_qdq
 from tests.passes.util import copy, make, op_types, run, tensor
 
 SX, SY = 0.02, 0.05  # input and output activation scales
@@ -89,7 +89,7 @@ def assert_within_one_step(before: ir.Model, after: ir.Model) -> None:
 
 
 def test_registered_and_documented():
-    registered = PASSES["fold-qat-batchnorm"]()  # a thin pass that imports this module only when it runs
+    registered = PASSES["fold-qat-batchnorm"]()
     assert "->" in registered.summary and "->" in FoldQatBatchNorm().summary
     model = qat_model("int8", "float")
     assert registered(copy(model)).changes == FoldQatBatchNorm()(model).changes
@@ -99,7 +99,7 @@ def test_registered_and_documented():
 def test_int8_weight_fold_is_a_rescale(bias):
     model = qat_model("int8", bias)
     before = copy(model)
-    result = fold_bn_into_qdq_conv(model)
+    result = FoldQatBatchNorm()(model)
     assert result.changes == {"BatchNormalization(Conv(DequantizeLinear)) rescaled": 1}
     assert "BatchNormalization" not in op_types(model)
     conv = next(n for n in model.graph if n.op_type == "Conv")
@@ -124,7 +124,7 @@ def test_int8_weight_fold_is_a_rescale(bias):
 def test_fake_quantized_float_weight():
     model = qat_model("fake", "float")
     before = copy(model)
-    assert fold_bn_into_qdq_conv(model).changes == {"BatchNormalization(Conv(DequantizeLinear)) rescaled": 1}
+    assert FoldQatBatchNorm()(model).changes == {"BatchNormalization(Conv(DequantizeLinear)) rescaled": 1}
     assert op_types(model).count("QuantizeLinear") == 2  # x and y; the weight's Q became an int8 initializer
     assert "W" not in model.graph.initializers
     assert_within_one_step(before, model)
@@ -133,7 +133,7 @@ def test_fake_quantized_float_weight():
 def test_uint8_weight_is_requantized():
     model = qat_model("uint8", "int32", relu=False)
     before = copy(model)
-    assert fold_bn_into_qdq_conv(model).changes == {"BatchNormalization(Conv(DequantizeLinear)) requantized": 1}
+    assert FoldQatBatchNorm()(model).changes == {"BatchNormalization(Conv(DequantizeLinear)) requantized": 1}
     conv = next(n for n in model.graph if n.op_type == "Conv")
     assert conv.inputs[1].producer().inputs[0].const_value.numpy().dtype == np.int8
     a, b = run(before, feed())[0], run(model, feed())[0]
@@ -143,7 +143,7 @@ def test_uint8_weight_is_requantized():
 
 def test_fused_by_onnxruntime_after_fold(tmp_path):
     model = qat_model("int8", "int32")
-    fold_bn_into_qdq_conv(model)
+    FoldQatBatchNorm()(model)
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     so.log_severity_level = 3
@@ -194,7 +194,7 @@ def test_runs_in_openvino():
     from slipway import backends
 
     model = qat_model("int8", "int32")
-    fold_bn_into_qdq_conv(model)
+    FoldQatBatchNorm()(model)
     session = backends.load(model, "openvino")
     try:
         out = session.run(feed())
@@ -247,7 +247,7 @@ def test_pytorch_qat_export(tmp_path):
     w_q = next(n for n in model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].is_initializer())
     w_scale = w_q.inputs[1].const_value.numpy()[:, None, None, None]
     levels = np.clip(np.round(w_q.inputs[0].const_value.numpy() / w_scale), -128, 127)
-    result = fold_bn_into_qdq_conv(model)
+    result = FoldQatBatchNorm()(model)
     # PyTorch's weights use -128, which cannot flip sign: those channels (negative BN scale) are requantized
     how = "requantized" if np.any((levels.min(axis=(1, 2, 3)) == -128) & (params[0] < 0)) else "rescaled"
     assert result.changes == {f"BatchNormalization(QDQ(Conv(DequantizeLinear))) {how}": 1}
@@ -265,7 +265,7 @@ def test_analyze_counts_int8_weights_as_one_byte():
     from slipway.analyze import analyze
 
     model = qat_model("int8", "int32")
-    fold_bn_into_qdq_conv(model)
+    FoldQatBatchNorm()(model)
     conv = next(n for n in model.graph if n.op_type == "Conv")
     wdq = conv.inputs[1].producer()
     costs = {n.name: n for n in analyze(ir.serde.serialize_model(model)).nodes}
