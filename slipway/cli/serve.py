@@ -46,7 +46,21 @@ def serve(
     poll_seconds: float = typer.Option(2.0, "--poll-seconds", help="poll mode: seconds between repository scans"),
     threads: int = typer.Option(0, "--threads", help="engine threads per model (0 = engine default / tuned)"),
     max_pending: int = typer.Option(1024, "--max-pending", help="queued requests per model before 503"),
-    max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body / gRPC message in MiB"),
+    max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body (decompressed) / gRPC message "
+                                      "in MiB (413 / RESOURCE_EXHAUSTED past it)"),
+    max_inputs: int = typer.Option(256, "--max-inputs", help="input + requested-output tensors in one request"),
+    max_elements: int = typer.Option(1 << 26, "--max-elements", help="elements of one tensor (checked, with the "
+                                     "bytes actually sent, before anything that size is allocated)"),
+    max_json_depth: int = typer.Option(32, "--max-json-depth", help="nesting of a JSON request body"),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="seconds a client has to send a request's "
+                                         "headers (also how long an idle keep-alive connection stays open; gRPC: "
+                                         "the connection handshake)"),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", help="seconds a client has to send a request body "
+                                       "once its headers are in (408 past it)"),
+    max_connections: int = typer.Option(1000, "--max-connections", help="open client connections per port (more "
+                                        "are closed at once; HTTP answers them 503)"),
+    metrics_auth: bool = typer.Option(False, "--metrics-auth/--no-metrics-auth", help="with --auth-token-env: "
+                                      "/metrics asks for the token too"),
     token_env: str | None = typer.Option(None, "--auth-token-env", help="require 'Authorization: Bearer <token>' "
                                          "with the token read from this environment variable"),
     allow_python: bool = typer.Option(False, "--allow-python-models", help="allow model.py / pickles in the "
@@ -58,6 +72,7 @@ def serve(
 ) -> None:
     """Serve a model repository over KServe v2 HTTP + gRPC (tritonclient works unmodified)."""
     from slipway.serve import Server
+    from slipway.serve.limits import Limits
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -70,12 +85,15 @@ def serve(
         token = os.environ.get(token_env)
         if not token:
             raise UserError(f"--auth-token-env {token_env}: that environment variable is empty or not set")
+    limits = Limits(body_bytes=int(max_body_mb * (1 << 20)), inputs=max_inputs, elements=max_elements,
+                    json_depth=max_json_depth, header_seconds=header_timeout, body_seconds=body_timeout,
+                    connections=max_connections, metrics_auth=metrics_auth)
     if print_config:
         _print_configs(repository, allow_python)
         return
     server = Server(repository, host=host, http_port=_port(http_port), grpc_port=_port(grpc_port),
                     metrics_port=_port(metrics_port), control=control, models=load or None, poll_seconds=poll_seconds,
-                    threads=threads, max_pending=max_pending, max_body_bytes=int(max_body_mb * (1 << 20)), token=token,
+                    threads=threads, max_pending=max_pending, limits=limits, token=token,
                     allow_python_models=allow_python, exit_on_error=exit_on_error)
     server.run()
 

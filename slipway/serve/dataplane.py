@@ -9,6 +9,18 @@ Models come from a :class:`~slipway.serve.repository.Repository`. Control modes 
   again beside the old one, which keeps serving until the new one is ready and then drains: no
   request fails during the swap. A failed reload keeps the old version serving.
 * ``explicit``: only the models named at start (or none) are loaded; the load/unload API does the rest.
+
+The load/unload API answers only in ``explicit`` mode; in the others it is refused as Triton refuses it
+(503 / UNAVAILABLE, Triton's message plus the mode and the option to change it).
+
+Readiness: the server is ready once started, until it stops, while every model it loaded at start is
+serving (or was unloaded on purpose). A model that fails later (a corrupt new model in poll mode, a
+failed load request) is not ready and shows its reason in the repository index, but the server stays
+ready and serves the others; a failed reload of a served model keeps the old versions serving and shows
+``reload failed: ...`` as the reason of their rows. The index lists the models of the repository and
+the ones still serving; a model folder removed in poll mode is unloaded and leaves the index.
+
+No message a client sees holds an absolute path: :meth:`Repository.relative` rewrites them.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ class Entry:
     state: str = "UNAVAILABLE"  # READY | LOADING | UNLOADING | UNAVAILABLE
     reason: str = ""
     fingerprint: str = ""
+    required: bool = False  # loaded at start: the server is not ready while it does not serve
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -79,9 +92,12 @@ class DataPlane:
             names = self.repository.names()
         errors = []
         for name in names:
+            entry = self.entries.setdefault(name, Entry(name))
+            entry.required = True
             try:
-                await self.load_model(name)
+                await self._load(name)
             except ServeError as e:
+                entry.reason = entry.reason or str(e)  # a name refused before loading has none yet
                 errors.append(str(e))
                 log.error("model %s failed to load: %s", name, e)
         for name in self.repository.names():
@@ -101,14 +117,18 @@ class DataPlane:
             if entry is not None and entry.state == "UNAVAILABLE" and entry.fingerprint == fp:
                 continue
             try:
-                await self.load_model(name)
+                await self._load(name)
                 log.info("model %s (re)loaded after a repository change", name)
             except ServeError as e:
                 self.entries[name].fingerprint = fp  # don't retry the same broken files every poll
                 log.error("model %s failed to reload, keeping what was serving: %s", name, e)
-        for name in [n for n in self.entries if n not in names and self.entries[n].versions]:
-            await self.unload_model(name)
-            log.info("model %s unloaded: removed from the repository", name)
+        for name in [n for n in self.entries if n not in names]:
+            entry = self.entries[name]
+            if entry.versions:
+                await self._unload(name)
+                log.info("model %s unloaded: removed from the repository", name)
+            if not entry.versions and not entry.lock.locked():
+                del self.entries[name]  # gone from the repository: gone from the index (as Triton's)
         for name in [n for n in self._seen if n not in names]:
             del self._seen[name]
 
@@ -132,11 +152,10 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
+        """Started, not stopping, and every model loaded at start serving (see the module docstring)."""
         if self.stopping or not self.started:
             return False
-        wanted = self.entries.values() if self.control == "explicit" else (
-            self.entries.get(n) for n in self.repository.names())
-        return all(e is not None and e.state == "READY" for e in wanted)
+        return all(e.versions for e in self.entries.values() if e.required)
 
     def metadata(self) -> dict[str, Any]:
         return {"name": "slipway", "version": __version__, "extensions": list(EXTENSIONS)}
@@ -171,8 +190,10 @@ class DataPlane:
         return pb.ModelStatisticsResponse(model_stats=[v.stats.to_proto() for v in versions])
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """One row per served version, else one per model (repository folders and models still serving)."""
         out = []
-        for name in sorted(set(self.repository.names()) | set(self.entries)):
+        serving = {n for n, e in self.entries.items() if e.versions or e.state == "LOADING"}
+        for name in sorted(set(self.repository.names()) | serving):
             entry = self.entries.get(name)
             if entry is not None and entry.versions:
                 out += [{"name": name, "version": str(v), "state": entry.state, "reason": entry.reason}
@@ -186,6 +207,23 @@ class DataPlane:
     # -- repository control ---------------------------------------------------------------------
 
     async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """The load API (explicit mode only): load or reload ``name``; the old versions drain after the swap."""
+        self._check_control()
+        await self._load(name, parameters)
+
+    async def unload_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """The unload API (explicit mode only)."""
+        self._check_control()
+        if name not in self.entries:
+            self.repository.path(name)  # 400/404 for a name the repository does not have either
+        await self._unload(name)
+
+    def _check_control(self) -> None:
+        if self.control != "explicit":  # Triton: UNAVAILABLE (HTTP 503), its message, then ours
+            raise ServeError(f"explicit model load / unload is not allowed: the server runs in model control mode "
+                             f"{self.control!r}; start it with --model-control-mode explicit", 503)
+
+    async def _load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         """Load (or reload) every version the policy selects; the old ones drain after the swap."""
         if self.stopping:
             raise ServeError("the server is shutting down", 503)
@@ -209,8 +247,11 @@ class DataPlane:
             except Exception as e:
                 if not isinstance(e, ServeError):
                     e = ServeError(f"model {name!r} failed to load: {one_line(e)}", 500)
+                e = ServeError(self.repository.relative(str(e)), e.status)
                 if not entry.versions:
                     entry.state, entry.reason = "UNAVAILABLE", str(e)
+                else:  # the old versions keep serving; the index says why the new files are not
+                    entry.reason = f"reload failed: {e}"
                 entry.fingerprint = fingerprint
                 raise e from None
             old = entry.versions
@@ -231,14 +272,13 @@ class DataPlane:
             raise
         return loaded
 
-    async def unload_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+    async def _unload(self, name: str) -> None:
         entry = self.entries.get(name)
         if entry is None:
-            self.repository.path(name)  # 404 for a name the repository does not have either
             return
         async with entry.lock:
             old, entry.versions = entry.versions, {}
-            entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+            entry.state, entry.reason, entry.required = "UNAVAILABLE", "unloaded", False
         await asyncio.gather(*(v.close(drain=True) for v in old.values()))
 
     def _retire(self, versions) -> None:
@@ -263,6 +303,10 @@ class DataPlane:
                     continue
                 if e.status >= 500 or e.status == 400:
                     log.warning("request %s to %s failed (%d): %s", request.id or "-", request.model, e.status, e)
+                if e.status >= 500:  # an engine's own message may name the model file
+                    message = self.repository.relative(str(e))
+                    if message != str(e):
+                        raise ServeError(message, e.status) from None
                 raise
         raise ServeError(f"model {request.model!r} is being reloaded; try again", 503)
 

@@ -6,14 +6,18 @@ decoded into :class:`InferRequest` (raw bytes without copies, or the typed ``con
 exact element counts); every output goes back in ``raw_output_contents``, the only place
 ``tritonclient`` decodes numeric outputs from. :func:`status_code` is the one map from
 :class:`ServeError` statuses to gRPC codes; anything unexpected becomes ``INTERNAL`` with a
-one-line message and a logged traceback.
+one-line message and a logged traceback (one per kind of error per interval).
+
+The same :class:`Limits` as HTTP: ``body_bytes`` is the largest message, ``connections`` grpc
+core's ``max_allowed_incoming_connections``, ``header_seconds`` its handshake timeout; tensor and
+element counts are checked against ``inputs`` / ``elements`` and the bytes sent before anything is
+allocated; messages carrying over ``OFFLOAD_ELEMENTS`` values are decoded in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,8 +28,27 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from slipway.errors import ServeError, one_line
-from slipway.serve.tensors import check_shape, count_error, element_count, from_raw, numpy_dtype, to_raw, type_error
-from slipway.serve.types import InferRequest, InferResponse, InferTensor, Plane, RequestedOutput
+from slipway.serve.limits import Limits, LogLimiter, error_kind, too_many_tensors
+from slipway.serve.tensors import (
+    NO_LIMIT,
+    check_elements,
+    check_shape,
+    count_error,
+    element_count,
+    from_raw,
+    numpy_dtype,
+    to_raw,
+    type_error,
+)
+from slipway.serve.types import (
+    InferRequest,
+    InferResponse,
+    InferTensor,
+    Plane,
+    RequestedOutput,
+    bearer_matches,
+    public_message,
+)
 
 __all__ = ["make_server", "status_code", "decode_request", "encode_response", "InferenceServicer"]
 
@@ -51,6 +74,12 @@ _CONTENTS = {
 }
 _STREAM_INFLIGHT = 1024  # requests of one stream in flight before the stream stops reading (backpressure)
 _INT64_MAX = (1 << 63) - 1
+_WIDE = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int64), "int64_contents": np.dtype(np.int64),
+         "uint_contents": np.dtype(np.uint64), "uint64_contents": np.dtype(np.uint64),
+         "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64)}
+OFFLOAD_ELEMENTS = 1 << 18  # requests carrying more values (or raw bytes / 4) are decoded in a worker thread
+_STEP = 1 << 18  # typed contents are converted this many values at a time (the GIL is let go between steps)
+_LOG = LogLimiter(log)
 
 
 def status_code(status: int) -> grpc.StatusCode:
@@ -58,15 +87,18 @@ def status_code(status: int) -> grpc.StatusCode:
     return _CODES.get(status, grpc.StatusCode.INTERNAL)
 
 
-def make_server(plane: Plane, *, max_message_bytes: int = 64 << 20, token: str | None = None) -> grpc.aio.Server:
+def make_server(plane: Plane, *, limits: Limits | None = None, token: str | None = None) -> grpc.aio.Server:
     """A ``grpc.aio`` server serving ``plane``; the caller adds the port and starts it (inside its event loop)."""
+    limits = limits or Limits()
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", limits.body_bytes),
+            ("grpc.max_send_message_length", limits.body_bytes),
+            ("grpc.max_allowed_incoming_connections", limits.connections),
+            ("grpc.server_handshake_timeout_ms", max(1, int(limits.header_seconds * 1000))),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, token=token), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, token=token, limits=limits), server)
     return server
 
 
@@ -74,8 +106,29 @@ def make_server(plane: Plane, *, max_message_bytes: int = 64 << 20, token: str |
 # request / response codecs
 
 
-def decode_request(request: pb.ModelInferRequest) -> InferRequest:
-    """A ``ModelInferRequest`` as an :class:`InferRequest`; ServeError 400 for malformed tensors."""
+def _values(request: pb.ModelInferRequest) -> int:
+    """About how many values a request carries (raw bytes count as 4-byte values): what decoding costs."""
+    n = sum(len(r) for r in request.raw_input_contents) // 4
+    for tensor in request.inputs:
+        for _, values in tensor.contents.ListFields():
+            n += len(values)
+    return n
+
+
+async def decode(request: pb.ModelInferRequest, limits: Limits) -> InferRequest:
+    """:func:`decode_request`, in a worker thread when the request is large (the event loop keeps running)."""
+    if len(request.inputs) + len(request.outputs) > limits.inputs:
+        raise too_many_tensors(len(request.inputs) + len(request.outputs), limits.inputs)
+    if _values(request) > OFFLOAD_ELEMENTS:
+        return await asyncio.get_running_loop().run_in_executor(None, decode_request, request, limits)
+    return decode_request(request, limits)
+
+
+def decode_request(request: pb.ModelInferRequest, limits: Limits | None = None) -> InferRequest:
+    """A ``ModelInferRequest`` as an :class:`InferRequest`; ServeError 400 for malformed tensors, 413 past a limit."""
+    max_elements = limits.elements if limits is not None else NO_LIMIT
+    if limits is not None and len(request.inputs) + len(request.outputs) > limits.inputs:
+        raise too_many_tensors(len(request.inputs) + len(request.outputs), limits.inputs)
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise ServeError(
@@ -89,9 +142,9 @@ def decode_request(request: pb.ModelInferRequest) -> InferRequest:
         if raw:
             if tensor.HasField("contents"):
                 raise ServeError(f"input {tensor.name!r}: contents must be empty when raw_input_contents is used", 400)
-            data = from_raw(tensor.name, raw[i], tensor.datatype, shape)
+            data = from_raw(tensor.name, raw[i], tensor.datatype, shape, max_elements)
         else:
-            data = _from_contents(tensor.name, tensor.contents, tensor.datatype, shape)
+            data = _from_contents(tensor.name, tensor.contents, tensor.datatype, shape, max_elements)
         params = _params(tensor.parameters) if tensor.parameters else {}
         inputs.append(InferTensor(tensor.name, tensor.datatype, shape, data, params))
     outputs = [RequestedOutput(o.name, _params(o.parameters)) for o in request.outputs]
@@ -99,7 +152,8 @@ def decode_request(request: pb.ModelInferRequest) -> InferRequest:
     return InferRequest(request.model_name, request.model_version, request.id, inputs, outputs, params)
 
 
-def _from_contents(name: str, contents: pb.InferTensorContents, datatype: str, shape: list[int]) -> np.ndarray:
+def _from_contents(name: str, contents: pb.InferTensorContents, datatype: str, shape: list[int],
+                   max_elements: int = NO_LIMIT) -> np.ndarray:
     dtype = numpy_dtype(datatype)
     field = _CONTENTS.get(datatype)
     if field is None:
@@ -108,18 +162,31 @@ def _from_contents(name: str, contents: pb.InferTensorContents, datatype: str, s
         raise type_error(name, datatype)
     values = getattr(contents, field)
     count = element_count(shape)
+    if count > max_elements:
+        check_elements(name, shape, datatype, len(values), 0, max_elements)
     if len(values) != count:
         raise count_error(name, len(values), datatype, shape)
     if datatype == "BYTES":
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
-    wide = np.array(values, dtype=np.int64 if field == "int_contents" else None) if count else np.empty(0)
+    wide = _array(values, _WIDE[field]) if count else np.empty(0)
     if dtype.kind in "iu" and dtype.itemsize < 4 and count:
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:
             raise ServeError(f"input {name!r}: a value in {field} is out of range for {datatype}", 400)
     return wide.astype(dtype, copy=False).reshape(shape)
+
+
+def _array(values: Any, dtype: np.dtype) -> np.ndarray:
+    """A repeated scalar field as an array, ``_STEP`` values at a time: one C call over millions of
+    values would hold the GIL (and stall the event loop) for the whole conversion."""
+    if len(values) <= _STEP:
+        return np.array(values, dtype=dtype)
+    out = np.empty(len(values), dtype=dtype)
+    for i in range(0, len(values), _STEP):
+        out[i : i + _STEP] = values[i : i + _STEP]
+    return out
 
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
@@ -170,8 +237,8 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 def _internal(exc: BaseException, what: str) -> str:
-    log.error("gRPC %s failed", what, exc_info=exc)
-    return f"internal error: {one_line(exc, typed=True)}"
+    _LOG.log(logging.ERROR, error_kind(exc), "gRPC %s failed", what, exc_info=exc)
+    return public_message(f"internal error: {one_line(exc, typed=True)}")
 
 
 def _rpc(auth: bool = True) -> Callable[[Handler], Handler]:
@@ -187,7 +254,7 @@ def _rpc(auth: bool = True) -> Callable[[Handler], Handler]:
             try:
                 return await method(self, request, context)
             except ServeError as exc:
-                code, message = status_code(exc.status), one_line(exc)
+                code, message = status_code(exc.status), public_message(one_line(exc))
             except Exception as exc:  # noqa: BLE001 - any bug becomes INTERNAL; CancelledError propagates
                 code, message = grpc.StatusCode.INTERNAL, _internal(exc, name)
             await context.abort(code, message)
@@ -208,17 +275,16 @@ def _unimplemented(name: str) -> Handler:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` over a DataPlane (see slipway/serve/dataplane.py)."""
 
-    def __init__(self, plane: Plane, *, token: str | None = None) -> None:
+    def __init__(self, plane: Plane, *, token: str | None = None, limits: Limits | None = None) -> None:
         self._plane: Plane = plane
-        self._token = None if token is None else f"Bearer {token}".encode()
+        self._token = None if token is None else token.encode()
+        self._limits = limits or Limits()
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else bytes(value)
-                if hmac.compare_digest(given, self._token):
-                    return
-                break
+        assert self._token is not None
+        given = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
+        if bearer_matches(given, self._token):  # every entry looked at, each in constant time
+            return
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
 
     # health and metadata
@@ -292,7 +358,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc()
     async def ModelInfer(self, request, context):
-        return encode_response(await self._plane.infer(decode_request(request)))
+        return encode_response(await self._plane.infer(await decode(request, self._limits)))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -337,10 +403,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         try:
-            response = await self._plane.infer(decode_request(request))
+            response = await self._plane.infer(await decode(request, self._limits))
             return pb.ModelStreamInferResponse(infer_response=encode_response(response))
         except ServeError as exc:
-            message = one_line(exc)
+            message = public_message(one_line(exc))
         except Exception as exc:  # noqa: BLE001 - a bug in one request must not end the stream
             message = _internal(exc, "ModelStreamInfer")
         echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)

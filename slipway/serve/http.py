@@ -7,14 +7,26 @@ answer. Errors are mapped in one middleware: :class:`ServeError` becomes its sta
 Infer bodies are JSON or Triton's binary tensor data extension (``Inference-Header-Content-Length``:
 JSON header, then the inputs' raw bytes in input order). Binary inputs are numpy views of the
 request body (no copy); the response is one ``bytes`` join of the JSON header and the outputs'
-raw bytes. aiohttp decompresses gzip/deflate request bodies itself; infer responses are compressed
-when ``Accept-Encoding`` asks for gzip or deflate (as Triton does) and the body is worth it.
+raw bytes. Infer responses are compressed when ``Accept-Encoding`` asks for gzip or deflate (as
+Triton does) and the body is worth it.
+
+What a client sends decides how much the server spends only up to :class:`Limits`: the body is read
+in the chunks that arrive (a declared ``Content-Length`` reserves nothing) and decompressed here
+(gzip / deflate; another ``Content-Encoding`` is a 415, a cut-off stream a 400), up to
+``body_bytes`` (413) within ``body_seconds`` (408); the request line and headers must come within
+``header_seconds`` (aiohttp's keep-alive timer, which closes a connection that has not sent a
+whole request head in that time; an idle keep-alive connection is closed after as long); JSON
+nesting past ``json_depth`` is a 400 found before parsing; bodies over ``OFFLOAD_BYTES`` are
+decoded in a worker thread, in steps that let the event loop run (health checks stay fast);
+:func:`start_site` answers connections past ``connections`` with a 503 and closes them. Client
+errors are logged without a traceback and rate-limited (:class:`LogLimiter`).
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +39,16 @@ from google.protobuf.json_format import MessageToDict
 
 import slipway.serve.tensors as tensors
 from slipway.errors import ServeError, one_line
-from slipway.serve.types import InferRequest, InferResponse, InferTensor, Plane, RequestedOutput
+from slipway.serve.limits import Limits, LogLimiter, error_kind, too_many_tensors
+from slipway.serve.types import (
+    InferRequest,
+    InferResponse,
+    InferTensor,
+    Plane,
+    RequestedOutput,
+    bearer_matches,
+    public_message,
+)
 
 try:  # python-rapidjson comes with tritonclient; about twice as fast as json on small documents
     import rapidjson as _json
@@ -39,7 +60,26 @@ except ImportError:  # pragma: no cover
     _DUMPS_OPTIONS = {"separators": (",", ":")}
 
 
+class _Chunks:
+    """A large JSON text handed to ``load`` in steps: each ``read`` is Python code, where the
+    parsing thread lets the GIL go, so the event loop thread runs between the steps."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.view, self.pos = memoryview(data), 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.view) if n < 0 else self.pos + n
+        out = bytes(self.view[self.pos : end])
+        self.pos += len(out)
+        return out
+
+
+_LOAD_STEP = 1 << 20
+
+
 def _loads(data: bytes | bytearray) -> Any:
+    if len(data) > _LOAD_STEP and _json.__name__ == "rapidjson":
+        return _json.load(_Chunks(data), chunk_size=_LOAD_STEP)
     return _json.loads(data)
 
 
@@ -47,28 +87,40 @@ def _dumps(obj: Any) -> bytes:
     return _json.dumps(obj, default=_plain, **_DUMPS_OPTIONS).encode()
 
 
-__all__ = ["make_app"]
+__all__ = ["make_app", "make_metrics_app", "start_site", "OFFLOAD_BYTES"]
 
 log = logging.getLogger("slipway.serve")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MIN_COMPRESS_BYTES = 1024  # smaller infer responses are sent as they are even when gzip is acceptable
+OFFLOAD_BYTES = 1 << 20  # larger infer bodies are decoded in a worker thread, off the event loop
+_CODINGS = ("gzip", "x-gzip", "deflate")
 _INT64 = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
 _PLANE = web.AppKey("plane", Plane)
-_LIMIT = web.AppKey("limit", int)
+_LIMITS = web.AppKey("limits", Limits)
+_LOG = web.AppKey("log", LogLimiter)
 _REQUEST_ID = web.RequestKey("request_id", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(plane: Plane, *, max_body_bytes: int = 64 << 20, token: str | None = None,
-             metrics: Callable[[], tuple[bytes, str]] | None = None) -> web.Application:
-    """The aiohttp application serving ``plane``; the caller runs it (AppRunner + TCPSite)."""
+def _application(limits: Limits, token: str | None) -> web.Application:
     middlewares: list = [_errors]
     if token:
-        middlewares.append(_auth_middleware(token))
-    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+        middlewares.append(_auth_middleware(token, limits.metrics_auth))
+    # the app's own protocol settings, whatever runner serves it: keep-alive timer = header timeout,
+    # bodies decompressed by _read_body (limits, errors), not by the parser
+    handler_args = {"keepalive_timeout": limits.header_seconds, "auto_decompress": False}
+    app = web.Application(client_max_size=limits.body_bytes, middlewares=middlewares, handler_args=handler_args)
+    app[_LIMITS] = limits
+    app[_LOG] = LogLimiter(log)
+    return app
+
+
+def make_app(plane: Plane, *, limits: Limits | None = None, token: str | None = None,
+             metrics: Callable[[], tuple[bytes, str]] | None = None) -> web.Application:
+    """The aiohttp application serving ``plane``; the caller runs it (:func:`start_site`, or AppRunner + TCPSite)."""
+    app = _application(limits or Limits(), token)
     app[_PLANE] = plane
-    app[_LIMIT] = max_body_bytes
     m, v = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
     app.router.add_get("/v2/health/live", _live)
     app.router.add_get("/v2/health/ready", _ready)
@@ -85,7 +137,87 @@ def make_app(plane: Plane, *, max_body_bytes: int = 64 << 20, token: str | None 
         app.router.add_post(base + "/infer", _infer)
     if metrics is not None:
         app.router.add_get("/metrics", metrics_handler(metrics))
+    app.router.add_get("/v2/openapi.json", _openapi)
     return app
+
+
+_OPENAPI: bytes | None = None
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI 3 document of this REST API (``openapi.json`` beside this module), read once."""
+    global _OPENAPI
+    if _OPENAPI is None:
+        from pathlib import Path
+
+        _OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
+    return _OPENAPI
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
+def make_metrics_app(metrics: Callable[[], tuple[bytes, str]], *, limits: Limits | None = None,
+                     token: str | None = None) -> web.Application:
+    """The metrics port's application: GET /metrics only (behind the token when ``limits.metrics_auth``)."""
+    app = _application(limits or Limits(), token)
+    app.router.add_get("/metrics", metrics_handler(metrics))
+    return app
+
+
+async def start_site(app: web.Application, host: str, port: int, *, connections: int) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on host:port with at most ``connections`` open client connections (a connection
+    past that gets a 503 and is closed at once). Returns (runner, bound port); ``runner.cleanup()`` stops it."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = _LimitedSite(runner, host, port, connections=connections, reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[-1][1])
+
+
+class _LimitedSite(web.TCPSite):
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, connections: int, **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.limit = connections
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        server = self._runner.server
+        assert server is not None
+        limit = self.limit
+
+        def protocol() -> asyncio.BaseProtocol:
+            if len(server.connections) >= limit:
+                return _Refused(limit)
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address)
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+_CONNECTION_LOG = LogLimiter(log)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past --max-connections: a 503 (the client may not have sent its request yet) and close."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        message = f"too many open connections: the server takes {self.limit} (--max-connections)"
+        body = _dumps({"error": message})
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        transport.write(head + body)  # type: ignore[attr-defined]
+        transport.close()
+        _CONNECTION_LOG.log(logging.WARNING, "connections", "refused a connection: %s", message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,31 +241,39 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         else:
             message = e.reason
         return _failed(request, e.status, message)
+    except RecursionError:
+        return _failed(request, 400, "the request is nested too deeply")
     except Exception as e:
-        return _failed(request, 500, f"internal error: {one_line(e, typed=True)}", traceback=True)
+        return _failed(request, 500, f"internal error: {one_line(e, typed=True)}", exc=e)
 
 
-def _failed(request: web.Request, status: int, message: str, traceback: bool = False) -> web.Response:
-    """The JSON error answer, and one log line (with the traceback of an unexpected exception)."""
+def _failed(request: web.Request, status: int, message: str, exc: BaseException | None = None) -> web.Response:
+    """The JSON error answer, and a log line: client errors without a traceback, one line per kind of
+    message per interval (the count of repeats on the next; at most LogLimiter.at_most lines per
+    interval in all); unexpected errors with one traceback per
+    kind (type and raising line) per interval."""
+    message = public_message(message)
     level = logging.ERROR if status == 500 else logging.WARNING if status > 500 else logging.INFO
     rid = request.get(_REQUEST_ID) or request.headers.get("X-Request-ID", "")
-    log.log(level, "request failed: method=%s path=%s status=%d id=%r error=%r", request.method, request.path,
-            status, rid, message, exc_info=traceback)
+    kind = error_kind(exc) if exc is not None else (status, request.path, message)
+    request.app[_LOG].log(level, kind, "request failed: method=%s path=%s status=%d id=%r error=%r",
+                          request.method, request.path, status, rid, message, exc_info=exc)
     response = _json_response({"error": message}, status)
     if status == 401:
         response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
+    if status in (408, 413, 415):  # the rest of the body is not wanted: no keep-alive after it
+        response.force_close()
     return response
 
 
-def _auth_middleware(token: str) -> Callable:
-    expected = f"Bearer {token}".encode()
+def _auth_middleware(token: str, metrics_auth: bool) -> Callable:
+    expected = token.encode()
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if not (path.startswith("/v2/health/") or path == "/metrics"):
-            got = request.headers.get(hdrs.AUTHORIZATION, "").encode("utf-8", "replace")
-            if not hmac.compare_digest(got, expected):
+        if not (path.startswith("/v2/health/") or (path == "/metrics" and not metrics_auth)):
+            if not bearer_matches(request.headers.getall(hdrs.AUTHORIZATION, ()), expected):
                 raise ServeError("missing or wrong bearer token", 401)
         return await handler(request)
 
@@ -261,15 +401,26 @@ def metrics_handler(metrics: Callable[[], tuple[bytes, str]]) -> Handler:
 
 
 async def _read_body(request: web.Request) -> bytes | bytearray:
-    """The whole (decompressed) body, at most the app's limit; one copy at most."""
-    limit = request.app[_LIMIT]
+    """The whole (decompressed) body: at most ``body_bytes`` (413), within ``body_seconds`` (408).
+
+    Memory grows with the bytes that arrive, never with what ``Content-Length`` declares.
+    """
+    limits = request.app[_LIMITS]
+    limit = limits.body_bytes
     n = request.content_length
     if n is not None and n > limit:
-        raise ServeError(f"request body of {n} bytes exceeds the limit of {limit} bytes", 413)
+        raise ServeError(f"request body of {n} bytes exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+    coding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if coding not in ("", "identity", *_CODINGS):
+        raise ServeError(f"Content-Encoding {coding!r} is not supported (gzip, deflate or identity)", 415)
     try:
-        if n is None or hdrs.CONTENT_ENCODING in request.headers:
-            return await _read_stream(request, limit)
-        return await _read_exact(request, n)
+        async with asyncio.timeout(limits.body_seconds):
+            if coding in _CODINGS:
+                return await _read_compressed(request, coding, limit)
+            return await _read_plain(request, limit)
+    except TimeoutError:
+        raise ServeError(f"the request body did not arrive within {limits.body_seconds:g} s (--body-timeout)",
+                         408) from None
     except (HttpProcessingError, RequestPayloadError) as e:
         cause = e if isinstance(e, HttpProcessingError) else e.__cause__
         message = cause.message if isinstance(cause, HttpProcessingError) else one_line(e, typed=True)
@@ -278,31 +429,41 @@ async def _read_body(request: web.Request) -> bytes | bytearray:
         raise ServeError("the client closed the connection before the body was complete", 400) from None
 
 
-async def _read_exact(request: web.Request, n: int) -> bytes | bytearray:
+async def _read_plain(request: web.Request, limit: int) -> bytes | bytearray:
     content = request.content
     first = await content.readany()
-    if len(first) == n:
+    if content.at_eof():
         return first  # the usual case for small bodies: no copy at all
-    buf = bytearray(n)
-    view = memoryview(buf)
-    pos = len(first)
-    view[:pos] = first
-    while pos < n:
-        chunk = await content.readany()
-        if not chunk:
-            raise ServeError(f"request body ended after {pos} of {n} bytes", 400)
-        view[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-    return buf
-
-
-async def _read_stream(request: web.Request, limit: int) -> bytearray:
-    body = bytearray()
-    content = request.content
-    while chunk := await content.readany():
+    body = bytearray(first)
+    while len(body) <= limit and (chunk := await content.readany()):
         body += chunk
-        if len(body) > limit:
-            raise ServeError(f"request body of at least {len(body)} bytes exceeds the limit of {limit} bytes", 413)
+    if len(body) > limit:
+        raise ServeError(f"request body of at least {len(body)} bytes exceeds the limit of {limit} bytes "
+                         "(--max-body-mb)", 413)
+    return body
+
+
+async def _read_compressed(request: web.Request, coding: str, limit: int) -> bytearray:
+    body = bytearray()
+    inflate = None
+    content = request.content
+    try:
+        while chunk := await content.readany():
+            if inflate is None:  # deflate is zlib-wrapped by the RFC; raw deflate streams are common too
+                raw = coding == "deflate" and (chunk[0] & 0x0F) != 8
+                inflate = zlib.decompressobj(-zlib.MAX_WBITS if raw else 16 + zlib.MAX_WBITS if coding != "deflate"
+                                             else zlib.MAX_WBITS)
+            if inflate.eof:
+                raise ServeError(f"could not read the request body: data after the end of the {coding} stream", 400)
+            room = limit - len(body)
+            body += inflate.decompress(chunk, room + 1)
+            if len(body) > limit:
+                raise ServeError(f"request body of at least {len(body)} bytes (decompressed) exceeds the limit of "
+                                 f"{limit} bytes (--max-body-mb)", 413)
+    except zlib.error as e:
+        raise ServeError(f"could not read the request body: not valid {coding} data ({e})", 400) from None
+    if inflate is not None and not inflate.eof:
+        raise ServeError(f"could not read the request body: the {coding} stream is cut off before its end", 400)
     return body
 
 
@@ -311,13 +472,29 @@ async def _json_body(request: web.Request) -> dict:
     body = await _read_body(request)
     if not body.strip():
         return {}
-    obj = _parse_json(body)
+    obj = _parse_json(body, request.app[_LIMITS].json_depth)
     if not isinstance(obj, dict):
         raise ServeError("request body must be a JSON object", 400)
     return obj
 
 
-def _parse_json(data: bytes | bytearray) -> Any:
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def json_depth(data: bytes | bytearray) -> int:
+    """How deeply the arrays and objects of a JSON text nest, found without parsing it (strings skipped)."""
+    if b"\\" in data:  # escaped backslashes, then escaped quotes, cannot end a string
+        data = bytes(data).replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = np.frombuffer(data.translate(None, _NOT_STRUCTURE), np.uint8)
+    outside = (np.cumsum(marks == ord('"'), dtype=np.int32) & 1) == 0
+    step = ((marks == ord("[")) | (marks == ord("{"))).astype(np.int8) - ((marks == ord("]")) | (marks == ord("}")))
+    step *= outside
+    return int(np.cumsum(step, dtype=np.int32).max()) if step.size else 0
+
+
+def _parse_json(data: bytes | bytearray, max_depth: int) -> Any:
+    if data.count(b"[") + data.count(b"{") > max_depth and json_depth(data) > max_depth:
+        raise ServeError(f"the JSON in the request nests deeper than {max_depth} levels (--max-json-depth)", 400)
     try:
         return _loads(data)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
@@ -337,10 +514,12 @@ def _parameters(obj: dict, what: str) -> dict:
 
 async def _infer(request: web.Request) -> web.Response:
     body = await _read_body(request)
-    req, binary = decode_infer(
-        request.match_info["model"], _version(request), body, request.headers.get(HEADER_LENGTH),
-        request.headers.get("X-Request-ID", ""),
-    )
+    args = (request.match_info["model"], _version(request), body, request.headers.get(HEADER_LENGTH),
+            request.headers.get("X-Request-ID", ""), request.app[_LIMITS])
+    if len(body) > OFFLOAD_BYTES:  # parsing megabytes would stall every other connection
+        req, binary = await asyncio.get_running_loop().run_in_executor(None, decode_infer, *args)
+    else:
+        req, binary = decode_infer(*args)
     if req.id:
         request[_REQUEST_ID] = req.id
     result = await request.app[_PLANE].infer(req)
@@ -379,16 +558,19 @@ def _response_coding(accept: str) -> web.ContentCoding | None:
 
 
 def decode_infer(model: str, version: str, body: bytes | bytearray, header_length: str | None,
-                 request_id: str = "") -> tuple[InferRequest, tuple[bool, dict[str, bool]]]:
+                 request_id: str = "", limits: Limits | None = None,
+                 ) -> tuple[InferRequest, tuple[bool, dict[str, bool]]]:
     """An infer body -> (InferRequest, (binary by default, binary per requested output)).
 
-    Only the body's syntax is checked here (JSON, binary sizes, tensor data); what the request asks
-    for is checked by the data plane (:mod:`slipway.serve.request`), the same for gRPC.
+    Only the body's syntax and the limits are checked here (JSON, binary sizes, tensor data, tensor
+    and element counts); what the request asks for is checked by the data plane
+    (:mod:`slipway.serve.request`), the same for gRPC.
     """
+    limits = limits or Limits()
     total = len(body)
     if header_length is None:
         n = total
-        header = _parse_json(body)
+        header = _parse_json(body, limits.json_depth)
     else:
         try:
             n = int(header_length)
@@ -396,14 +578,18 @@ def decode_infer(model: str, version: str, body: bytes | bytearray, header_lengt
             raise ServeError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}", 400) from None
         if n < 0 or n > total:
             raise ServeError(f"{HEADER_LENGTH} is {n} but the request body has {total} bytes", 400)
-        header = _parse_json(bytes(memoryview(body)[:n]) if n < total else body)
+        header = _parse_json(bytes(memoryview(body)[:n]) if n < total else body, limits.json_depth)
     if not isinstance(header, dict):
         raise ServeError("inference request must be a JSON object", 400)
     rid = header.get("id", "")
     if not isinstance(rid, str):
         raise ServeError(f"'id' must be a string, got {rid!r}", 400)
     parameters = _request_parameters(header.get("parameters"))
-    inputs = _decode_inputs(header.get("inputs"), body, n)
+    items, wanted = header.get("inputs"), header.get("outputs")
+    count = (len(items) if isinstance(items, list) else 0) + (len(wanted) if isinstance(wanted, list) else 0)
+    if count > limits.inputs:
+        raise too_many_tensors(count, limits.inputs)
+    inputs = _decode_inputs(items, body, n, limits.elements)
     outputs, per_output = _decode_outputs(header.get("outputs"))
     request = InferRequest(model=model, version=version, id=rid or request_id, inputs=inputs, outputs=outputs,
                            parameters=parameters)
@@ -419,7 +605,7 @@ def _request_parameters(p: Any) -> dict[str, Any]:
     return p
 
 
-def _decode_inputs(items: Any, body: bytes | bytearray, pos: int) -> list[InferTensor]:
+def _decode_inputs(items: Any, body: bytes | bytearray, pos: int, max_elements: int) -> list[InferTensor]:
     if not isinstance(items, list):
         raise ServeError("'inputs' must be a list of tensors", 400)
     view = memoryview(body)
@@ -447,11 +633,11 @@ def _decode_inputs(items: Any, body: bytes | bytearray, pos: int) -> list[InferT
             if pos + size > total:
                 raise ServeError(f"input {name!r}: binary_data_size {size} runs past the end of the request body "
                                  f"({total - pos} bytes left)", 400)
-            data = tensors.from_raw(name, view[pos : pos + size], datatype, shape)
+            data = tensors.from_raw(name, view[pos : pos + size], datatype, shape, max_elements)
             pos += size
             params = {k: v for k, v in params.items() if k != "binary_data_size"}
         elif "data" in item:
-            data = tensors.from_json(name, item["data"], datatype, shape)
+            data = tensors.from_json(name, item["data"], datatype, shape, max_elements, start)
         else:
             raise ServeError(f"input {name!r} has neither 'data' nor binary_data_size", 400)
         out.append(InferTensor(name, datatype, shape, data, params))

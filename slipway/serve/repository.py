@@ -4,9 +4,20 @@
 Triton's own ``ModelConfig`` proto and completes what the file leaves out from the model itself, as
 Triton's autocomplete does: platform, inputs and outputs (names, types, dims), ``max_batch_size``
 plus ``dynamic_batching`` for a model whose every tensor has a dynamic first dim, one CPU instance.
-What the config does declare is checked against the model. Model names never leave the root, and
-nothing executable (Python, pickles, shared libraries) is loaded unless the server allows it.
-Every problem is a one-line :class:`ServeError` (400 bad config, 404 missing model or version).
+What the config does declare is checked against the model. Model names never leave the root (and
+are at most 255 bytes, without control characters), and nothing executable (Python, pickles, shared
+libraries) is loaded unless the server allows it, not even through a ``backend`` parameter.
+
+A config (config.pbtxt or the ``config`` parameter of a load request) is bounded: ``max_batch_size``
+at most :data:`MAX_BATCH_SIZE`, instances at most :func:`max_instances` in all, thread counts at most
+:func:`max_threads`, warm-up at most :data:`MAX_WARMUP_SAMPLES` samples, :data:`MAX_WARMUP_RUNS` runs
+and :data:`MAX_WARMUP_BYTES` per sample; fields that name files (``default_model_filename``,
+``cc_model_filenames``, warm-up ``input_data_file``) take plain file names only, and repository agents
+are refused.
+
+Every problem is a one-line :class:`ServeError` (400 bad config, 404 missing model or version) whose
+paths are relative to the repository (``MODEL/1/model.onnx``): :meth:`Repository.relative` is THE
+rewrite of any text a client may see.
 """
 
 from __future__ import annotations
@@ -22,13 +33,22 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import slipway.serve.tensors as tensors
 from slipway.backends import ENGINES, Engine, TensorInfo, served_by
+from slipway.cpus import usable_cpus
 from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.batcher import batch_policy, check_policy
 
-__all__ = ["Repository", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZE", "EXECUTABLE_SUFFIXES"]
+__all__ = ["Repository", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZE", "EXECUTABLE_SUFFIXES",
+           "MAX_NAME_BYTES", "MAX_BATCH_SIZE", "MAX_WARMUP_SAMPLES", "MAX_WARMUP_RUNS", "MAX_WARMUP_BYTES",
+           "max_instances", "max_threads"]
 
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MAX_BATCH_SIZE = 32
+MAX_NAME_BYTES = 255  # NAME_MAX: a longer name is no directory of the repository (ENAMETOOLONG)
+MAX_BATCH_SIZE = 8192
+MAX_WARMUP_SAMPLES = 16
+MAX_WARMUP_RUNS = 64  # sum of the samples' counts (each run once per instance)
+MAX_WARMUP_BYTES = 256 << 20  # the inputs of one warm-up sample
+INSTANCES_PER_CPU = 4
 EXECUTABLE_SUFFIXES = (".py", ".pkl", ".pickle", ".joblib", ".pt", ".pth", ".so")
 _VERSION = re.compile(r"[1-9][0-9]*")  # Triton ignores version dirs that are not numbers or start with 0
 
@@ -44,6 +64,17 @@ def _platforms() -> tuple[dict[str, str], dict[str, str]]:
     platform_of = {e.triton[0]: e.triton[1] for e in ENGINES.values() if e.triton and e.triton[1]}
     return platform_of, {v: k for k, v in platform_of.items()}
 
+
+
+def max_instances() -> int:
+    """The most model instances one config may ask for, in all: 4 per usable CPU, at least 8."""
+    return max(8, INSTANCES_PER_CPU * usable_cpus())
+
+
+def max_threads() -> int:
+    """The largest thread count (threads, inter-op threads, streams) a config parameter may ask for: as many
+    as instances."""
+    return max_instances()
 
 
 def completed_text(config: mc.ModelConfig) -> str:
@@ -65,7 +96,7 @@ class Repository:
         try:
             entries = list(os.scandir(self.root))
         except OSError as e:
-            raise ServeError(f"model repository {self.root} cannot be read: {e.strerror}", 500) from None
+            raise ServeError(f"the model repository cannot be read: {e.strerror}", 500) from None
         for entry in entries:
             try:
                 self.path(entry.name)
@@ -75,18 +106,26 @@ class Repository:
         return sorted(out)
 
     def path(self, name: str) -> Path:
-        if not _name_allowed(name):
-            raise ServeError(f"model name {name!r} is not allowed", 400)
+        """The folder of model ``name``: 400 for a name that is not allowed, 404 when it is no model."""
+        check_name(name)
         path = self.root / name
         try:
             real = path.resolve()
+            if real == self._real_root or not real.is_relative_to(self._real_root):
+                raise ServeError(f"model name {name!r} is not allowed", 400)
+            if not _is_model_dir(path):
+                raise ServeError(f"unknown model {name!r}", 404)
         except (OSError, RuntimeError):
             raise ServeError(f"model name {name!r} is not allowed", 400) from None
-        if real == self._real_root or not real.is_relative_to(self._real_root):
-            raise ServeError(f"model name {name!r} is not allowed", 400)
-        if not _is_model_dir(path):
-            raise ServeError(f"unknown model {name!r}", 404)
         return path
+
+    def relative(self, text: str) -> str:
+        """``text`` with every absolute path into the repository made relative to it (``MODEL/1/model.onnx``):
+        THE rewrite of a message a client may see."""
+        for root in sorted({str(self._real_root), str(self.root.absolute())}, key=len, reverse=True):
+            if root != os.sep:
+                text = text.replace(root + os.sep, "").replace(root, ".")
+        return text
 
     def config(self, name: str, override: str | dict | None = None) -> mc.ModelConfig:
         """The completed, checked config of model ``name``; ``override`` (JSON) replaces config.pbtxt."""
@@ -97,6 +136,7 @@ class Repository:
         elif config.name != name:
             raise ServeError(f"model {name!r}: config name {config.name!r} does not match its directory", 400)
         _set_engine(name, config)
+        _check_bounds(name, config)
         if not self.allow_python_models:
             _refuse_executables(name, path, config)
         if config.HasField("sequence_batching"):
@@ -173,6 +213,24 @@ class Repository:
 
 # ---------------------------------------------------------------------------------------------
 # names, files, versions
+
+
+def check_name(name: object) -> None:
+    """A one-line 400 for a model name that cannot name a folder of the repository."""
+    if not isinstance(name, str) or not name:
+        raise ServeError("model name '' is not allowed: a model name is required", 400)
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ServeError(f"model name {name!r} is not allowed: it is not valid UTF-8", 400) from None
+    if size > MAX_NAME_BYTES:
+        raise ServeError(f"model name of {size} bytes is not allowed: at most {MAX_NAME_BYTES} bytes", 400)
+    if not name.strip():
+        raise ServeError(f"model name {name!r} is not allowed: it is blank", 400)
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ServeError(f"model name {name!r} is not allowed: it holds control characters", 400)
+    if not _name_allowed(name):
+        raise ServeError(f"model name {name!r} is not allowed", 400)
 
 
 def _name_allowed(name: object) -> bool:
@@ -310,6 +368,84 @@ def _complete_instances(name: str, config: mc.ModelConfig) -> None:
             group.kind = mc.ModelInstanceGroup.KIND_GPU if group.gpus else mc.ModelInstanceGroup.KIND_CPU
         if group.kind == mc.ModelInstanceGroup.KIND_CPU and group.gpus:
             raise ServeError(f"model {name!r}: instance_group {i} is KIND_CPU but lists gpus", 400)
+
+
+def _check_bounds(name: str, config: mc.ModelConfig) -> None:
+    """What a config may ask of the server, bounded (see the module docstring); one-line 400 each."""
+    where = f"model {name!r}"
+    if config.max_batch_size > MAX_BATCH_SIZE:
+        raise ServeError(f"{where}: max_batch_size {config.max_batch_size} is over the limit of {MAX_BATCH_SIZE}", 400)
+    total = sum(max(1, g.count) for g in config.instance_group)
+    if total > max_instances():
+        raise ServeError(f"{where}: instance_group asks for {total} instances; at most {max_instances()} "
+                         f"({INSTANCES_PER_CPU} per usable CPU, at least 8)", 400)
+    for cc, filename in config.cc_model_filenames.items():
+        if not _name_allowed(filename):
+            raise ServeError(f"{where}: cc_model_filenames[{cc!r}] {filename!r} must be a plain file name", 400)
+    if config.HasField("model_repository_agents") and config.model_repository_agents.agents:
+        raise ServeError(f"{where}: model_repository_agents are not supported", 400)
+    _check_parameters(where, config)
+    _check_warmup(where, config)
+
+
+def _check_parameters(where: str, config: mc.ModelConfig) -> None:
+    """The ``backend`` parameter names a registered engine that runs no code; thread counts are bounded."""
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    backend = params.get("backend")
+    if backend is not None:
+        engine = ENGINES.get(backend)
+        if engine is None:
+            raise ServeError(f"{where}: config parameter backend={backend!r} is not a registered engine "
+                             f"({', '.join(e for e in ENGINES if not ENGINES[e].runs_code)})", 400)
+        if engine.runs_code:
+            raise ServeError(f"{where}: config parameter backend={backend!r} runs code; set the config's backend "
+                             "and start the server with --allow-python-models instead", 400)
+    engine = ENGINES.get(backend) if backend is not None else _engine(config)
+    counts = {"threads", "intra_op_thread_count", *(engine.parameters if engine is not None else {})}
+    for key, value in params.items():
+        if key in counts or key.startswith("slipway."):
+            try:
+                n = int(value)
+            except ValueError:
+                if key.startswith("slipway."):
+                    continue  # not a count; the engine checks its settings
+                raise ServeError(f"{where}: config parameter {key}={value!r} must be an integer", 400) from None
+            if n > max_threads():
+                raise ServeError(f"{where}: config parameter {key}={n} is over the limit of {max_threads()}", 400)
+
+
+def _check_warmup(where: str, config: mc.ModelConfig) -> None:
+    samples = config.model_warmup
+    if len(samples) > MAX_WARMUP_SAMPLES:
+        raise ServeError(f"{where}: model_warmup has {len(samples)} samples; at most {MAX_WARMUP_SAMPLES}", 400)
+    runs = sum(max(1, s.count) for s in samples)
+    if runs > MAX_WARMUP_RUNS:
+        raise ServeError(f"{where}: model_warmup asks for {runs} runs in all; at most {MAX_WARMUP_RUNS}", 400)
+    mbs = config.max_batch_size
+    for s in samples:
+        label = f"{where}: model_warmup {s.name!r}"
+        if mbs > 0 and s.batch_size > mbs:  # a model without a batch dim runs every sample once, as is
+            raise ServeError(f"{label} has batch_size {s.batch_size}, over max_batch_size {mbs}", 400)
+        rows = max(1, s.batch_size) if mbs > 0 else 1
+        size = 0
+        for input_name, w in s.inputs.items():
+            if any(d < 1 for d in w.dims):
+                raise ServeError(f"{label} input {input_name!r} has dims {list(w.dims)}; warm-up dims are positive",
+                                 400)
+            if w.HasField("input_data_file") and not _name_allowed(w.input_data_file):
+                raise ServeError(f"{label} input {input_name!r}: input_data_file {w.input_data_file!r} must be a "
+                                 "plain file name", 400)
+            itemsize = _itemsize(w.data_type)
+            size += rows * itemsize * tensors.element_count(list(w.dims))
+            if size > MAX_WARMUP_BYTES:
+                raise ServeError(f"{label} inputs are over the limit of {MAX_WARMUP_BYTES >> 20} MiB", 400)
+
+
+def _itemsize(data_type: int) -> int:
+    try:
+        return tensors.DATATYPES[tensors.datatype_from_config(mc.DataType.Name(data_type))].itemsize or 1
+    except (ServeError, ValueError, KeyError):
+        return 1
 
 
 def _check_batching(name: str, config: mc.ModelConfig) -> None:

@@ -8,12 +8,16 @@ Python API::
 
 ``Server.run()`` blocks (the CLI); SIGINT/SIGTERM stop it gracefully: readiness turns false, new
 requests get 503, queued and running requests finish, then the ports close.
+
+``limits`` (:class:`Limits`) bound what one client may make the server spend, alike on every port;
+binding an address other than loopback without a token logs a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import threading
@@ -22,6 +26,7 @@ from typing import Any
 
 from slipway.errors import ServeError, UserError
 from slipway.serve.dataplane import DataPlane
+from slipway.serve.limits import Limits
 from slipway.serve.repository import Repository
 
 __all__ = ["Server", "new_event_loop"]
@@ -39,12 +44,21 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Server:
     def __init__(
         self, repository: str | Path, *, host: str = "127.0.0.1", http_port: int | None = 8000,
         grpc_port: int | None = 8001, metrics_port: int | None = 8002, control: str = "none",
         models: list[str] | None = None, poll_seconds: float = 2.0, threads: int = 0, max_pending: int = 1024,
-        max_body_bytes: int = 64 << 20, token: str | None = None, allow_python_models: bool = False,
+        limits: Limits | None = None, token: str | None = None, allow_python_models: bool = False,
         exit_on_error: bool = True, drain_seconds: float = 30.0,
     ) -> None:
         root = Path(repository)
@@ -55,7 +69,7 @@ class Server:
                                max_pending=max_pending, poll_seconds=poll_seconds)
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits or Limits()
         self.token = token
         self.exit_on_error = exit_on_error
         self.drain_seconds = drain_seconds
@@ -71,8 +85,7 @@ class Server:
 
     async def start(self) -> None:
         """Load the models, then open the ports (0 = any free port; the chosen one is stored)."""
-        from aiohttp import web  # aiohttp and prometheus_client (~90 ms) load when a server starts
-
+        # aiohttp and prometheus_client (~90 ms) load when a server starts
         import slipway.serve.http as http
         import slipway.serve.metrics as metrics
 
@@ -89,17 +102,15 @@ class Server:
 
         try:
             if self.http_port is not None:
-                app = http.make_app(self.plane, max_body_bytes=self.max_body_bytes, token=self.token, metrics=render)
+                app = http.make_app(self.plane, limits=self.limits, token=self.token, metrics=render)
                 self.http_port = await self._site(app, self.http_port)
             if self.metrics_port is not None:
-                mapp = web.Application()
-                mapp.router.add_get("/metrics", http.metrics_handler(render))
+                mapp = http.make_metrics_app(render, limits=self.limits, token=self.token)
                 self.metrics_port = await self._site(mapp, self.metrics_port)
             if self.grpc_port is not None:
                 import slipway.serve.grpc as grpc_adapter  # grpc.aio and the service stubs: when a port asks
 
-                self._grpc = grpc_adapter.make_server(self.plane, max_message_bytes=self.max_body_bytes,
-                                                      token=self.token)
+                self._grpc = grpc_adapter.make_server(self.plane, limits=self.limits, token=self.token)
                 port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
                 if port == 0:
                     raise UserError(f"cannot bind gRPC to {self.host}:{self.grpc_port}")
@@ -112,16 +123,16 @@ class Server:
             self._tasks.append(asyncio.ensure_future(self.plane.run_polling()))
         log.info("serving %s: http %s, grpc %s, metrics %s", self.repository.root, self.http_port, self.grpc_port,
                  self.metrics_port)
+        if not self.token and not _loopback(self.host):
+            log.warning("serving on %s without a token: anyone who can reach it can run, load and unload models "
+                        "(--auth-token-env)", self.host)
 
     async def _site(self, app, port: int) -> int:
-        from aiohttp import web
+        import slipway.serve.http as http
 
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
+        runner, bound = await http.start_site(app, self.host, port, connections=self.limits.connections)
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.host, port, reuse_address=True)
-        await site.start()
-        return int(runner.addresses[-1][1])
+        return bound
 
     async def wait(self) -> None:
         """Until :meth:`request_stop` (or a signal) is called."""

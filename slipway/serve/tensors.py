@@ -5,6 +5,14 @@ One table maps the protocol's datatype names to numpy dtypes and to Triton's mod
 :class:`ServeError` (400) naming the tensor, so a truncated or oversized body never reaches an
 engine. BYTES elements travel as 4-byte little-endian length + bytes in binary form and as
 strings in JSON; BF16 uses ``ml_dtypes.bfloat16`` (numpy has no bfloat16 of its own).
+
+A tensor's declared shape is never trusted for an allocation: :func:`check_elements` compares the
+element count with ``--max-elements`` and with the bytes that actually came (a binary BYTES
+element needs at least its 4-byte length, a JSON element at least one character) before anything
+of that size exists. Non-finite float outputs go into JSON as the strings ``"NaN"``,
+``"Infinity"`` and ``"-Infinity"`` (bare ``NaN`` is not JSON; numpy, and so tritonclient's
+``as_numpy``, parses the strings back); as inputs, bare ``NaN`` / ``Infinity`` are read as Python's
+and rapidjson's JSON readers (and tritonclient's JSON writer) have them.
 """
 
 from __future__ import annotations
@@ -21,7 +29,11 @@ from slipway.errors import ServeError
 __all__ = [
     "DATATYPES", "CONFIG_TYPES", "numpy_dtype", "datatype_of", "config_type", "datatype_from_config",
     "from_raw", "to_raw", "from_json", "to_json", "check_shape", "element_count", "count_error", "type_error",
+    "check_elements", "NO_LIMIT",
 ]
+
+NO_LIMIT = 1 << 62  # max_elements when the caller sets none
+_CHUNK = 1 << 18  # elements converted per step of a large JSON list (the GIL is let go between steps)
 
 # protocol name -> numpy dtype (object for BYTES)
 DATATYPES: dict[str, np.dtype] = {
@@ -105,14 +117,31 @@ def check_shape(name: str, shape: Any) -> list[int]:
     return list(shape)
 
 
+def check_elements(name: str, shape: Sequence[int], datatype: str, nbytes: int, per_element: int,
+                   max_elements: int) -> int:
+    """The element count of ``shape``, refused before any allocation when it is past ``max_elements``
+    (413) or when ``nbytes`` of data cannot hold that many elements of ``per_element`` bytes at least (400)."""
+    count = element_count(shape)
+    if count > max_elements:
+        raise ServeError(f"input {name!r}: {datatype} {list(shape)} has {count} elements, over the limit of "
+                         f"{max_elements} (--max-elements)", 413)
+    if count * per_element > nbytes:
+        raise ServeError(f"input {name!r}: {nbytes} bytes of data cannot hold the {count} elements of {datatype} "
+                         f"{list(shape)} (at least {per_element} bytes each)", 400)
+    return count
+
+
 # ---------------------------------------------------------------------------------------------
 # binary form
 
 
-def from_raw(name: str, raw: bytes | bytearray | memoryview, datatype: str, shape: Sequence[int]) -> np.ndarray:
+def from_raw(name: str, raw: bytes | bytearray | memoryview, datatype: str, shape: Sequence[int],
+             max_elements: int = NO_LIMIT) -> np.ndarray:
     """Decode one tensor's binary data; the array may share memory with ``raw`` (read-only)."""
     dtype = numpy_dtype(datatype)
     count = element_count(shape)
+    if count > max_elements:
+        check_elements(name, shape, datatype, len(raw), 0, max_elements)
     if datatype == "BYTES":
         return _bytes_from_raw(name, memoryview(raw), count).reshape(shape)
     expected = count * dtype.itemsize
@@ -136,7 +165,9 @@ def to_raw(array: np.ndarray) -> bytes:
 
 
 def _bytes_from_raw(name: str, view: memoryview, count: int) -> np.ndarray:
-    out = np.empty(count, dtype=object)
+    # every element has a 4-byte length: a shape that the bytes sent cannot fill allocates no more than
+    # they can (the loop below stops at the end of the data, naming where)
+    out = np.empty(min(count, len(view) // 4 + 1), dtype=object)
     pos, end = 0, len(view)
     for i in range(count):
         if pos + 4 > end:
@@ -166,10 +197,16 @@ def _as_bytes(x: Any) -> bytes:
 # JSON form
 
 
-def from_json(name: str, data: Any, datatype: str, shape: Sequence[int]) -> np.ndarray:
-    """Decode a JSON ``data`` list (flat or nested, row-major) into an array of ``shape``."""
+def from_json(name: str, data: Any, datatype: str, shape: Sequence[int], max_elements: int = NO_LIMIT,
+              nbytes: int = NO_LIMIT) -> np.ndarray:
+    """Decode a JSON ``data`` list (flat or nested, row-major) into an array of ``shape``.
+
+    ``nbytes``: the size of the JSON text the data came in (each element took one character at least).
+    """
     dtype = numpy_dtype(datatype)
     count = element_count(shape)
+    if count > max_elements or count > nbytes:
+        check_elements(name, shape, datatype, nbytes, 1, max_elements)
     if not isinstance(data, list):
         data = [data]
     if datatype == "BYTES":
@@ -183,7 +220,7 @@ def from_json(name: str, data: Any, datatype: str, shape: Sequence[int]) -> np.n
             out[i] = x.encode("utf-8") if isinstance(x, str) else x
         return out.reshape(shape)
     try:
-        arr = np.asarray(data)
+        arr = _asarray(data)
         if arr.dtype.kind in "SU":  # strings, even "1.5", are not numbers (float64 would parse them)
             raise type_error(name, datatype)
         if (dtype.kind == "f" or datatype == "BF16") and arr.dtype != np.float64:
@@ -220,7 +257,35 @@ def to_json(array: np.ndarray) -> list:
         return out
     if array.dtype == ml_dtypes.bfloat16 or array.dtype == np.float16:
         flat = flat.astype(np.float32)
-    return flat.tolist()
+    out = flat.tolist()
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():  # bare NaN / Infinity is not JSON
+        for i in np.flatnonzero(~np.isfinite(flat)).tolist():
+            out[i] = _NON_FINITE[int(np.sign(flat[i])) if not np.isnan(flat[i]) else 0]
+    return out
+
+
+_NON_FINITE = {0: "NaN", 1: "Infinity", -1: "-Infinity"}
+
+
+def _asarray(data: list) -> np.ndarray:
+    """``np.asarray(data)`` in steps of ``_CHUNK`` rows for long lists: one C call over millions of
+    elements would hold the GIL (and stall the server's event loop) for the whole conversion."""
+    width = _width(data[0]) if data else 1
+    if len(data) * width <= _CHUNK or len(data) == 1:
+        return np.asarray(data)
+    step = max(1, _CHUNK // width)
+    parts = [np.asarray(data[i : i + step]) for i in range(0, len(data), step)]
+    if len({p.shape[1:] for p in parts}) > 1:
+        raise ValueError("ragged")
+    return np.concatenate(parts)
+
+
+def _width(row: Any) -> int:
+    n = 1
+    while isinstance(row, list) and row:
+        n *= len(row)
+        row = row[0]
+    return n
 
 
 def _flatten(data: list) -> list:

@@ -1,8 +1,12 @@
 """Transport-free request and response objects: the HTTP and gRPC adapters decode into these and
-encode from them; the data plane and the batcher never see a transport."""
+encode from them; the data plane and the batcher never see a transport. Plus the two rules both
+adapters apply alike: the bearer-token check and the scrubbing of server paths from error text."""
 
 from __future__ import annotations
 
+import hmac
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -11,7 +15,8 @@ import numpy as np
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2, service_pb2
 
-__all__ = ["InferTensor", "RequestedOutput", "InferRequest", "InferResponse", "Plane"]
+__all__ = ["InferTensor", "RequestedOutput", "InferRequest", "InferResponse", "Plane", "bearer_matches",
+           "public_message"]
 
 
 @dataclass
@@ -85,3 +90,31 @@ class Plane(Protocol):
     async def infer(self, request: InferRequest) -> InferResponse:
         """Check ``request`` (:mod:`slipway.serve.request`), run it, answer it."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------
+# what both adapters do alike with what a client sends and what it is told
+
+
+def bearer_matches(values: Iterable[str | bytes], token: bytes) -> bool:
+    """Whether any ``Authorization`` value is ``Bearer <token>`` (scheme in any case, RFC 9110).
+
+    Every value is compared, each in constant time (``hmac.compare_digest``), so neither the number
+    of values tried nor the position of the first wrong byte changes how long the answer takes.
+    """
+    ok = False
+    for value in values:
+        raw = value.encode("utf-8", "replace") if isinstance(value, str) else bytes(value)
+        scheme, _, given = raw.strip().partition(b" ")
+        match = hmac.compare_digest(given.strip(), token)
+        ok = (scheme.lower() == b"bearer" and match) or ok
+    return ok
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/])/(?!v2/)(?:[^\s/'\"]+/)+(?=[^\s/'\"]*)")
+
+
+def public_message(message: str) -> str:
+    """An error message with the server's absolute file paths cut to their last part (clients get
+    the file's name, never where the server keeps it); request paths (/v2/...) stay."""
+    return _ABSOLUTE.sub(".../", message)

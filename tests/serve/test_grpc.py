@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from slipway.errors import ServeError
 from slipway.serve.grpc import make_server
+from slipway.serve.limits import Limits
 from slipway.serve.stats import ModelStats
 from slipway.serve.tensors import config_type
 from slipway.serve.types import InferRequest, InferResponse, InferTensor
@@ -545,7 +546,7 @@ def test_auth():
 
 
 def test_message_size_limit():
-    with GrpcServer(FakePlane, max_message_bytes=4096) as s, grpcclient.InferenceServerClient(s.url) as c:
+    with GrpcServer(FakePlane, limits=Limits(body_bytes=4096)) as s, grpcclient.InferenceServerClient(s.url) as c:
         small = np.zeros((1, 16), np.float32)
         assert c.infer("identity_FP32", [_input("INPUT0", small, "FP32")]).as_numpy("OUTPUT0").shape == (1, 16)
         with pytest.raises(InferenceServerException) as info:

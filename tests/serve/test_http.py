@@ -33,6 +33,7 @@ from tritonclient.utils import InferenceServerException
 
 from slipway.errors import ServeError
 from slipway.serve.http import make_app
+from slipway.serve.limits import Limits
 from slipway.serve.request import check_parameters
 from slipway.serve.stats import ModelStats
 from slipway.serve.types import InferRequest, InferResponse, InferTensor
@@ -233,7 +234,7 @@ def plane() -> FakePlane:
 
 @pytest.fixture(scope="module")
 def server(plane: FakePlane) -> Iterator[RunningServer]:
-    with serving(plane, max_body_bytes=LIMIT) as s:
+    with serving(plane, limits=Limits(body_bytes=LIMIT)) as s:
         yield s
 
 

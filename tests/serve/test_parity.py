@@ -72,6 +72,16 @@ CASES: dict[str, tuple[Case, int, str]] = {
                        "request parameter 'timeout' must be a non-negative integer, got 'soon'"),
     "timeout negative": (Case(parameters={"timeout": -1}), 400,
                          "request parameter 'timeout' must be a non-negative integer, got -1"),
+    "timeout NaN": (Case(parameters={"timeout": float("nan")}), 400,
+                    "request parameter 'timeout' must be a non-negative integer, got nan"),
+    "timeout infinite": (Case(parameters={"timeout": float("inf")}), 400,
+                         "request parameter 'timeout' must be a non-negative integer, got inf"),
+    "timeout fractional": (Case(parameters={"timeout": 1.5}), 400,
+                           "request parameter 'timeout' must be a non-negative integer, got 1.5"),
+    "priority minus one": (Case(parameters={"priority": -1}), 400,
+                           "request parameter 'priority' must be a non-negative integer, got -1"),
+    "too many tensors": (Case(outputs=[("y", {})] * 300), 413,
+                         "the request names 301 input and output tensors, over the limit of 256 (--max-inputs)"),
     "binary_data_output": (Case(parameters={"binary_data_output": "yes"}), 400,
                            "request parameter 'binary_data_output' must be true or false"),
     "unknown output": (Case(outputs=[("z", {})]), 400, "model 'prio' has no output 'z' (outputs: y)"),
@@ -134,6 +144,8 @@ def _set(target: Any, values: dict[str, Any]) -> None:
             target[key].bool_param = value
         elif isinstance(value, int):
             target[key].int64_param = value
+        elif isinstance(value, float):
+            target[key].double_param = value
         else:
             target[key].string_param = str(value)
 
@@ -156,7 +168,8 @@ def grpc_infer(url: str, case: Case) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
-GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
+GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+             413: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 @pytest.mark.parametrize("name", list(CASES))

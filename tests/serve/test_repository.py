@@ -413,3 +413,77 @@ def test_fingerprint(tmp_path):
     changed()
     (folder / "2" / "model.onnx").unlink()
     changed()
+
+
+# ---------------------------------------------------------------------------------------------
+# bounds: what a config (config.pbtxt or a load request's override) may ask of the server
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"max_batch_size": 1_000_000}, "max_batch_size 1000000 is over the limit of 8192"),
+    ({"max_batch_size": 4, "instance_group": [{"count": 1_000_000, "kind": "KIND_CPU"}]},
+     "instance_group asks for 1000000 instances; at most "),
+    ({"max_batch_size": 4, "instance_group": [{"count": 1, "kind": "KIND_CPU"}] * 1000},
+     "instance_group asks for 1000 instances; at most "),
+    ({"max_batch_size": 4, "model_warmup": [{"name": "w", "batch_size": 1, "count": 1_000_000,
+                                             "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3],
+                                                              "zero_data": True}}}]},
+     "model_warmup asks for 1000000 runs in all; at most 64"),
+    ({"max_batch_size": 4, "model_warmup": [{"name": f"w{i}", "batch_size": 1} for i in range(17)]},
+     "model_warmup has 17 samples; at most 16"),
+    ({"max_batch_size": 4, "model_warmup": [{"name": "w", "batch_size": 5}]},
+     "model_warmup 'w' has batch_size 5, over max_batch_size 4"),
+    ({"max_batch_size": 4, "model_warmup": [{"name": "w", "batch_size": 1, "inputs": {
+        "x": {"data_type": "TYPE_FP32", "dims": [100_000, 100_000], "zero_data": True}}}]},
+     "model_warmup 'w' inputs are over the limit of 256 MiB"),
+    ({"max_batch_size": 4, "model_warmup": [{"name": "w", "batch_size": 1, "inputs": {
+        "x": {"data_type": "TYPE_FP32", "dims": [3], "input_data_file": "../../../etc/passwd"}}}]},
+     "input_data_file '../../../etc/passwd' must be a plain file name"),
+    ({"cc_model_filenames": {"8.0": "/etc/passwd"}}, "cc_model_filenames['8.0'] '/etc/passwd' must be a plain"),
+    ({"model_repository_agents": {"agents": [{"name": "checksum"}]}}, "model_repository_agents are not supported"),
+    ({"parameters": {"backend": {"string_value": "python"}}}, "config parameter backend='python' runs code"),
+    ({"parameters": {"backend": {"string_value": "nope"}}}, "config parameter backend='nope' is not a registered"),
+    ({"parameters": {"threads": {"string_value": "1000000"}}}, "config parameter threads=1000000 is over the limit"),
+    ({"parameters": {"inter_op_thread_count": {"string_value": "1000000"}}},
+     "config parameter inter_op_thread_count=1000000 is over the limit"),
+    ({"parameters": {"slipway.inter_op_threads": {"string_value": "1000000"}}},
+     "config parameter slipway.inter_op_threads=1000000 is over the limit"),
+])
+def test_config_bounds(tmp_path, override, message):
+    add_model(tmp_path, "m", DYNAMIC)
+    err = error(Repository(tmp_path).config, "m", override)
+    assert err.status == 400 and message in str(err) and str(tmp_path) not in str(err)
+
+
+def test_config_within_bounds_is_kept(tmp_path):
+    from slipway.serve.repository import max_instances
+
+    add_model(tmp_path, "m", DYNAMIC)
+    config = Repository(tmp_path).config("m", {
+        "max_batch_size": 8192, "instance_group": [{"count": max_instances(), "kind": "KIND_CPU"}],
+        "parameters": {"threads": {"string_value": "2"}, "slipway.graph_optimization_level": {"string_value": "all"}},
+        "model_warmup": [{"name": "w", "batch_size": 8, "count": 64, "inputs": {
+            "x": {"data_type": "TYPE_FP32", "dims": [3], "input_data_file": "x.bin"}}}]})
+    assert config.max_batch_size == 8192 and config.instance_group[0].count == max_instances()
+
+
+def test_long_and_odd_names(tmp_path):
+    repo = Repository(tmp_path)
+    for bad, why in (("a" * 256, "model name of 256 bytes is not allowed: at most 255 bytes"),
+                     ("é" * 128, "model name of 256 bytes is not allowed"),
+                     (" ", "it is blank"), ("a\nb", "it holds control characters"), ("\udc80", "not valid UTF-8")):
+        err = error(repo.path, bad)
+        assert err.status == 400 and why in str(err) and str(tmp_path) not in str(err)
+    assert error(repo.path, "a" * 255).status == 404  # long, but a name
+
+
+def test_messages_hold_no_absolute_paths(tmp_path):
+    repo = Repository(tmp_path)
+    model = tmp_path / "m" / "1" / "model.onnx"
+    text = f"could not load {model}: [Errno 2] No such file or directory: '{model.resolve()}'; root {tmp_path}"
+    assert repo.relative(text) == "could not load m/1/model.onnx: [Errno 2] No such file or directory: " \
+                                  "'m/1/model.onnx'; root ."
+    add_model(tmp_path, "broken", config="max_batch_size: 0")
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not a model")
+    err = error(repo.config, "broken")
+    assert str(tmp_path) not in str(err) and "broken/1/model.onnx" in str(err)

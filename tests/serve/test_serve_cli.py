@@ -142,3 +142,12 @@ def test_instances_split_the_cores(tmp_path) -> None:
     (repo / "gemm" / "config.pbtxt").write_text('instance_group [{ count: 2 kind: KIND_CPU }]\n')
     _, opts = engine_options(Repository(repo).config("gemm"), repo / "gemm" / "1" / "model.onnx")
     assert opts.threads == max(1, usable_cpus() // 2)  # the affinity mask and CPU quota, as the server
+
+
+def test_help_lists_the_limits() -> None:
+    r = subprocess.run([sys.executable, "-m", "slipway", "serve", "--help"], capture_output=True, text=True,
+                       timeout=60, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    for option in ("--max-body-mb", "--max-inputs", "--max-elements", "--max-json-depth", "--header-timeout",
+                   "--body-timeout", "--max-connections", "--metrics-auth"):
+        assert option in r.stdout, option

@@ -221,7 +221,7 @@ def test_dataplane_without_a_network(tmp_path):
     (tmp_path / "gemm" / "config.pbtxt").write_text("version_policy { all { } }\n")
 
     async def main():
-        plane = DataPlane(Repository(tmp_path), threads=1)
+        plane = DataPlane(Repository(tmp_path), control="explicit", models=["*"], threads=1)  # unload: explicit mode
         assert not plane.ready() and await plane.start() == [] and plane.ready()
         meta = plane.model_metadata("gemm")
         assert meta["versions"] == ["1", "2"] and meta["inputs"][0]["shape"] == [-1, 16]
