@@ -572,10 +572,10 @@ def decode_infer(model: str, version: str, body: bytes | bytearray, header_lengt
         n = total
         header = _parse_json(body, limits.json_depth)
     else:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise ServeError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}", 400) from None
+        text = header_length.strip()
+        if not (text.isascii() and text.isdigit()):  # int() would also take "+1", "1_0" and non-ASCII digits
+            raise ServeError(f"{HEADER_LENGTH} must be an integer (decimal digits), got {header_length!r}", 400)
+        n = int(text)
         if n < 0 or n > total:
             raise ServeError(f"{HEADER_LENGTH} is {n} but the request body has {total} bytes", 400)
         header = _parse_json(bytes(memoryview(body)[:n]) if n < total else body, limits.json_depth)

@@ -240,6 +240,11 @@ def from_json(name: str, data: Any, datatype: str, shape: Sequence[int], max_ele
         info = np.iinfo(dtype)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise ServeError(f"input {name!r}: a value is out of range for {datatype}", 400)
+    elif dtype.kind == "f" or datatype == "BF16":
+        top = float(ml_dtypes.finfo(dtype).max)  # a finite number past it would silently become inf
+        finite = arr[np.isfinite(arr)]
+        if finite.size and (finite.min() < -top or finite.max() > top):
+            raise ServeError(f"input {name!r}: a value is out of range for {datatype}", 400)
     return arr.astype(dtype).reshape(shape)
 
 

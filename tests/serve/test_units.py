@@ -261,3 +261,19 @@ def test_dataplane_is_the_plane_the_adapters_type():
         mine = getattr(DataPlane, name)
         assert list(inspect.signature(mine).parameters) == list(inspect.signature(member).parameters), name
         assert inspect.iscoroutinefunction(mine) == inspect.iscoroutinefunction(member), name
+
+
+@pytest.mark.parametrize(("datatype", "value", "ok"), [
+    ("FP16", 70000.0, False), ("FP16", 65504.0, True), ("FP16", -65504.0, True), ("BF16", 1e39, False),
+    ("FP32", 1e39, False), ("FP32", 3.0e38, True), ("FP64", 1e300, True), ("FP16", float("inf"), True),
+    ("FP16", float("nan"), True),
+])
+def test_json_floats_past_the_datatype_are_refused_not_made_infinite(datatype, value, ok):
+    """A finite JSON number the datatype cannot hold would become inf silently; non-finite ones are what was sent."""
+    if ok:
+        got = tensors.from_json("x", [value], datatype, [1])
+        assert got.dtype == tensors.numpy_dtype(datatype)
+        np.testing.assert_array_equal(got.astype(np.float64), np.asarray([value]).astype(got.dtype).astype(np.float64))
+    else:
+        with pytest.raises(ServeError, match=f"^input 'x': a value is out of range for {datatype}$"):
+            tensors.from_json("x", [value], datatype, [1])
