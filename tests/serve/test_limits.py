@@ -390,3 +390,47 @@ def test_log_limiter_counts_repeats() -> None:
     assert records[0] == "same thing" and records[1:3] == ["kind b", "kind c"]
     assert any("3 more log lines left out" in r for r in records)
     assert records[-1] == "same thing (and 9 like it in the last 0 s)"
+
+
+def test_grpc_silent_connections_are_closed_after_the_header_time(tmp_path) -> None:
+    """A client that connects to the gRPC port and never sends the HTTP/2 preface is dropped (the handshake timeout)."""
+    from tests.serve.conftest import _save, gemm_model
+
+    _save(gemm_model(), tmp_path / "gemm" / "1" / "model.onnx")
+    limits = Limits(header_seconds=0.5)
+    with Server(tmp_path, http_port=None, grpc_port=0, metrics_port=None, threads=1, limits=limits) as server:
+        s = _connect(server.grpc_port)
+        try:
+            assert _closed_within(s, 8.0)
+        finally:
+            s.close()
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            live = pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=10)
+        assert live.live
+
+
+def test_grpc_connections_past_the_limit_are_refused(tmp_path) -> None:
+    """With 2 connections held open, a third gRPC client cannot get a call through; once they close it can."""
+    from tests.serve.conftest import _save, gemm_model
+
+    _save(gemm_model(), tmp_path / "gemm" / "1" / "model.onnx")
+    limits = Limits(connections=2)
+    with Server(tmp_path, http_port=None, grpc_port=0, metrics_port=None, threads=1, limits=limits) as server:
+        url = f"127.0.0.1:{server.grpc_port}"
+        held = [grpc.insecure_channel(url, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(2)]
+        try:
+            for channel in held:  # each channel is one HTTP/2 connection once a call went through
+                assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=10).live
+            with grpc.insecure_channel(url, options=[("grpc.use_local_subchannel_pool", 1)]) as extra:
+                try:
+                    pb_grpc.GRPCInferenceServiceStub(extra).ServerLive(pb.ServerLiveRequest(), timeout=2)
+                    refused = False
+                except grpc.RpcError as e:
+                    refused = e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            assert refused
+        finally:
+            for channel in held:
+                channel.close()
+        time.sleep(0.5)
+        with grpc.insecure_channel(url, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=10).live
