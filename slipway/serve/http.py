@@ -28,6 +28,7 @@ import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -148,9 +149,7 @@ def openapi_document() -> bytes:
     """The OpenAPI 3 document of this REST API (``openapi.json`` beside this module), read once."""
     global _OPENAPI
     if _OPENAPI is None:
-        from pathlib import Path
-
-        _OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
+        _OPENAPI = resources.files("slipway.serve").joinpath("openapi.json").read_bytes()
     return _OPENAPI
 
 
