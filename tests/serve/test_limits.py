@@ -377,8 +377,9 @@ def test_log_limiter_counts_repeats() -> None:
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record.getMessage())
 
-    logger = logging.getLogger("slipway.test.limiter")
+    logger = logging.getLogger("test_log_limiter_counts_repeats")  # not under "slipway", whose level tests set
     logger.addHandler(Collect())
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False
     limiter = LogLimiter(logger, interval=0.2, at_most=3)
     for _ in range(10):
