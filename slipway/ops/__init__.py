@@ -11,12 +11,14 @@ from slipway.ops.classify import log_softmax, logit, sigmoid, softmax, topk
 from slipway.ops.decode import (
     YOLOV5_ANCHORS,
     Detections,
+    decode_picodet,
     decode_ssd,
     decode_ssd_boxes,
     decode_yolo_anchor_based,
     decode_yolo_anchor_free,
     dfl_expectation,
     make_anchor_points,
+    picodet_centers,
     ssd_priors,
 )
 from slipway.ops.detect import batched_nms, box_area, box_convert, box_iou, clip_boxes, nms, soft_nms
@@ -100,6 +102,8 @@ __all__ = [
     "ssd_priors",
     "decode_ssd_boxes",
     "decode_ssd",
+    "picodet_centers",
+    "decode_picodet",
     # pose
     "heatmap_argmax",
     "refine_quarter_offset",

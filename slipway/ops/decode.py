@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from slipway.errors import UserError
-from slipway.ops._check import check_array, check_size
+from slipway.ops._check import check_array, check_range, check_size
 from slipway.ops.classify import logit, sigmoid, softmax
 from slipway.ops.detect import batched_nms, batched_nms_prechecked, nms
 from slipway.ops.geometry import Transform
@@ -356,4 +356,92 @@ def decode_ssd(
         results.append(
             _finish(boxes_all[i][p], probs[p, c], c.astype(np.int64), iou_threshold, max_detections, False, transform)
         )
+    return results
+
+
+# ---------------------------------------------------------------------------------- PP-PicoDet (GFL head)
+
+
+def picodet_centers(input_size: int | tuple[int, int], strides: Sequence[int]) -> list[np.ndarray]:
+    """Per level, the anchor centers ``[A_l, 2]`` (x, y) in input pixels: ``(j + 0.5) * stride``,
+    row-major, with ``ceil(size / stride)`` cells per axis (PaddleDetection's PicoDet export:
+    an 800x608 input gives 13x10 cells at stride 64)."""
+    h, w = check_size("input_size", input_size)
+    out = []
+    for s in strides:
+        s = int(s)
+        gx, gy = np.meshgrid(np.arange(-(-w // s)), np.arange(-(-h // s)))
+        out.append((np.stack([gx.ravel(), gy.ravel()], 1) + 0.5) * s)
+    return out
+
+
+def decode_picodet(
+    scores: Sequence[Any],
+    boxes: Sequence[Any],
+    *,
+    input_size: int | tuple[int, int],
+    strides: Sequence[int] = (8, 16, 32, 64),
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    level_top_k: int = 1000,
+    class_candidates: int = 200,
+    max_per_class: int = 100,
+    transform: Transform | None = None,
+) -> list[Detections]:
+    """Decode a PP-PicoDet (GFL-style) head exported without NMS: per level, ``scores[l]``
+    ``[N, A_l, C]`` class probabilities (sigmoid already applied) and ``boxes[l]``
+    ``[N, A_l, 4 * (reg_max + 1)]`` distribution logits of the left/top/right/bottom
+    distances (bins of one stride).
+
+    Per image, as PaddleDetection's ``PicoDetPostProcess`` (and rapid-layout) do it: per
+    level the ``level_top_k`` anchors with the highest best-class score; box = center -/+
+    expected distance x stride; then per class the scores ``> score_threshold`` (strict),
+    the ``class_candidates`` best of them, greedy NMS (suppressed when IoU > ``iou_threshold``)
+    keeping at most ``max_per_class``. Detections come ordered by class, then descending
+    score; boxes are in input pixels, or mapped (and clipped) through ``transform``.
+    """
+    if len(scores) != len(strides) or len(boxes) != len(strides):
+        raise UserError(f"scores / boxes: expected {len(strides)} levels (one per stride), got {len(scores)} / "
+                        f"{len(boxes)}")
+    centers = picodet_centers(input_size, strides)
+    sc = [check_array(f"scores[{i}]", s, ndim=3, dtype_kind="f") for i, s in enumerate(scores)]
+    bx = [check_array(f"boxes[{i}]", b, ndim=3, dtype_kind="f") for i, b in enumerate(boxes)]
+    n, ncls = sc[0].shape[0], sc[0].shape[2]
+    for i, (s, b, c) in enumerate(zip(sc, bx, centers, strict=True)):
+        if s.shape != (n, c.shape[0], ncls) or b.shape[:2] != (n, c.shape[0]) or b.shape[2] % 4:
+            raise UserError(f"scores[{i}] / boxes[{i}]: shapes {s.shape} / {b.shape} do not fit {c.shape[0]} anchors "
+                            f"(stride {strides[i]}) x {ncls} classes, 4 x bins")
+    thr = check_range("score_threshold", score_threshold, 0.0, 1.0)
+    results = []
+    for img in range(n):
+        all_boxes, all_scores = [], []
+        for s, b, c, stride in zip(sc, bx, centers, strides, strict=True):
+            best = s[img].max(axis=1)
+            top = np.argsort(-best, kind="stable")[:level_top_k]
+            bins = b[img, top].reshape(-1, 4, b.shape[2] // 4).astype(np.float64)
+            dist = dfl_expectation(bins) * float(stride)
+            ctr = np.tile(c[top], 2)
+            all_boxes.append(ctr + np.array([-1.0, -1.0, 1.0, 1.0]) * dist)
+            all_scores.append(s[img, top])
+        bxs, scs = np.concatenate(all_boxes), np.concatenate(all_scores)
+        anchor, cls = np.nonzero(scs > thr)
+        if anchor.size == 0:
+            results.append(Detections.empty())
+            continue
+        prob = scs[anchor, cls]
+        # per class, the best `class_candidates` (sorted by class, then descending score)
+        order = np.lexsort((-prob, cls))
+        anchor, cls, prob = anchor[order], cls[order], prob[order]
+        rank = np.arange(cls.size) - np.searchsorted(cls, cls, side="left")
+        keep = rank < class_candidates
+        anchor, cls, prob = anchor[keep], cls[keep].astype(np.int64), prob[keep]
+        cand_boxes = bxs[anchor]
+        kept = batched_nms_prechecked(cand_boxes, prob, cls, iou_threshold, None)
+        # at most `max_per_class` per class, then ordered by class, descending score
+        kept = kept[np.lexsort((-prob[kept], cls[kept]))]
+        kc = cls[kept]
+        rank = np.arange(kc.size) - np.searchsorted(kc, kc, side="left")
+        kept = kept[rank < max_per_class]
+        det = Detections(cand_boxes[kept].astype(np.float32), prob[kept].astype(np.float32), cls[kept])
+        results.append(det.to_original(transform) if transform is not None else det)
     return results

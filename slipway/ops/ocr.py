@@ -68,14 +68,36 @@ def _unclip(polygon: np.ndarray, ratio: float) -> np.ndarray | None:
     return np.asarray(pyclipper.scale_from_clipper(grown[0], _CLIPPER_SCALE), dtype=np.float64)
 
 
-def _polygon_mean(prob: np.ndarray, polygon: np.ndarray) -> float:
-    """Mean of ``prob`` over the pixels inside ``polygon`` (filled in its bounding-box crop)."""
+def _unclip_paddle(polygon: np.ndarray, ratio: float) -> np.ndarray | None:
+    """PaddleOCR's unclip: the offset on whole pixels (corners truncated toward zero), every
+    resulting polygon's points kept together. Returns [P, 2] or None when nothing is left."""
+    area = abs(cv2.contourArea(polygon.astype(np.float32)))
+    perimeter = cv2.arcLength(polygon.astype(np.float32).reshape(-1, 1, 2), True)
+    if perimeter <= 0:
+        return None
+    offset = pyclipper.PyclipperOffset()
+    offset.AddPath(np.trunc(polygon).astype(np.int64).tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    grown = offset.Execute(area * ratio / perimeter)
+    points = [pt for poly in grown for pt in poly]
+    return np.asarray(points, np.float64).reshape(-1, 2) if points else None
+
+
+def _polygon_mean(prob: np.ndarray, polygon: np.ndarray, paddle: bool = False) -> float:
+    """Mean of ``prob`` over the pixels inside ``polygon`` (filled in its bounding-box crop).
+
+    ``paddle``: PaddleOCR's arithmetic (box from floor / ceil of the extremes, corners truncated)."""
     h, w = prob.shape
-    pts = np.round(polygon).astype(np.int32)
-    x0, y0 = np.clip(pts.min(axis=0), 0, [w - 1, h - 1])
-    x1, y1 = np.clip(pts.max(axis=0), 0, [w - 1, h - 1])
+    if paddle:
+        x0, y0 = np.clip(np.floor(polygon.min(axis=0)).astype(np.int32), 0, [w - 1, h - 1])
+        x1, y1 = np.clip(np.ceil(polygon.max(axis=0)).astype(np.int32), 0, [w - 1, h - 1])
+        local = (polygon - [x0, y0]).astype(np.int32)
+    else:
+        pts = np.round(polygon).astype(np.int32)
+        x0, y0 = np.clip(pts.min(axis=0), 0, [w - 1, h - 1])
+        x1, y1 = np.clip(pts.max(axis=0), 0, [w - 1, h - 1])
+        local = pts - [x0, y0]
     mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
-    cv2.fillPoly(mask, [(pts - [x0, y0]).reshape(-1, 1, 2)], 1)
+    cv2.fillPoly(mask, [local.reshape(-1, 1, 2)], 1)
     return float(cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0])
 
 
@@ -91,6 +113,7 @@ def db_boxes(
     polygons: bool = False,
     dilate: bool = False,
     original_size: tuple[int, int] | None = None,
+    compat: str | None = None,
 ) -> TextBoxes:
     """Text regions from a DBNet probability map ``prob`` [H, W] (values in [0, 1]).
 
@@ -104,6 +127,11 @@ def db_boxes(
     simplified polygon), ``"slow"`` the mean inside the exact contour. With
     ``original_size=(height, width)`` the points are mapped from the map's pixel grid to the
     original image's (``x' = (x + 0.5) * width / W - 0.5``, likewise y) and clipped to it.
+
+    ``compat="paddle"`` reproduces PaddleOCR's (and RapidOCR's) ``DBPostProcess`` arithmetic
+    for quads, so the same map gives the same boxes: the fast score over the box's floor / ceil
+    extent with its corners truncated, the unclip offset on whole pixels (corners truncated,
+    all resulting polygons' points taken together).
     """
     p = check_array("prob", prob, ndim=2, dtype_kind="fiu", allow_empty=False).astype(np.float32)
     check_range("thresh", thresh, 0.0, 1.0)
@@ -111,13 +139,18 @@ def db_boxes(
     check_positive("unclip_ratio", unclip_ratio, allow_zero=True)
     if score_mode not in ("fast", "slow"):
         raise UserError(f"score_mode: expected 'fast' or 'slow', got {score_mode!r}")
+    if compat not in (None, "paddle"):
+        raise UserError(f"compat: expected None or 'paddle', got {compat!r}")
+    if compat and polygons:
+        raise UserError("compat='paddle' applies to quads only (polygons=False)")
     bitmap = (p > thresh).astype(np.uint8)
     if dilate:
         bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     boxes, scores = [], []
     for contour in contours[:max_candidates]:
-        found = _region(p, contour.reshape(-1, 2), box_thresh, unclip_ratio, min_size, score_mode, polygons)
+        found = _region(p, contour.reshape(-1, 2), box_thresh, unclip_ratio, min_size, score_mode, polygons,
+                        compat == "paddle")
         if found is not None:
             boxes.append(found[0])
             scores.append(found[1])
@@ -130,7 +163,7 @@ def db_boxes(
 
 
 def _region(prob: np.ndarray, contour: np.ndarray, box_thresh: float, ratio: float, min_size: float,
-            score_mode: str, polygons: bool) -> tuple[np.ndarray, float] | None:
+            score_mode: str, polygons: bool, paddle: bool = False) -> tuple[np.ndarray, float] | None:
     """One contour -> (quad or polygon, score), or None when a filter rejects it."""
     if polygons:
         eps = 0.002 * cv2.arcLength(contour.reshape(-1, 1, 2), True)
@@ -142,10 +175,10 @@ def _region(prob: np.ndarray, contour: np.ndarray, box_thresh: float, ratio: flo
         shape, short = _min_area_quad(contour)
     if short < min_size:
         return None
-    score = _polygon_mean(prob, shape if score_mode == "fast" else contour)
+    score = _polygon_mean(prob, shape if score_mode == "fast" else contour, paddle and score_mode == "fast")
     if score < box_thresh:
         return None
-    grown = _unclip(shape, ratio)
+    grown = _unclip_paddle(shape, ratio) if paddle else _unclip(shape, ratio)
     if grown is None:
         return None
     quad, short = _min_area_quad(grown)
@@ -189,7 +222,7 @@ def sort_boxes(boxes: object, line_tolerance: float = 10.0) -> np.ndarray:
 
 
 def crop_quad(image: object, quad: object, *, rotate_tall: bool = True, tall_ratio: float = 1.5,
-              interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+              interpolation: int = cv2.INTER_CUBIC, compat: str | None = None) -> np.ndarray:
     """Cut the region inside ``quad`` [4, 2] (tl, tr, br, bl) out of ``image`` and warp it upright.
 
     The output is ``h x w`` with ``w`` the longer of the top and bottom edges and ``h`` the
@@ -198,16 +231,24 @@ def crop_quad(image: object, quad: object, *, rotate_tall: bool = True, tall_rat
     patch. Borders replicate. Images of a dtype OpenCV cannot warp (bool, int32, ...) come
     back as float32. With ``rotate_tall``, a crop with ``h / w >= tall_ratio`` is
     rotated 90 degrees counter-clockwise (vertical text).
+
+    ``compat="paddle"`` is PaddleOCR's (and RapidOCR's) ``get_rotate_crop_image``: sizes
+    truncated instead of rounded and the quad's corners mapped to the output's corner pixel
+    centers ``(0, 0) .. (w, h)``, so the same quad gives the same crop.
     """
+    if compat not in (None, "paddle"):
+        raise UserError(f"compat: expected None or 'paddle', got {compat!r}")
     img = check_array("image", image, ndim=(2, 3), dtype_kind="fiub", allow_empty=False)
     q = check_array("quad", quad, ndim=2, dtype_kind="fiu").astype(np.float64)
     if q.shape != (4, 2):
         raise UserError(f"quad: expected shape [4, 2], got {tuple(q.shape)}")
-    w = int(round(max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3]))))
-    h = int(round(max(np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1]))))
+    size = round if compat is None else int
+    w = int(size(max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3]))))
+    h = int(size(max(np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1]))))
     if w < 1 or h < 1:
         raise UserError(f"quad: degenerate quad (output size {h}x{w})")
-    dst = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], np.float32)
+    lo, hi_w, hi_h = (-0.5, w - 0.5, h - 0.5) if compat is None else (0, w, h)
+    dst = np.array([[lo, lo], [hi_w, lo], [hi_w, hi_h], [lo, hi_h]], np.float32)
     m = cv2.getPerspectiveTransform(q.astype(np.float32), dst)
     src = img if img.dtype in _CV_DTYPES else img.astype(np.float32)
     out = cv2.warpPerspective(src, m, (w, h), flags=interpolation, borderMode=cv2.BORDER_REPLICATE)

@@ -256,3 +256,66 @@ def test_bad_inputs(call: object, match: str) -> None:
 def test_empty_outputs_give_empty_detections() -> None:
     det = decode_yolo_anchor_free(np.zeros((2, 6, 30), np.float32))
     assert [len(d) for d in det] == [0, 0] and det[0].boxes.shape == (0, 4)
+
+
+# ---------------------------------------------------------------------------------- PP-PicoDet
+
+
+def picodet_head(size: tuple[int, int], num_classes: int, objects: int, rng: np.random.Generator) -> tuple[list, list]:
+    """Synthetic PicoDet outputs (sigmoid scores [1, A_l, C], 8-bin DFL logits [1, A_l, 32]) with
+    clusters of confident anchors around a few objects, several classes overlapping."""
+    from slipway.ops import picodet_centers
+
+    scores, boxes = [], []
+    for lvl, ctr in enumerate(picodet_centers(size, (8, 16, 32, 64))):
+        a = ctr.shape[0]
+        s = rng.uniform(0, 0.3, (1, a, num_classes)).astype(np.float32)
+        for _ in range(objects):
+            c = rng.integers(0, a)
+            near = np.flatnonzero(np.abs(ctr - ctr[c]).max(1) <= 8 * 2 ** lvl * 2)
+            s[0, near, rng.integers(0, num_classes)] = rng.uniform(0.3, 0.99, near.size)
+        scores.append(s)
+        boxes.append(rng.normal(0, 2, (1, a, 32)).astype(np.float32))
+    return scores, boxes
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_picodet_matches_rapid_layout_postprocess(seed: int) -> None:
+    """decode_picodet vs rapid-layout's PPPostProcess (PaddleDetection's PicoDet post-processing):
+    the same detections in the same order (class, then score), boxes within 1e-3 px."""
+    pytest.importorskip("rapid_layout")
+    from rapid_layout.model_handler.pp.post_process import PPPostProcess
+
+    from slipway.ops import decode_picodet
+    from slipway.ops.geometry import scale_transform
+
+    rng = np.random.default_rng(seed)
+    size, orig, ncls = (256, 192), (int(rng.integers(200, 900)), int(rng.integers(200, 900))), 5
+    scores, boxes = picodet_head(size, ncls, objects=6, rng=rng)
+    for thr, iou in ((0.5, 0.5), (0.25, 0.3), (0.9, 0.6)):
+        ref = PPPostProcess([str(i) for i in range(ncls)], thr, iou)
+        rb, rs, rn = ref(orig, np.zeros((1, 3, *size), np.float32), scores + boxes)
+        det = decode_picodet(scores, boxes, input_size=size, score_threshold=thr, iou_threshold=iou,
+                             transform=scale_transform(orig, size))[0]
+        assert [int(n) for n in rn] == det.class_ids.tolist()
+        assert len(det) > 0 or thr == 0.9
+        np.testing.assert_array_equal(np.asarray(rs, np.float32), det.scores)
+        np.testing.assert_allclose(np.asarray(rb, np.float64).reshape(-1, 4), det.boxes, atol=1e-3)
+
+
+def test_picodet_caps_and_errors() -> None:
+    from slipway.ops import decode_picodet
+
+    rng = np.random.default_rng(9)
+    scores, boxes = picodet_head((128, 128), 2, objects=8, rng=rng)
+    full = decode_picodet(scores, boxes, input_size=128, score_threshold=0.1, iou_threshold=1.0)[0]
+    capped = decode_picodet(scores, boxes, input_size=128, score_threshold=0.1, iou_threshold=1.0, max_per_class=3)[0]
+    assert len(full) > 6 and np.bincount(capped.class_ids).max() <= 3
+    for c in np.unique(capped.class_ids):  # the best-scored of each class are the ones kept
+        assert np.allclose(capped.scores[capped.class_ids == c], full.scores[full.class_ids == c][:3])
+    empty = decode_picodet(scores, boxes, input_size=128, score_threshold=1.0)[0]
+    assert len(empty) == 0 and empty.boxes.shape == (0, 4)
+    with pytest.raises(UserError, match="levels"):
+        decode_picodet(scores[:3], boxes, input_size=128)
+    with pytest.raises(UserError, match="do not fit"):
+        decode_picodet(scores, boxes, input_size=160)
