@@ -35,7 +35,7 @@ lint: $(STAMP)
 # side-by-side benchmarks against the peer tools (installs the pinned peers first)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	for b in analyze convert ops optimize engines quantize corpus; do PYTHONPATH=. $(PY) -m bench.$$b || exit 1; done
+	for b in analyze convert ops optimize engines quantize corpus pipeline; do PYTHONPATH=. $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

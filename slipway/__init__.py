@@ -24,11 +24,21 @@ __all__ = [
     "load",
     "save",
     "summary",
+    # applications
+    "load_bundle",
 ]
 
 # Stage subpackages load on first use (`slipway.convert.from_torch(...)`), so that
 # `import slipway` stays light and optional extras (torch, openvino) are imported lazily.
 _SUBPACKAGES = ("analyze", "convert", "ops", "zoo")
+
+
+def load_bundle(path: Any, *, backend: str = "ort", self_test: bool = True, allow_python: bool = False) -> Any:
+    """The pipeline of a bundle folder or .zip, its hashes checked and its golden self-test run
+    (:func:`slipway.pipeline.bundle.load_bundle`)."""
+    from slipway.pipeline.bundle import load_bundle as _load_bundle
+
+    return _load_bundle(path, backend=backend, self_test=self_test, allow_python=allow_python)
 
 
 def __getattr__(name: str) -> Any:

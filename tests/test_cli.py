@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = ("info", "convert", "analyze", "optimize", "quantize", "bench", "tune", "compare", "serve", "machine", "demo")
+COMMANDS = ("info", "convert", "analyze", "optimize", "quantize", "bench", "tune", "compare", "serve", "machine", "demo",
+            "pipeline", "run", "bundle")
 
 
 def test_python_m_lists_every_command() -> None:

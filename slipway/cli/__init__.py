@@ -24,9 +24,25 @@ def _root() -> None:
 
 def _register() -> None:
     # Imported here so that `slipway --help` stays fast and each command file stays independent.
-    from slipway.cli import analyze, bench, compare, convert, demo, info, machine, optimize, quantize, serve, tune
+    from slipway.cli import (
+        analyze,
+        bench,
+        bundle,
+        compare,
+        convert,
+        demo,
+        info,
+        machine,
+        optimize,
+        pipeline,
+        quantize,
+        run,
+        serve,
+        tune,
+    )
 
-    for mod in (info, convert, analyze, optimize, quantize, compare, bench, tune, serve, machine, demo):
+    for mod in (info, convert, analyze, optimize, quantize, compare, bench, tune, pipeline, run, bundle, serve,
+                machine, demo):
         mod.register(app)
 
 

@@ -37,11 +37,13 @@ __all__ = [
     "PipelineError",
     "PipelineResult",
     "Step",
+    "path_params",
     "register_op",
 ]
 
 KINDS = ("model", "op", "python")
 MODEL_PARAMS = {"backend": "ort", "threads": 0}
+PATH_SUFFIXES = ("_model", "_path", "_file")
 FORMAT_VERSION = 1
 
 
@@ -60,6 +62,7 @@ class OpSpec:
     fn: Callable[..., dict[str, Any]]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    paths: tuple[str, ...] | None = None  # params that name files (None: the naming rule, see path_params)
 
     @property
     def doc(self) -> str:
@@ -77,15 +80,20 @@ class OpSpec:
 OPS: dict[str, OpSpec] = {}
 
 
-def register_op(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> Callable:
+def register_op(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...],
+                paths: tuple[str, ...] | None = None) -> Callable:
     """Decorator: register ``fn`` as the pipeline op ``name`` with the given input / output names.
 
     The function takes the inputs (and the step's params) as keyword arguments and returns a dict
-    with exactly ``outputs`` as keys. Registering a second, different function under a taken name
-    is a programming error (``ValueError``); re-registering the same function (a module reload) is
-    allowed.
+    with exactly ``outputs`` as keys. ``paths`` names the params whose string values are files
+    (a model, a dictionary): pipeline files store them relative to the file, like model steps;
+    without it, the naming rule of :func:`path_params` applies. Registering a second, different
+    function under a taken name is a programming error (``ValueError``); re-registering the same
+    function (a module reload) is allowed.
     """
     inputs, outputs = tuple(inputs), tuple(outputs)
+    if paths is not None:
+        paths = tuple(paths)
     if not name or not isinstance(name, str):
         raise ValueError(f"register_op: op name must be a non-empty string, got {name!r}")
     for label, names in (("inputs", inputs), ("outputs", outputs)):
@@ -98,10 +106,29 @@ def register_op(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) ->
             raise ValueError(
                 f"register_op: op {name!r} is already registered by {old.fn.__module__}.{old.fn.__qualname__}"
             )
-        OPS[name] = OpSpec(name, fn, inputs, outputs)
+        OPS[name] = OpSpec(name, fn, inputs, outputs, paths)
         return fn
 
     return wrap
+
+
+def _named_path(key: str) -> bool:
+    return key == "model" or key.endswith(PATH_SUFFIXES)
+
+
+def path_params(step: Step) -> list[str]:
+    """The params of an op / python step that name files, stored relative to the pipeline file.
+
+    An op's declared ``paths`` (:func:`register_op`); for an op that declares none and for python
+    steps, the params named ``model`` or ending in ``_model``, ``_path`` or ``_file``. Only string
+    (or path) values count: a list of characters, a number or ``None`` stay as they are.
+    """
+    if step.kind == "model" or not isinstance(step.params, Mapping):
+        return []
+    spec = OPS.get(step.target) if step.kind == "op" and isinstance(step.target, str) else None
+    declared = spec.paths if spec is not None else None
+    return [k for k, v in step.params.items()
+            if isinstance(v, (str, os.PathLike)) and (k in declared if declared is not None else _named_path(k))]
 
 
 def _ensure_ops() -> None:
@@ -182,6 +209,7 @@ class Pipeline:
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._paths: dict[str, Path] = {}
+        self._params: dict[str, dict[str, Any]] = {}  # params as the steps run them (file params resolved)
         self._fns: dict[str, Callable] = {}
         self._order: list[Step] = []
         self._last_use: dict[str, int] = {}
@@ -256,6 +284,19 @@ class Pipeline:
             self._check_model(step, where)
         else:
             self._check_python(step, where)
+        self._resolve_paths(step, where)
+
+    def _resolve_paths(self, step: Step, where: str) -> None:
+        """File params: relative ones are under ``base`` (the pipeline file's folder); each must exist."""
+        params = dict(step.params)
+        for key in path_params(step):
+            path = Path(params[key])
+            if not path.is_absolute() and self.base is not None:
+                path = self.base / path
+            if not path.is_file():
+                raise PipelineError(f"{where} params {key!r}: file not found: {path}")
+            params[key] = str(path)
+        self._params[step.name] = params
 
     def _check_op(self, step: Step, where: str) -> None:
         if not isinstance(step.target, str) or step.target not in OPS:
@@ -372,10 +413,10 @@ class Pipeline:
             return got
         if step.kind == "op":
             spec = OPS[step.target]
-            got = spec.fn(**feeds, **step.params)
+            got = spec.fn(**feeds, **self._params[step.name])
             _check_returned(got, spec.outputs, exact=True)
             return got
-        got = self._fns[step.name](**feeds, **step.params)
+        got = self._fns[step.name](**feeds, **self._params[step.name])
         _check_returned(got, tuple(step.outputs), exact=False)
         return got
 
@@ -420,13 +461,18 @@ class Pipeline:
     # ------------------------------------------------------------------ files
 
     def to_dict(self, base: Path | None = None) -> dict[str, Any]:
-        """The pipeline as plain data (what :meth:`to_file` writes); model paths relative to ``base``."""
+        """The pipeline as plain data (what :meth:`to_file` writes); model paths and file params
+        (:func:`path_params`) relative to ``base``, absolute without it."""
+
+        def rel(p: str | os.PathLike) -> str:
+            path = Path(p).resolve()
+            return os.path.relpath(path, base.resolve()) if base is not None else str(path)
+
         steps = []
         for step in self.steps:
             d: dict[str, Any] = {"name": step.name}
             if step.kind == "model":
-                path = self._paths[step.name].resolve()
-                d["model"] = os.path.relpath(path, base.resolve()) if base is not None else str(path)
+                d["model"] = rel(self._paths[step.name])
             elif step.kind == "op":
                 d["op"] = step.target
             else:
@@ -434,7 +480,9 @@ class Pipeline:
             d["inputs"] = dict(step.inputs)
             d["outputs"] = dict(step.outputs)
             if step.params:
-                d["params"] = {k: _plain(v, f"step {step.name!r} params {k!r}") for k, v in step.params.items()}
+                files = path_params(step)
+                d["params"] = {k: rel(self._params[step.name][k]) if k in files
+                               else _plain(v, f"step {step.name!r} params {k!r}") for k, v in step.params.items()}
             steps.append(d)
         return {"version": FORMAT_VERSION, "name": self.name, "inputs": list(self.inputs),
                 "outputs": list(self.outputs), "steps": steps}

@@ -80,10 +80,34 @@ def layout_preprocess(
         raise UserError(f"image: expected HxWx{len(mean)} (BGR), got shape {img.shape}")
     h, w = check_size("size", size)
     small = cv2.resize(img, (w, h))  # PPPreProcess.resize: default INTER_LINEAR
-    # PPPreProcess.normalize: float32 pixels, float64 mean / std, cast to float32 at the end
-    x = (small.astype(np.float32) * scale - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
-    return {"tensor": np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32),
-            "image_size": _image_size(img)}
+
+    def normalize(x: np.ndarray) -> np.ndarray:
+        # PPPreProcess.normalize: float32 pixels, float64 mean / std, cast to float32 at the end
+        return (x.astype(np.float32) * scale - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+
+    tensor = uint8_lut_nchw(small, normalize)
+    if tensor is None:
+        tensor = np.ascontiguousarray(normalize(small).transpose(2, 0, 1)[None], dtype=np.float32)
+    return {"tensor": tensor, "image_size": _image_size(img)}
+
+
+def uint8_lut_nchw(img: np.ndarray, normalize: Any) -> np.ndarray | None:
+    """``normalize(img)`` as NCHW float32 [1, C, H, W] through a 256-entry table per channel: for a
+    uint8 HWC ``img`` and a per-pixel, per-channel ``normalize`` the table holds exactly the values
+    the whole-image arithmetic gives (the same expression on the 256 possible values, the same
+    dtypes), about 10x faster. None when the table does not apply (other dtypes, other shapes)."""
+    if img.dtype != np.uint8 or img.ndim != 3 or not 1 <= img.shape[2] <= 4:
+        return None
+    try:
+        table = np.asarray(normalize(np.arange(256, dtype=np.uint8)[:, None]))
+    except ValueError:
+        return None
+    if table.ndim != 2 or table.shape[1] not in (1, img.shape[2]):
+        return None
+    table = np.ascontiguousarray(table.astype(np.float32).reshape(256, 1, table.shape[1]))
+    x = cv2.LUT(img, table)
+    x = x.reshape(*img.shape[:2], -1)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
 @register_op(

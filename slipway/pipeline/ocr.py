@@ -49,6 +49,7 @@ import numpy as np
 from slipway.errors import UserError
 from slipway.ops._check import check_array, check_image
 from slipway.ops.ocr import crop_quads, ctc_greedy_decode, db_boxes, load_charset, order_quad, sort_boxes
+from slipway.pipeline.detect import uint8_lut_nchw
 from slipway.pipeline.ops import register_op
 
 _SESSIONS: dict[tuple[str, str, int], Any] = {}
@@ -124,8 +125,13 @@ def det_preprocess(image: Any, *, limit_side_len: int = 736, limit_type: str = "
     resized = _resize32(img, ratio)
     if resized is None:
         raise UserError(f"image: {raw_h}x{raw_w} is too small to read")
-    x = (resized.astype(np.float32) * (1 / 255.0) - np.asarray(mean)) / np.asarray(std)
-    tensor = np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+    def normalize(x: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float32) * (1 / 255.0) - np.asarray(mean)) / np.asarray(std)
+
+    tensor = uint8_lut_nchw(resized, normalize)  # the same values, through a table per channel
+    if tensor is None:
+        tensor = np.ascontiguousarray(normalize(resized).transpose(2, 0, 1)[None], dtype=np.float32)
     meta = {"raw_size": (raw_h, raw_w), "work_size": (h, w), "ratio": (ratio_h, ratio_w), "top": top}
     return {"tensor": tensor, "work": img, "meta": meta}
 
@@ -172,16 +178,37 @@ def crop(image: Any, boxes: Any, *, tall_ratio: float = 1.5) -> dict[str, Any]:
                                 tall_ratio=tall_ratio, interpolation=cv2.INTER_CUBIC, compat="paddle")}
 
 
-def _resize_norm(img: np.ndarray, height: int, width: int) -> np.ndarray:
+# (x / 255 - 0.5) / 0.5 in float32 for each uint8 value: what the whole-crop arithmetic gives, per pixel
+_REC_TABLE = np.ascontiguousarray(((np.arange(256, dtype=np.uint8).astype(np.float32) / 255 - 0.5) / 0.5)[None])
+
+
+def _resize_norm(img: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
     """PP-OCR's rec/cls input: height ``height``, width ceil(height * w / h) capped at ``width``, bilinear,
-    ``x / 255 * 2 - 1``, CHW, zero-padded on the right to ``width``."""
+    ``x / 255 * 2 - 1``, CHW, zero-padded on the right to ``width`` (written into ``out`` when given:
+    a zeroed [C, height, width] float32 array)."""
     h, w = img.shape[:2]
     rw = min(width, int(math.ceil(height * w / float(h))))
-    resized = cv2.resize(img, (rw, height)).astype(np.float32)
-    out = np.zeros((img.shape[2] if img.ndim == 3 else 1, height, width), np.float32)
-    chw = resized.transpose(2, 0, 1) if resized.ndim == 3 else resized[None]
-    out[:, :, :rw] = (chw / 255 - 0.5) / 0.5
+    resized = cv2.resize(img, (rw, height))
+    if out is None:
+        out = np.zeros((img.shape[2] if img.ndim == 3 else 1, height, width), np.float32)
+    if resized.dtype == np.uint8:
+        norm = cv2.LUT(resized, _REC_TABLE).reshape(resized.shape)
+    else:
+        norm = (resized.astype(np.float32) / 255 - 0.5) / 0.5
+    out[:, :, :rw] = norm.transpose(2, 0, 1) if norm.ndim == 3 else norm[None]
     return out
+
+
+def _batch(items: list[np.ndarray], idx: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The crops ``idx`` of ``items`` resized and normalized into one zero-padded [N, C, height, width] batch."""
+    first = items[int(idx[0])]
+    channels = first.shape[2] if first.ndim == 3 else 1
+    if any((items[int(i)].shape[2] if items[int(i)].ndim == 3 else 1) != channels for i in idx):
+        return np.stack([_resize_norm(items[int(i)], height, width) for i in idx])
+    x = np.zeros((len(idx), channels, height, width), np.float32)
+    for k, i in enumerate(idx):
+        _resize_norm(items[int(i)], height, width, out=x[k])
+    return x
 
 
 def _check_crops(crops: Any) -> list[np.ndarray]:
@@ -212,7 +239,7 @@ def classify(crops: Any, *, model: str | os.PathLike, backend: str = "ort", thre
     order = _in_ratio_order(items)
     for start in range(0, len(items), int(batch)):
         idx = order[start:start + int(batch)]
-        x = np.stack([_resize_norm(items[i], height, width) for i in idx])
+        x = _batch(items, idx, height, width)
         probs = next(iter(sess.run({name: x}).values()))
         for i, row in zip(idx, probs, strict=True):
             k = int(row.argmax())
@@ -240,7 +267,7 @@ def recognize(crops: Any, *, model: str | os.PathLike, backend: str = "ort", thr
         idx = order[start:start + int(batch)]
         ratio = max([width / height] + [items[i].shape[1] / float(items[i].shape[0]) for i in idx])
         padded = int(height * ratio)
-        x = np.stack([_resize_norm(items[i], height, padded) for i in idx])
+        x = _batch(items, idx, height, padded)
         out = next(iter(sess.run({name: x}).values()))
         for i, row in zip(idx, out, strict=True):
             probs[i] = row
@@ -266,7 +293,7 @@ def model_charset(model: str | os.PathLike) -> list[str]:
     return list(_metadata_charset(str(path.resolve())))
 
 
-@register_op("ocr.ctc_decode", inputs=("probs",), outputs=("texts", "scores"))
+@register_op("ocr.ctc_decode", inputs=("probs",), outputs=("texts", "scores"), paths=("model", "charset"))
 def ctc_decode(probs: Any, *, charset: Sequence[str] | str | os.PathLike | None = None,
                model: str | os.PathLike | None = None) -> dict[str, Any]:
     """Greedy CTC over each crop's ``probs`` [T, C] (blank 0): ``texts`` and ``scores`` (mean kept-step probability).
@@ -283,11 +310,38 @@ def ctc_decode(probs: Any, *, charset: Sequence[str] | str | os.PathLike | None 
     else:
         chars = [str(c) for c in charset]
     texts, scores = [], []
+    table = [""] + list(chars)
     for i, p in enumerate(probs):
-        (text, score), = ctc_greedy_decode(check_array(f"probs[{i}]", p, ndim=2, dtype_kind="f"), chars)
+        arr = check_array(f"probs[{i}]", p, ndim=2, dtype_kind="f")
+        got = _greedy_float32(arr, table)
+        if got is None:
+            (text, score), = ctc_greedy_decode(arr, chars)
+        else:
+            text, score = got
         texts.append(text)
         scores.append(score)
     return {"texts": texts, "scores": scores}
+
+
+def _greedy_float32(p: np.ndarray, table: list[str]) -> tuple[str, float] | None:
+    """:func:`slipway.ops.ocr.ctc_greedy_decode` of one float32 ``[T, C]`` probability map (blank 0),
+    without taking the log of the whole map: distinct float32 values keep their order through a
+    float64 log, so the argmax is the same, and the kept steps' probabilities go through the same
+    float64 log and exp as there. None (the caller decodes it the general way, which also raises
+    its errors) for other dtypes, a class-count mismatch or values outside [0, 1]."""
+    if p.dtype != np.float32 or p.shape[1] != len(table) or p.shape[0] == 0:
+        return None
+    if p.min() < 0 or float(p.max()) > 1 + 1e-6:
+        return None
+    best = p.argmax(axis=1)
+    keep = best != 0
+    keep[1:] &= best[1:] != best[:-1]
+    idx = np.nonzero(keep)[0]
+    if not len(idx):
+        return "", 0.0
+    with np.errstate(divide="ignore"):
+        kept = np.exp(np.log(p[idx, best[idx]].astype(np.float64)))
+    return "".join(table[k] for k in best[idx]), float(kept.mean())
 
 
 @register_op("ocr.lines", inputs=("boxes", "texts", "scores", "meta"), outputs=("lines",))
