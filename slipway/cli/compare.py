@@ -21,11 +21,18 @@ two models on one backend (`compare fp32.onnx int8.onnx`), one model on two back
 
 A tensor diverges when max_abs > atol + rtol * max|A|. Exit code: 0 when the comparison ran,
 whether or not the runs diverge (with --fail: 2 when they diverge); 1 on bad input.
+
+Stage parity of a pipeline: `compare P.yaml --reference rapidocr --image page.png [--image ...]`
+(or `--reference rapid-layout`) runs the pipeline file (an ocr / layout pipeline) and the peer
+library on the same models and images, compares each stage in pipeline order (arrays: max abs /
+rel; texts: exact-match rate; boxes: IoU matching) and names the first stage past tolerance, with
+the end metric (text exact-match rate, box matched share / IoU). A single image may also be given
+as B. With --fail: exit 2 when a stage diverges.
 """
 
 
 def compare(
-    model_a: Path = typer.Argument(..., help="model A (the reference), an ONNX file"),
+    model_a: Path = typer.Argument(..., help="model A (the reference), an ONNX file; or a pipeline .yaml with --reference"),
     model_b: Path | None = typer.Argument(None, help="model B (default: model A again, on --backend-b / --set-b)"),
     backend: str = typer.Option("ort", "--backend", help="backend that runs A (ort, openvino, ...)"),
     backend_b: str | None = typer.Option(None, "--backend-b", help="backend that runs B (default: --backend)"),
@@ -49,12 +56,21 @@ def compare(
                                                         "first that changes its outputs"),
     passes: str | None = typer.Option(None, "--passes", help="with --bisect: comma-separated passes "
                                                              "(default: the optimize pipeline)"),
+    reference: str | None = typer.Option(None, "--reference", help="stage parity of pipeline file A against a "
+                                                                   "peer library: rapidocr or rapid-layout"),
+    image: list[Path] = typer.Option(None, "--image", help="with --reference: an image to run (repeatable)"),
 ) -> None:
     from slipway.backends import Options
     from slipway.compare import compare as run_compare
 
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
+    if reference is not None or model_a.suffix.lower() in (".yaml", ".yml"):
+        images = ([model_b] if model_b is not None else []) + list(image or [])
+        _stages(model_a, reference, images, atol, rtol, as_json, fail)
+        return
+    if image:
+        raise UserError("--image goes with --reference (stage parity of a pipeline file)")
     inputs = data if data is not None else inputs
     shapes = parse_shapes(shape) or None
     if bisect:
@@ -80,6 +96,30 @@ def compare(
         raise typer.Exit(2)
 
 
+
+
+def _stages(pipeline_file: Path, reference: str | None, images: list[Path], atol: float, rtol: float,
+            as_json: bool, fail: bool) -> None:
+    from slipway.cli.run import read_image
+    from slipway.pipeline import Pipeline
+    from slipway.pipeline.parity import compare_stages, reference_for
+
+    if reference is None:
+        raise UserError(f"{pipeline_file.name} is a pipeline file: name the implementation to compare it with, "
+                        "--reference rapidocr or --reference rapid-layout")
+    if not images:
+        raise UserError("--reference needs at least one image (--image PATH, repeatable)")
+    pipe = Pipeline.from_file(pipeline_file)
+    ref = reference_for(pipe, reference)
+    feeds = [{"image": read_image(p)} for p in images]
+    with err_console.status(f"running the pipeline and {reference} on {len(feeds)} image(s)..."):
+        report = compare_stages(pipe, ref, feeds, atol=atol, rtol=rtol)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        report.print(console)
+    if fail and report.diverged:
+        raise typer.Exit(2)
 
 
 def _bisect(model: Path, backend: str, passes: str | None, inputs: Path | None, atol: float, rtol: float,
