@@ -57,6 +57,7 @@ class PipelineBackend:
             for _ in range(instances):
                 pipeline = Pipeline.from_file(model, allow_python=False)
                 sessions.append(PipelineSession(pipeline, opts))
+                _confined(pipeline, Path(model))
                 for step in pipeline.steps:  # create the model sessions now, not on the first request
                     if step.kind == "model":
                         pipeline.session(step.name)
@@ -65,6 +66,17 @@ class PipelineBackend:
                 s.close()
             raise
         return sessions
+
+
+def _confined(pipeline: Any, file: Path) -> None:
+    """Every file a served pipeline reads lies in its own version folder (a repository's pipeline file
+    must not reach other models or the server's files through absolute or ``..`` paths)."""
+    folder = file.resolve().parent
+    for (step, param), path in pipeline.files().items():
+        if not path.resolve().is_relative_to(folder):
+            what = f"params {param!r}" if param else "model"
+            raise UserError(f"{file.name}: step {step!r} {what} reads a file outside its folder: "
+                            f"{path.name} (keep the pipeline's models beside it)")
 
 
 def decode_image(name: str, value: np.ndarray) -> np.ndarray:

@@ -123,7 +123,7 @@ def _models(pipeline: Any) -> list[dict[str, Any]]:
 
     for step in pipeline.steps:
         if step.kind == "model":
-            add(pipeline._paths[step.name], step.name, None)
+            add(pipeline.files()[(step.name, None)], step.name, None)
         else:
             for key, value in step.params.items():
                 for path, where in _param_paths(value, key, pipeline.base):

@@ -420,6 +420,15 @@ class Pipeline:
         _check_returned(got, tuple(step.outputs), exact=False)
         return got
 
+    def files(self) -> dict[tuple[str, str | None], Path]:
+        """Every file the pipeline reads, resolved: ``(step, None)`` for a model step's model,
+        ``(step, param)`` for a parameter that names a file (:func:`path_params`)."""
+        out: dict[tuple[str, str | None], Path] = {(name, None): path for name, path in self._paths.items()}
+        for step in self.steps:
+            for key in path_params(step):
+                out[(step.name, key)] = Path(self._params[step.name][key])
+        return out
+
     def session(self, step_name: str) -> Any:
         """The engine session of a model step (created on first use, then reused)."""
         s = self._sessions.get(step_name)

@@ -124,3 +124,24 @@ def test_outputs_as_tensors() -> None:
     assert to_tensor("texts", ["a", "b"]).tolist() == [b"a", b"b"]
     a = np.ones(3, np.float32)
     assert to_tensor("x", a) is a
+
+
+def test_files_outside_the_model_folder_are_refused(tmp_path) -> None:
+    """A repository's pipeline file reads only files beside it: a model reached through '..' fails the load."""
+    from slipway.backends.pipeline import PIPELINE
+    from slipway.errors import UserError
+
+    repo = tmp_path / "repo"
+    path = _model_dir(repo, "layout", RAW)
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(path.parent / "layout.onnx", outside)
+    path.write_text(path.read_text().replace("model: layout.onnx", "model: ../../../elsewhere.onnx"))
+    assert Pipeline.from_file(path).files()[("detector", None)].resolve() == outside.resolve()  # it does run in-process
+    with pytest.raises(UserError, match=r"^pipeline.yaml: step '\w+' model reads a file outside its folder: "
+                                        r"elsewhere.onnx \(keep the pipeline's models beside it\)$"):
+        PIPELINE.load(path)
+    shutil.move(outside, path.parent / "layout.onnx")
+    path.write_text(path.read_text().replace("model: ../../../elsewhere.onnx", "model: layout.onnx"))
+    sessions = PIPELINE.load(path)  # the same pipeline with its model beside it loads
+    assert len(sessions) == 1
+    sessions[0].close()
