@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from rich.table import Table
 
 from slipway.cli.common import console
 from slipway.errors import UserError, WriteError, one_line
+from slipway.model import atomic_write_bytes
 
 
 def plain(value: Any) -> Any:
@@ -64,17 +63,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise WriteError(f"cannot encode {path} as PNG")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.tobytes())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise WriteError(f"cannot write {path}: {one_line(e)}") from e
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _table(rec: dict[str, Any]) -> Table:

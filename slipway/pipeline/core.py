@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from slipway.backends.declared import onnx_io
 from slipway.errors import UserError, one_line
+from slipway.model import atomic_write_text
 
 __all__ = [
     "OPS",
@@ -341,8 +343,6 @@ class Pipeline:
         self._paths[step.name] = path
         if path.suffix.lower() != ".onnx":
             return  # another engine's files: the session checks the names when it is created
-        from slipway.backends.declared import onnx_io
-
         declared_in, declared_out = onnx_io(path, str(step.target))
         names_in = [t.name for t in declared_in]
         names_out = [t.name for t in declared_out]
@@ -498,26 +498,10 @@ class Pipeline:
 
     def to_file(self, path: str | os.PathLike) -> Path:
         """Write the pipeline as YAML (model paths relative to the file's folder), atomically."""
-        import tempfile
-
         import yaml
 
-        from slipway.errors import WriteError
-
         path = Path(path)
-        text = yaml.safe_dump(self.to_dict(path.parent), sort_keys=False, default_flow_style=None)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as e:
-            raise WriteError(f"cannot write {path}: {one_line(e)}") from e
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(path.parent), sort_keys=False, default_flow_style=None))
         return path
 
     @classmethod
