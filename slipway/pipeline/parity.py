@@ -170,7 +170,8 @@ def _as_boxes(v: Any) -> np.ndarray:
     return a.reshape(-1, 4, 2)
 
 
-def _quad_iou(a: np.ndarray, b: np.ndarray) -> float:
+def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two quads [4, 2] (shapely polygons; cv2 rasterization at 4x without shapely)."""
     try:
         from shapely.geometry import Polygon
     except ImportError:  # pragma: no cover - rasterized at 4x without shapely
@@ -191,22 +192,30 @@ def _quad_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(pa.intersection(pb).area / union) if union else float(np.allclose(a, b))
 
 
+def match_quads(ref: Any, got: Any) -> list[tuple[int, int, float]]:
+    """One-to-one matches ``(ref index, got index, IoU)`` of two sets of quads [K, 4, 2], greedy by IoU
+    (pairs that do not overlap are not matched)."""
+    ra, ga = np.asarray(ref), np.asarray(got)
+    if not len(ra) or not len(ga):
+        return []
+    m = np.array([[quad_iou(r, g) for g in ga] for r in ra])
+    pairs: list[tuple[int, int, float]] = []
+    used_r: set[int] = set()
+    used_g: set[int] = set()
+    for flat in np.argsort(-m, axis=None, kind="stable"):
+        i, j = divmod(int(flat), m.shape[1])
+        if m[i, j] <= 0:
+            break
+        if i not in used_r and j not in used_g:
+            used_r.add(i)
+            used_g.add(j)
+            pairs.append((i, j, float(m[i, j])))
+    return pairs
+
+
 def _box_stats(ref: Any, got: Any) -> dict[str, Any]:
     ra, ga = _as_boxes(ref), _as_boxes(got)
-    pairs: list[float] = []
-    if len(ra) and len(ga):
-        m = np.array([[_quad_iou(r, g) for g in ga] for r in ra])
-        used_r: set[int] = set()
-        used_g: set[int] = set()
-        for flat in np.argsort(-m, axis=None, kind="stable"):
-            i, j = divmod(int(flat), m.shape[1])
-            if m[i, j] <= 0:
-                break
-            if i not in used_r and j not in used_g:
-                used_r.add(i)
-                used_g.add(j)
-                pairs.append(float(m[i, j]))
-    return {"n_ref": len(ra), "n_got": len(ga), "ious": pairs}
+    return {"n_ref": len(ra), "n_got": len(ga), "ious": [iou for _, _, iou in match_quads(ra, ga)]}
 
 
 def _texts(v: Any) -> list[str]:

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from slipway.pipeline.parity import match_quads
 from tests.corpus import WORDS, model, ort_session
 
 pytest.importorskip("rapidocr_onnxruntime")
@@ -55,37 +56,9 @@ def render_page(seed: int, size: tuple[int, int] = (720, 560), angle: float = 0.
     return page, drawn
 
 
-def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two quads [4, 2] (shapely polygons; cv2 rasterization at 4x when shapely is missing)."""
-    try:
-        from shapely.geometry import Polygon
-    except ImportError:  # pragma: no cover
-        pa, pb = np.asarray(a) * 4, np.asarray(b) * 4
-        hi = np.ceil(np.maximum(pa.max(0), pb.max(0))).astype(int) + 2
-        ma, mb = np.zeros((hi[1], hi[0]), np.uint8), np.zeros((hi[1], hi[0]), np.uint8)
-        cv2.fillPoly(ma, [np.round(pa).astype(np.int32)], 1)
-        cv2.fillPoly(mb, [np.round(pb).astype(np.int32)], 1)
-        return float((ma & mb).sum() / max((ma | mb).sum(), 1))
-    pa, pb = Polygon(np.asarray(a)), Polygon(np.asarray(b))
-    union = pa.union(pb).area
-    return float(pa.intersection(pb).area / union) if union else 0.0
-
-
 def match(ref: list[tuple[np.ndarray, str]], got: list[dict]) -> list[tuple[int, int, float]]:
-    """One-to-one matches (ref index, got index, IoU), greedy by IoU."""
-    if not ref or not got:
-        return []
-    m = np.array([[quad_iou(r[0], np.asarray(g["box"])) for g in got] for r in ref])
-    pairs, used_r, used_g = [], set(), set()
-    for flat in np.argsort(-m, axis=None):
-        i, j = divmod(int(flat), m.shape[1])
-        if m[i, j] <= 0:
-            break
-        if i not in used_r and j not in used_g:
-            used_r.add(i)
-            used_g.add(j)
-            pairs.append((i, j, float(m[i, j])))
-    return pairs
+    """One-to-one matches (ref index, got index, IoU) of RapidOCR's lines and the pipeline's."""
+    return match_quads([r[0] for r in ref], [np.asarray(g["box"]) for g in got])
 
 
 @pytest.fixture(scope="module")
