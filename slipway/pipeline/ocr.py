@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,21 +53,25 @@ from slipway.ops.ocr import crop_quads, ctc_greedy_decode, db_boxes, load_charse
 from slipway.pipeline.detect import uint8_lut_nchw
 from slipway.pipeline.ops import register_op
 
-_SESSIONS: dict[tuple[str, str, int], Any] = {}
+_SESSIONS: dict[tuple[str, int, int, str, int], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
 
 
 def _session(model: str | os.PathLike, backend: str, threads: int):
-    """One session per (model file, backend, threads), created on first use and reused."""
+    """One session per (model file as it is now, backend, threads), created on first use and reused; a
+    file replaced in place (a served model reloaded) gets a new session, never the old file's."""
     from slipway.backends import load
     from slipway.backends.base import Options
 
     path = Path(model)
     if not path.is_file():
         raise UserError(f"model: file not found: {path}")
-    key = (str(path.resolve()), backend, int(threads))
-    if key not in _SESSIONS:
-        _SESSIONS[key] = load(path, backend, Options(threads=int(threads)))
-    return _SESSIONS[key]
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, backend, int(threads))
+    with _SESSIONS_LOCK:
+        if key not in _SESSIONS:
+            _SESSIONS[key] = load(path, backend, Options(threads=int(threads)))
+        return _SESSIONS[key]
 
 
 def _resize32(img: np.ndarray, ratio: float) -> np.ndarray | None:
