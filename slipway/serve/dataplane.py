@@ -34,6 +34,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from slipway import __version__
 from slipway.errors import ServeError, one_line
+from slipway.serve.ensemble import MAX_DEPTH, Ensemble, composing_models, is_ensemble
 from slipway.serve.model import ModelVersion, load_version
 from slipway.serve.repository import Repository
 from slipway.serve.types import InferRequest, InferResponse
@@ -55,7 +56,7 @@ class Entry:
 
     name: str
     config: Any = None  # ModelConfig of the served versions
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    versions: dict[int, ModelVersion | Ensemble] = field(default_factory=dict)
     state: str = "UNAVAILABLE"  # READY | LOADING | UNLOADING | UNAVAILABLE
     reason: str = ""
     fingerprint: str = ""
@@ -94,6 +95,8 @@ class DataPlane:
         for name in names:
             entry = self.entries.setdefault(name, Entry(name))
             entry.required = True
+            if entry.versions:
+                continue  # already loaded as a composing model of an ensemble
             try:
                 await self._load(name)
             except ServeError as e:
@@ -161,13 +164,17 @@ class DataPlane:
         return {"name": "slipway", "version": __version__, "extensions": list(EXTENSIONS)}
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        if self.stopping:
-            return False
+        """Loaded and serving; an ensemble only while every composing model is ready too."""
+        return not self.stopping and self._ready(name, version, 0)
+
+    def _ready(self, name: str, version: str, depth: int) -> bool:
         try:
-            self._version(name, version)
-            return True
+            mv = self._version(name, version)
         except ServeError:
             return False
+        if isinstance(mv, Ensemble):
+            return depth < MAX_DEPTH and all(self._ready(m, v, depth + 1) for m, v in mv.composing())
+        return True
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         mv = self._version(name, version)
@@ -212,19 +219,26 @@ class DataPlane:
         await self._load(name, parameters)
 
     async def unload_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
-        """The unload API (explicit mode only)."""
+        """The unload API (explicit mode only); ``unload_dependents``: the ensembles calling ``name`` too."""
         self._check_control()
         if name not in self.entries:
             self.repository.path(name)  # 400/404 for a name the repository does not have either
         await self._unload(name)
+        if (parameters or {}).get("unload_dependents"):
+            for other, entry in list(self.entries.items()):
+                if any(isinstance(v, Ensemble) and name in (m for m, _ in v.composing())
+                       for v in entry.versions.values()):
+                    await self._unload(other)
 
     def _check_control(self) -> None:
         if self.control != "explicit":  # Triton: UNAVAILABLE (HTTP 503), its message, then ours
             raise ServeError(f"explicit model load / unload is not allowed: the server runs in model control mode "
                              f"{self.control!r}; start it with --model-control-mode explicit", 503)
 
-    async def _load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
-        """Load (or reload) every version the policy selects; the old ones drain after the swap."""
+    async def _load(self, name: str, parameters: dict[str, Any] | None = None, chain: tuple[str, ...] = ()) -> None:
+        """Load (or reload) every version the policy selects; the old ones drain after the swap. An
+        ensemble's composing models that are not loaded yet load first (``chain``: the ensembles
+        loading them, so a cycle is an error, not a recursion)."""
         if self.stopping:
             raise ServeError("the server is shutting down", 503)
         files = [k for k in (parameters or {}) if str(k).startswith("file:")]
@@ -242,6 +256,8 @@ class DataPlane:
                 entry.state = "LOADING"
             try:
                 config = self.repository.config(name, override)
+                if is_ensemble(config):
+                    await self._load_composing(name, config, chain)
                 numbers = self.repository.versions(name, config)
                 new = await self._load_versions(name, config, numbers)
             except Exception as e:
@@ -260,8 +276,26 @@ class DataPlane:
         log.info("model %s ready (versions %s) from %s", name, ", ".join(map(str, sorted(new))), path)
         self._retire(old.values())
 
-    async def _load_versions(self, name: str, config, numbers: list[int]) -> dict[int, ModelVersion]:
-        loaded: dict[int, ModelVersion] = {}
+    async def _load_composing(self, name: str, config, chain: tuple[str, ...]) -> None:
+        for model in composing_models(config):
+            if model in chain or model == name:
+                raise ServeError(f"ensemble {name!r}: composing model {model!r} calls it back "
+                                 f"({' -> '.join((*chain, name, model))})", 400)
+            entry = self.entries.get(model)
+            if entry is not None and entry.versions:
+                continue
+            try:
+                await self._load(model, chain=(*chain, name))
+            except ServeError as e:
+                raise ServeError(f"ensemble {name!r}: composing model {model!r} did not load: {e}", e.status) from None
+
+    async def _load_versions(self, name: str, config, numbers: list[int]) -> dict[int, ModelVersion | Ensemble]:
+        loaded: dict[int, ModelVersion | Ensemble] = {}
+        if is_ensemble(config):
+            for n in numbers:
+                loaded[n] = Ensemble(name, n, config, self.infer)
+                loaded[n].check_composing(self._version)
+            return loaded
         try:
             for n in numbers:
                 loaded[n] = await load_version(name, n, config, self.repository.model_file(name, config, n),

@@ -63,7 +63,7 @@ class _Collector:
                                     "Instantaneous number of pending requests awaiting execution per-model",
                                     labels=["model", "version"])
         for model, version, v in versions:
-            pending.add_metric([model, version], v.batcher.pending)
+            pending.add_metric([model, version], v.pending)
         yield pending
         yield self._batch_sizes(versions)
         used, total = _memory()

@@ -60,6 +60,11 @@ class ModelVersion:
         self._closer = closer
         self.closing = False
 
+    @property
+    def pending(self) -> int:
+        """Requests queued or running."""
+        return self.batcher.pending
+
     # -- requests -------------------------------------------------------------------------------
 
     def check(self, request: InferRequest) -> Checked:

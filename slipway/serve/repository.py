@@ -36,6 +36,7 @@ from slipway.backends import ENGINES, Engine, TensorInfo, served_by
 from slipway.cpus import usable_cpus
 from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.batcher import batch_policy, check_policy
+from slipway.serve.ensemble import ensemble_steps, is_ensemble
 
 __all__ = ["Repository", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZE", "EXECUTABLE_SUFFIXES",
            "MAX_NAME_BYTES", "MAX_BATCH_SIZE", "MAX_WARMUP_SAMPLES", "MAX_WARMUP_RUNS", "MAX_WARMUP_BYTES",
@@ -147,6 +148,15 @@ class Repository:
         for kind, items in (("input", config.input), ("output", config.output)):
             for io in items:
                 _check_dims(name, kind, io)
+        if is_ensemble(config):
+            for i, step in enumerate(config.ensemble_scheduling.step):
+                if step.model_name:
+                    try:
+                        check_name(step.model_name)
+                    except ServeError as e:
+                        raise ServeError(f"ensemble {name!r}: step {i}: {e}", 400) from None
+            ensemble_steps(name, config)
+            return config
         engine = _engine(config)
         if engine is None:
             raise ServeError(f"model {name!r}: no engine serves backend {config.backend!r}", 400)
@@ -162,7 +172,10 @@ class Repository:
     def versions(self, name: str, config: mc.ModelConfig) -> list[int]:
         """The versions to serve under ``config.version_policy``, ascending."""
         path = self.path(name)
-        available = [v for v in _version_dirs(path) if _find_file(path, config, v) is not None]
+        if is_ensemble(config):  # no model file: its version folders (Triton's empty 1/), else version 1
+            available = _version_dirs(path) or [1]
+        else:
+            available = [v for v in _version_dirs(path) if _find_file(path, config, v) is not None]
         if not available:
             raise ServeError(f"model {name!r} has no version with {' or '.join(_candidates(config))}", 404)
         policy = config.version_policy
@@ -342,6 +355,10 @@ def _set_engine(name: str, config: mc.ModelConfig) -> None:
     """Fill platform and backend of each other (onnxruntime_onnx when neither is set); refuse the backends
     no registered engine serves (:mod:`slipway.backends`)."""
     platform, backend = config.platform, config.backend
+    if is_ensemble(config):
+        if backend:
+            raise ServeError(f"model {name!r}: an ensemble has no backend (backend {backend!r})", 400)
+        return
     if not platform and not backend:
         platform, backend = "onnxruntime_onnx", "onnxruntime"
     if backend and not platform and served_by(backend) is not None and not served_by(backend).triton[1]:
