@@ -43,6 +43,9 @@ def pipeline(
     det: Path | None = typer.Option(None, "--det", help="ocr: text detection model (ONNX)"),
     rec: Path | None = typer.Option(None, "--rec", help="ocr: text recognition model (ONNX)"),
     cls: Path | None = typer.Option(None, "--cls", help="ocr: text angle classifier (ONNX, optional)"),
+    rec_buckets: int = typer.Option(0, "--rec-buckets", help="ocr: 0 batches the recognizer as RapidOCR does (the "
+                                                             "same texts); N batches crops by width, each padded to "
+                                                             "a multiple of N px (faster)"),
     model: Path | None = typer.Option(None, "--model", help="detect / classify: the model (ONNX)"),
     kind: str | None = typer.Option(None, "--kind", help="detect: layout (PP-PicoDet, default) or yolo"),
     score_thresh: float | None = typer.Option(None, "--score-thresh", help="detect: minimum box score"),
@@ -80,7 +83,7 @@ def pipeline(
     if task == "ocr":
         from slipway.pipeline.ocr import ocr_pipeline
 
-        p = ocr_pipeline(det, rec, cls)
+        p = ocr_pipeline(det, rec, cls, rec_buckets=rec_buckets)
     elif task == "detect":
         from slipway.pipeline.detect import detect_pipeline
 

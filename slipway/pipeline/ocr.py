@@ -21,7 +21,9 @@ ONNX models read the same text from the same image:
   labelled ``"180"`` with a score above ``cls_thresh`` is turned 180 degrees;
 * ``ocr.recognize``: the recognizer over crops sorted by aspect ratio, ``rec_batch`` at a time,
   each batch resized to height 48 and zero-padded to the widest crop of that batch (at least
-  320 px): the same tensors RapidOCR feeds, so the outputs are the same;
+  320 px): the same tensors RapidOCR feeds, so the outputs are the same; or, with ``rec_buckets``,
+  batched by width (each crop padded only to its width rounded up to a multiple of the step):
+  faster, and on rendered pages closer to the drawn text (bench/pipeline.py);
 * ``ocr.ctc_decode``: greedy CTC (:func:`slipway.ops.ocr.ctc_greedy_decode`) with the model's
   character list (its ``character`` metadata, then the space PaddleOCR appends);
 * ``ocr.lines``: boxes back to the original image, lines scoring below ``text_score`` dropped.
@@ -216,6 +218,16 @@ def _batch(items: list[np.ndarray], idx: np.ndarray, height: int, width: int) ->
     return x
 
 
+def crop_tensor(crops: Sequence[Any], image_shape: Sequence[int] = (3, 48, 320)) -> np.ndarray:
+    """``crops`` as a recognizer (``image_shape`` (3, 48, 320)) or the angle classifier ((3, 48, 192))
+    reads each alone: [N, C, H, W], each resized to height H (width at most W) and zero-padded."""
+    _, height, width = (int(v) for v in image_shape)
+    items = _check_crops(list(crops))
+    if not items:
+        raise UserError("crops: expected at least one crop")
+    return _batch(items, np.arange(len(items)), height, width)
+
+
 def _check_crops(crops: Any) -> list[np.ndarray]:
     if not isinstance(crops, (list, tuple)):
         raise UserError(f"crops: expected a list of HWC images, got {type(crops).__name__}")
@@ -257,26 +269,52 @@ def classify(crops: Any, *, model: str | os.PathLike, backend: str = "ort", thre
 
 @register_op("ocr.recognize", inputs=("crops",), outputs=("probs",))
 def recognize(crops: Any, *, model: str | os.PathLike, backend: str = "ort", threads: int = 0,
-              image_shape: Sequence[int] = (3, 48, 320), batch: int = 6) -> dict[str, Any]:
-    """Text recognizer over ``crops``: ``probs`` [T_i, C] per crop (crop order), batched as RapidOCR does
-    (aspect-ratio order, ``batch`` at a time, padded to the batch's widest crop, at least ``image_shape``'s width)."""
+              image_shape: Sequence[int] = (3, 48, 320), batch: int = 6, buckets: int = 0) -> dict[str, Any]:
+    """Text recognizer over ``crops``: ``probs`` [T_i, C] per crop (crop order).
+
+    ``buckets=0`` batches as RapidOCR does (aspect-ratio order, ``batch`` at a time, padded to the batch's
+    widest crop, at least ``image_shape``'s width): the same tensors, so the same texts. ``buckets=N``
+    batches by width instead: each crop resized to height H is padded only to its own width rounded up
+    to a multiple of N pixels, and crops of one padded width run together, up to ``batch`` at a time.
+    Less padding is less work, and PP-OCRv4's recognizer (its SVTR neck mixes the whole width, padding
+    included) reads short lines better without a wide black margin: bench/pipeline.py measures both.
+    """
     items = _check_crops(crops)
     probs: list[np.ndarray | None] = [None] * len(items)
     if not items:
         return {"probs": []}
+    if int(buckets) < 0:
+        raise UserError(f"buckets: expected 0 (RapidOCR's batches) or a width step in pixels, got {buckets}")
     sess = _session(model, backend, threads)
     name = sess.inputs[0].name
     _, height, width = (int(v) for v in image_shape)
-    order = _in_ratio_order(items)
-    for start in range(0, len(items), int(batch)):
-        idx = order[start:start + int(batch)]
-        ratio = max([width / height] + [items[i].shape[1] / float(items[i].shape[0]) for i in idx])
-        padded = int(height * ratio)
+    for idx, padded in _rec_batches(items, height, width, int(batch), int(buckets)):
         x = _batch(items, idx, height, padded)
         out = next(iter(sess.run({name: x}).values()))
         for i, row in zip(idx, out, strict=True):
             probs[i] = row
     return {"probs": probs}
+
+
+def _rec_batches(items: list[np.ndarray], height: int, width: int, batch: int,
+                 buckets: int) -> list[tuple[np.ndarray, int]]:
+    """(crop indices, padded width) of each recognizer batch (see :func:`recognize`)."""
+    order = _in_ratio_order(items)
+    ratios = [c.shape[1] / float(c.shape[0]) for c in items]
+    if not buckets:
+        out = []
+        for start in range(0, len(items), batch):
+            idx = order[start:start + batch]
+            out.append((idx, int(height * max([width / height] + [ratios[i] for i in idx]))))
+        return out
+    groups: list[tuple[list[int], int]] = []
+    for i in order:
+        w = max(buckets, int(math.ceil(height * ratios[i] / buckets)) * buckets)
+        if groups and groups[-1][1] == w and len(groups[-1][0]) < batch:
+            groups[-1][0].append(int(i))
+        else:
+            groups.append(([int(i)], w))
+    return [(np.asarray(idx), w) for idx, w in groups]
 
 
 @functools.lru_cache(maxsize=8)
@@ -377,10 +415,11 @@ _STEP_PARAMS = {
                  "line_tolerance"),
     "crop": ("tall_ratio",),
     "cls": ("cls_thresh", "cls_batch", "cls_image_shape"),
-    "rec": ("rec_batch", "rec_image_shape"),
+    "rec": ("rec_batch", "rec_image_shape", "rec_buckets"),
     "lines": ("text_score",),
 }
-_RENAMED = {"cls_batch": "batch", "cls_image_shape": "image_shape", "rec_batch": "batch", "rec_image_shape": "image_shape"}
+_RENAMED = {"cls_batch": "batch", "cls_image_shape": "image_shape", "rec_batch": "batch", "rec_image_shape": "image_shape",
+            "rec_buckets": "buckets"}
 
 
 def ocr_pipeline(det: str | os.PathLike, rec: str | os.PathLike, cls: str | os.PathLike | None = None, *,
@@ -396,7 +435,8 @@ def ocr_pipeline(det: str | os.PathLike, rec: str | os.PathLike, cls: str | os.P
     default: the model's ``character`` metadata). ``params`` override RapidOCR's defaults:
     ``limit_side_len`` (736), ``limit_type`` ("min"), ``thresh`` (0.3), ``box_thresh`` (0.5),
     ``unclip_ratio`` (1.6), ``max_candidates`` (1000), ``use_dilation`` (True), ``score_mode``
-    ("fast"), ``cls_thresh`` (0.9), ``cls_batch`` (6), ``rec_batch`` (6), ``text_score`` (0.5),
+    ("fast"), ``cls_thresh`` (0.9), ``cls_batch`` (6), ``rec_batch`` (6), ``rec_buckets`` (0: RapidOCR's
+    batches; 32: batches by width, see :func:`recognize`), ``text_score`` (0.5),
     and the rest of the step parameters above.
     """
     from slipway.backends.declared import onnx_io
