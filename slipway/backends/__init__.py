@@ -100,7 +100,8 @@ register(Engine("openvino-gpu", "slipway.backends.openvino:GPU", device="gpu", f
 register(Engine("python", "slipway.backends.python:PYTHON", triton=("python", ""), files=("model.py",), onnx=False,
                 runs_code=True, io="", bytes_as_text=False))
 register(Engine("pipeline", "slipway.backends.pipeline:PIPELINE", triton=("slipway_pipeline", ""),
-                files=("pipeline.yaml",), onnx=False, io="", bytes_as_text=False))  # python steps refused
+                files=("pipeline.yaml",), onnx=False, io="slipway.backends.pipeline:pipeline_io",
+                bytes_as_text=False))  # python steps refused
 
 
 def registration(name: str) -> Engine:

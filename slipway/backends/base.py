@@ -48,7 +48,11 @@ class TensorInfo:
     name: str
     shape: tuple[int | str | None, ...] | None  # None or a name for a dynamic dim; None: rank unknown (files)
     dtype: np.dtype | None  # None: the file's type has no numpy dtype (files; a session has object)
-    type: str = ""  # the file's own type name, for messages: "ONNX type FLOAT", "OpenVINO type f32"
+    type: str = ""  # the file's own type name, for messages: "ONNX type FLOAT", "OpenVINO type f32"; UNTYPED: a
+    # file that names its tensors but gives them no type (a pipeline file): the config declares the type
+
+
+UNTYPED = "untyped"
 
 
 @dataclass

@@ -6,8 +6,8 @@ under ``backend: "slipway_pipeline"``. Every instance is its own :class:`~slipwa
 (its model sessions created on load), and a request is one ``Pipeline.run``.
 
 * Inputs and outputs are declared in config.pbtxt: a pipeline file names its inputs and outputs but
-  gives them no types or shapes, so there is nothing to read them from. ``max_batch_size: 0``: one
-  request is one run (one image).
+  gives them no types or shapes (:func:`pipeline_io` reads the names, and the server checks the
+  config's against them). ``max_batch_size: 0``: one request is one run (one image).
 * An image input is sent either as raw pixels (``TYPE_UINT8``, ``dims: [ -1, -1, 3 ]``, HWC, in the
   channel order the pipeline takes: BGR for the OCR and layout pipelines) or encoded
   (``TYPE_STRING``, ``dims: [ 1 ]``: one JPEG / PNG / ... file, decoded here with
@@ -34,10 +34,30 @@ from typing import Any
 
 import numpy as np
 
-from slipway.backends.base import Options, TensorInfo, check_options
+from slipway.backends.base import UNTYPED, Options, TensorInfo, check_options
 from slipway.errors import UserError
 
-__all__ = ["PipelineBackend", "PipelineSession", "PIPELINE", "decode_input", "decode_image", "to_tensor"]
+__all__ = ["PipelineBackend", "PipelineSession", "PIPELINE", "decode_input", "decode_image", "to_tensor",
+           "pipeline_io"]
+
+
+def pipeline_io(path: Path, label: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The input and output names of a pipeline file, untyped (:data:`~slipway.backends.base.UNTYPED`)."""
+    import yaml
+
+    from slipway.pipeline import Pipeline
+
+    try:
+        pipeline = Pipeline.from_file(path, allow_python=False)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{label}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{label}: {e}") from None
+
+    def untyped(names: list[str]) -> list[TensorInfo]:
+        return [TensorInfo(n, None, None, UNTYPED) for n in names]
+
+    return untyped(pipeline.inputs), untyped(pipeline.outputs)
 
 
 class PipelineBackend:

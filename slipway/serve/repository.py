@@ -33,6 +33,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import slipway.serve.tensors as tensors
 from slipway.backends import ENGINES, Engine, TensorInfo, served_by
+from slipway.backends.base import UNTYPED
 from slipway.cpus import usable_cpus
 from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.batcher import batch_policy, check_policy
@@ -488,6 +489,8 @@ def _read_io(name: str, engine: Engine, file: Path, rel: str) -> tuple[list[Tens
 
 
 def _tensor(model: str, kind: str, t: TensorInfo) -> TensorInfo:
+    if t.type == UNTYPED:  # named by the file, typed by the config
+        return t
     try:
         if t.dtype is None:
             raise TypeError
@@ -513,6 +516,9 @@ def _type_enum(datatype: str) -> int:
 
 def _fill(model: str, kind: str, declared: Sequence, actual: Sequence[TensorInfo], mbs: int) -> None:
     for t in actual:
+        if t.type == UNTYPED:
+            raise ServeError(f"model {model!r}: {kind} {t.name!r} has no type in the model file; "
+                             f"declare the {kind}s in {CONFIG_FILE}", 400)
         if t.shape is None:
             raise ServeError(f"model {model!r}: {kind} {t.name!r} has no shape in the model file; "
                              f"declare it in {CONFIG_FILE}", 400)
@@ -536,6 +542,8 @@ def _check_declared(model: str, kind: str, declared: Sequence, actual: Sequence[
         t = by_name.get(io.name)
         if t is None:
             raise ServeError(f"{where} is not an {kind} of the model ({', '.join(by_name)})", 400)
+        if t.type == UNTYPED:
+            continue
         if io.data_type != _type_of(t):
             raise ServeError(f"{where} has data_type {mc.DataType.Name(io.data_type)} but the model has "
                              f"{tensors.config_type(tensors.datatype_of(t.dtype))}", 400)

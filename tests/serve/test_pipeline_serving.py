@@ -145,3 +145,26 @@ def test_files_outside_the_model_folder_are_refused(tmp_path) -> None:
     sessions = PIPELINE.load(path)  # the same pipeline with its model beside it loads
     assert len(sessions) == 1
     sessions[0].close()
+
+
+@pytest.mark.parametrize("config,message", [
+    (RAW.replace('name: "image"', 'name: "picture"'), "input 'picture' is not an input of the model (image)"),
+    (RAW + 'input [{ name: "extra" data_type: TYPE_FP32 dims: [ 1 ] }]\n', "input 'extra' is not an input"),
+    ('backend: "slipway_pipeline"\nmax_batch_size: 0\n', "input 'image' has no type in the model file; declare the "
+                                                         "inputs in config.pbtxt"),
+])
+def test_config_names_are_checked_against_the_pipeline_file(tmp_path, config, message) -> None:
+    from slipway.errors import ServeError
+    from slipway.serve.repository import Repository
+
+    repo = tmp_path / "repo"
+    _model_dir(repo, "layout", config)
+    if "output [" not in config and "declare the inputs" in message:
+        (repo / "layout" / "config.pbtxt").write_text(config)
+    with pytest.raises(ServeError) as e:
+        Repository(repo).config("layout")
+    assert message in str(e.value) and e.value.status == 400, str(e.value)
+    # the outputs, too
+    (repo / "layout" / "config.pbtxt").write_text(RAW + OUTPUTS.replace('"scores"', '"score"'))
+    with pytest.raises(ServeError, match="output 'score' is not an output of the model"):
+        Repository(repo).config("layout")
