@@ -8,7 +8,16 @@ YAML files (:meth:`Pipeline.to_file` / :meth:`Pipeline.from_file`). Ops live in 
 ``slipway.pipeline.ocr`` and ``slipway.pipeline.detect``.
 """
 
-from slipway.pipeline.core import OPS, OpSpec, Pipeline, PipelineError, PipelineResult, Step, register_op
+from slipway.pipeline.core import (
+    OPS,
+    OpSpec,
+    Pipeline,
+    PipelineError,
+    PipelineResult,
+    Step,
+    model_session,
+    register_op,
+)
 
 # after the core names are bound: ops imports the task modules, which import them from here
 from slipway.pipeline.ops import IMAGENET_MEAN, IMAGENET_STD, classify_pipeline  # noqa: E402
@@ -23,5 +32,6 @@ __all__ = [
     "PipelineResult",
     "Step",
     "classify_pipeline",
+    "model_session",
     "register_op",
 ]

@@ -15,6 +15,7 @@ The op registry lives here (:data:`OPS`, :func:`register_op`) so that task modul
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import importlib
 import inspect
@@ -145,6 +146,33 @@ def _default_params() -> dict[str, Any]:
     return {}
 
 
+_RUNNING: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("slipway_pipeline", default=None)
+_SHARED: dict[tuple[str, int, int, str, int], Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def model_session(model: str | os.PathLike, backend: str = "ort", threads: int = 0) -> Any:
+    """THE engine session an op runs a model file on (the OCR recognizer and angle classifier): the
+    running pipeline's own, created on its first use and closed with the pipeline (so two pipelines,
+    or two instances of a served one, never share one); outside any pipeline, one process-wide
+    session. Keyed by the file as it is now (path, mtime, size), the backend and the thread count,
+    so a file replaced in place (a served model reloaded) never gets the old file's session."""
+    from slipway.backends import load
+    from slipway.backends.base import Options
+
+    path = Path(model)
+    if not path.is_file():
+        raise UserError(f"model: file not found: {path}")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, backend, int(threads))
+    pipeline = _RUNNING.get()
+    cache, lock = (pipeline._op_sessions, pipeline._lock) if pipeline is not None else (_SHARED, _SHARED_LOCK)
+    with lock:
+        if key not in cache:
+            cache[key] = load(path, backend, Options(threads=int(threads)))
+        return cache[key]
+
+
 @dataclass
 class Step:
     """One step: a model (ONNX path), a registered op (its name) or a python callable.
@@ -209,6 +237,7 @@ class Pipeline:
         self.name = name
         self.base = Path(base) if base is not None else None
         self._sessions: dict[str, Any] = {}
+        self._op_sessions: dict[tuple[str, int, int, str, int], Any] = {}  # model_session's, for this pipeline
         self._lock = threading.Lock()
         self._paths: dict[str, Path] = {}
         self._params: dict[str, dict[str, Any]] = {}  # params as the steps run them (file params resolved)
@@ -381,6 +410,15 @@ class Pipeline:
         for n in inputs:
             if n not in self.inputs:
                 raise PipelineError(f"unknown pipeline input {n!r} (inputs: {', '.join(self.inputs)})")
+        token = _RUNNING.set(self)  # ops that run a model file get this pipeline's sessions (model_session)
+        try:
+            return self._run(inputs, trace)
+        finally:
+            _RUNNING.reset(token)
+
+    __call__ = run
+
+    def _run(self, inputs: Mapping[str, Any], trace: bool) -> PipelineResult:
         values: dict[str, Any] = dict(inputs)
         kept: dict[str, Any] | None = dict(inputs) if trace else None
         keep = set(self.outputs)
@@ -403,8 +441,6 @@ class Pipeline:
                     values.pop(tensor, None)  # free what no later step reads
         timings["total"] = (time.perf_counter() - start) * 1e3
         return PipelineResult({n: values[n] for n in self.outputs}, timings, kept)
-
-    __call__ = run
 
     def _run_step(self, step: Step, feeds: dict[str, Any]) -> dict[str, Any]:
         if step.kind == "model":
@@ -447,10 +483,11 @@ class Pipeline:
         return s
 
     def close(self) -> None:
-        """Close the engine sessions (they are created again on the next run)."""
+        """Close the engine sessions, its model steps' and its ops' (they are created again on the next run)."""
         with self._lock:
             sessions, self._sessions = self._sessions, {}
-        for s in sessions.values():
+            op_sessions, self._op_sessions = self._op_sessions, {}
+        for s in [*sessions.values(), *op_sessions.values()]:
             s.close()
 
     def __enter__(self) -> Pipeline:

@@ -32,8 +32,8 @@ Why recognition is an op and not a ``model`` step: a model step runs one tensor 
 the number and widths of the crops vary per image. One tensor padded to the widest crop of the
 page changes what the recognizer reads (PP-OCRv4's SVTR neck mixes the whole width, padding
 included), so parity with RapidOCR needs its batches: ``ocr.recognize`` and ``ocr.classify``
-run their model (``slipway.backends.load``, one cached session per file, backend and thread
-count) once per batch.
+run their model once per batch, on the pipeline's own session for the file
+(:func:`slipway.pipeline.core.model_session`, closed with the pipeline).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,28 +51,9 @@ import numpy as np
 from slipway.errors import UserError
 from slipway.ops._check import check_array, check_image
 from slipway.ops.ocr import crop_quads, ctc_greedy_decode, db_boxes, load_charset, order_quad, sort_boxes
+from slipway.pipeline.core import model_session
 from slipway.pipeline.detect import uint8_lut_nchw
 from slipway.pipeline.ops import register_op
-
-_SESSIONS: dict[tuple[str, int, int, str, int], Any] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
-def _session(model: str | os.PathLike, backend: str, threads: int):
-    """One session per (model file as it is now, backend, threads), created on first use and reused; a
-    file replaced in place (a served model reloaded) gets a new session, never the old file's."""
-    from slipway.backends import load
-    from slipway.backends.base import Options
-
-    path = Path(model)
-    if not path.is_file():
-        raise UserError(f"model: file not found: {path}")
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, backend, int(threads))
-    with _SESSIONS_LOCK:
-        if key not in _SESSIONS:
-            _SESSIONS[key] = load(path, backend, Options(threads=int(threads)))
-        return _SESSIONS[key]
 
 
 def _resize32(img: np.ndarray, ratio: float) -> np.ndarray | None:
@@ -250,7 +230,7 @@ def classify(crops: Any, *, model: str | os.PathLike, backend: str = "ort", thre
     angles: list[tuple[str, float]] = [("", 0.0)] * len(items)
     if not items:
         return {"crops": out, "angles": angles}
-    sess = _session(model, backend, threads)
+    sess = model_session(model, backend, threads)
     name = sess.inputs[0].name
     _, height, width = (int(v) for v in image_shape)
     order = _in_ratio_order(items)
@@ -285,7 +265,7 @@ def recognize(crops: Any, *, model: str | os.PathLike, backend: str = "ort", thr
         return {"probs": []}
     if int(buckets) < 0:
         raise UserError(f"buckets: expected 0 (RapidOCR's batches) or a width step in pixels, got {buckets}")
-    sess = _session(model, backend, threads)
+    sess = model_session(model, backend, threads)
     name = sess.inputs[0].name
     _, height, width = (int(v) for v in image_shape)
     for idx, padded in _rec_batches(items, height, width, int(batch), int(buckets)):

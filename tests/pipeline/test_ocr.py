@@ -148,6 +148,27 @@ def test_width_buckets_read_the_drawn_text_as_well_with_less_padding(paths):
     assert pixels_fast < 0.9 * pixels_same, (pixels_fast, pixels_same)
 
 
+def test_each_pipeline_owns_its_op_sessions(paths):
+    """The recognizer and classifier sessions belong to the pipeline running them (two pipelines, or two
+    instances of a served one, never share one) and close with it; outside a pipeline, one shared session."""
+    from slipway.pipeline import model_session
+    from slipway.pipeline.ocr import ocr_pipeline
+
+    page, _ = render_page(5)
+    a = ocr_pipeline(paths["det"], paths["rec"], paths["cls"])
+    b = ocr_pipeline(paths["det"], paths["rec"], paths["cls"])
+    lines_a = a.run({"image": page}).outputs["lines"]
+    lines_b = b.run({"image": page}).outputs["lines"]
+    assert lines_a == lines_b
+    assert len(a._op_sessions) == len(b._op_sessions) == 2  # rec and cls
+    assert not {id(s) for s in a._op_sessions.values()} & {id(s) for s in b._op_sessions.values()}
+    assert model_session(paths["rec"]) is model_session(paths["rec"])  # outside a pipeline: shared
+    assert model_session(paths["rec"]) not in a._op_sessions.values()
+    a.close()
+    assert a._op_sessions == {} and len(b._op_sessions) == 2
+    assert a.run({"image": page}).outputs["lines"] == lines_a  # created again on the next run
+
+
 def test_upside_down_page_with_classifier(paths):
     from slipway.pipeline.ocr import ocr_pipeline
 
