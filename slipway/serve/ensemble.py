@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slipway.errors import ServeError
-from slipway.serve.request import Checked, Signature, TensorSpec, check
+from slipway.serve.request import Checked, Checking, Signature, TensorSpec
 from slipway.serve.stats import ModelStats
 from slipway.serve.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
@@ -137,7 +137,7 @@ def _order(where: str, steps: Sequence[Step], inputs: set[str]) -> list[Step]:
     return order
 
 
-class Ensemble:
+class Ensemble(Checking):
     """A served ensemble version: the same face as :class:`slipway.serve.model.ModelVersion` (``check``,
     ``run``, ``metadata``, ``stats``, ``pending``, ``close``), its work done by ``call`` (the data plane's
     infer: every step is an ordinary request to its composing model)."""
@@ -215,17 +215,6 @@ class Ensemble:
         return _full(spec, self.max_batch_size)
 
     # -- requests -------------------------------------------------------------------------------
-
-    def check(self, request: InferRequest) -> Checked:
-        start = time.monotonic_ns()
-        try:
-            return check(request, self.signature)
-        except ServeError:
-            self.stats.request_done(False, time.monotonic_ns() - start, reason="OTHER")
-            raise
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        return await self.run(self.check(request), request.id)
 
     async def run(self, checked: Checked, request_id: str = "") -> InferResponse:
         """Run the steps the requested outputs need, each as a request to its composing model."""
@@ -305,11 +294,6 @@ class Ensemble:
         return {tensor: got[out] for out, tensor in step.outputs.items()}
 
     # -- life cycle -----------------------------------------------------------------------------
-
-    def metadata(self) -> dict[str, Any]:
-        batched = self.max_batch_size > 0
-        return {"inputs": [s.metadata(batched) for s in self.inputs],
-                "outputs": [s.metadata(batched) for s in self.outputs]}
 
     async def close(self, drain: bool = True) -> None:
         self.closing = True

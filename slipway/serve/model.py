@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,9 @@ from slipway.backends import ENGINES, choose, get, served_by
 from slipway.cpus import usable_cpus
 from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.batcher import Batcher, batch_policy
-from slipway.serve.request import Checked, Signature, TensorSpec, check, specs
+from slipway.serve.request import Checked, Checking, Signature, TensorSpec, specs
 from slipway.serve.stats import ModelStats
-from slipway.serve.types import InferRequest, InferResponse, InferTensor
+from slipway.serve.types import InferResponse, InferTensor
 from slipway.verify.inputs import random_array
 
 __all__ = ["TensorSpec", "ModelVersion", "load_version", "engine_options"]  # TensorSpec: from serve.request
@@ -38,7 +37,7 @@ __all__ = ["TensorSpec", "ModelVersion", "load_version", "engine_options"]  # Te
 log = logging.getLogger("slipway.serve")
 
 
-class ModelVersion:
+class ModelVersion(Checking):
     """A ready version: ``await infer(request)``; ``await close()`` drains it.
 
     ``check(request)`` is the one check of a request (:func:`slipway.serve.request.check` against
@@ -67,18 +66,6 @@ class ModelVersion:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def check(self, request: InferRequest) -> Checked:
-        """``request`` checked against this version (RequestError 400); counted as a failure if bad."""
-        start = time.monotonic_ns()
-        try:
-            return check(request, self.signature)
-        except ServeError:
-            self.stats.request_done(False, time.monotonic_ns() - start, reason="OTHER")
-            raise
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        return await self.run(self.check(request), request.id)
-
     async def run(self, checked: Checked, request_id: str = "") -> InferResponse:
         """Queue a checked request, wait for its batch, and shape its outputs as the config says."""
         results = await self.batcher.submit(checked.feeds, checked.rows, checked.level, checked.timeout_us)
@@ -95,13 +82,6 @@ class ModelVersion:
         return InferResponse(self.name, str(self.version), request_id, outputs)
 
     # -- life cycle -----------------------------------------------------------------------------
-
-    def metadata(self) -> dict[str, Any]:
-        batched = self.max_batch_size > 0
-        return {
-            "inputs": [s.metadata(batched) for s in self.inputs],
-            "outputs": [s.metadata(batched) for s in self.outputs],
-        }
 
     async def close(self, drain: bool = True) -> None:
         self.closing = True

@@ -15,6 +15,7 @@ both adapters send unchanged: HTTP as ``400 {"error": ...}``, gRPC as ``INVALID_
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +24,11 @@ import numpy as np
 
 from slipway.errors import ServeError
 from slipway.serve.tensors import datatype_from_config
-from slipway.serve.types import InferRequest
+from slipway.serve.types import InferRequest, InferResponse
 
 __all__ = [
     "RequestError", "TensorSpec", "Signature", "Checked", "check", "check_parameters", "specs",
-    "priority_level", "batch_rows",
+    "priority_level", "batch_rows", "Checking",
 ]
 
 
@@ -102,6 +103,35 @@ class Checked:
     level: int  # 0-based queue level
     timeout_us: int  # the request's own timeout (0: the queue policy's)
     outputs: list[tuple[TensorSpec, dict[str, Any]]]  # (output, its request parameters), in answer order
+
+
+class Checking:
+    """What every served version (a model's, an ensemble's) does alike with a request: check it against
+    its ``signature`` (a bad one counted as a failure in its ``stats``), then ``run`` it."""
+
+    signature: Signature
+    stats: Any  # slipway.serve.stats.ModelStats
+    max_batch_size: int
+
+    def check(self, request: InferRequest) -> Checked:
+        """``request`` checked against this version (RequestError 400); counted as a failure if bad."""
+        start = time.monotonic_ns()
+        try:
+            return check(request, self.signature)
+        except ServeError:
+            self.stats.request_done(False, time.monotonic_ns() - start, reason="OTHER")
+            raise
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        return await self.run(self.check(request), request.id)
+
+    async def run(self, checked: Checked, request_id: str = "") -> InferResponse:
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        batched = self.max_batch_size > 0
+        return {"inputs": [s.metadata(batched) for s in self.signature.inputs],
+                "outputs": [s.metadata(batched) for s in self.signature.outputs]}
 
 
 # ---------------------------------------------------------------------------------------------
