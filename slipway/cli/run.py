@@ -35,7 +35,9 @@ def plain(value: Any) -> Any:
 def record(image: str, outputs: Mapping[str, Any], timings: Mapping[str, float] | None = None) -> dict[str, Any]:
     """One image's result as plain data: ``{"image", <outputs>}`` (a classifier's batch of one unwrapped)."""
     out = dict(outputs)
-    if "lines" not in out and "boxes" not in out:  # classification: [1, k] -> [k]
+    if "mask" in out:  # a segmentation mask is a picture (--draw), not JSON: its size stays
+        out["mask"] = {"shape": list(np.shape(out["mask"]))}
+    if "lines" not in out and "boxes" not in out and "mask" not in out:  # classification: [1, k] -> [k]
         for key in ("labels", "scores"):
             v = out.get(key)
             if isinstance(v, np.ndarray) and v.ndim >= 2 and v.shape[0] == 1:
@@ -80,6 +82,10 @@ def _table(rec: dict[str, Any]) -> Table:
         scores = rec.get("scores") or [float("nan")] * len(rec["boxes"])
         for b, s, lab in zip(rec["boxes"], scores, labels, strict=False):
             t.add_row(str(lab), f"{s:.3f}", ",".join(f"{v:.0f}" for v in b))
+    elif "classes" in rec:
+        t = Table("class", "share of the pixels", title=title, title_justify="left")
+        for name, share in rec["classes"].items():
+            t.add_row(str(name), f"{100 * float(share):.1f} %")
     elif "labels" in rec or "scores" in rec:
         labels = rec.get("labels") or list(range(len(rec.get("scores") or [])))
         scores = rec.get("scores") or [float("nan")] * len(labels)

@@ -108,19 +108,48 @@ def _draw_classes(img: np.ndarray, labels: Any, scores: Any) -> None:
         _label(img, text, 4, (h + base + 4) * (i + 1), _COLORS[i % len(_COLORS)])
 
 
+def _draw_keypoints(img: np.ndarray, keypoints: Any, min_score: float = 0.0) -> None:
+    import cv2
+
+    _, th = _scale(img)
+    kp = np.asarray(keypoints, np.float64).reshape(-1, *np.shape(keypoints)[-2:]) if np.size(keypoints) else []
+    for i, person in enumerate(kp):
+        color = _COLORS[i % len(_COLORS)]
+        for x, y, *score in person:
+            if not score or score[0] >= min_score:
+                cv2.circle(img, (round(x), round(y)), 2 * th + 1, color, -1, cv2.LINE_AA)
+
+
+def _draw_mask(img: np.ndarray, mask: Any) -> None:
+    """Each class but 0 (background) blended over the image in its color."""
+    m = np.asarray(mask)
+    if m.shape != img.shape[:2]:
+        raise UserError(f"draw: mask of shape {m.shape} does not cover the image {img.shape[:2]}")
+    overlay = img.copy()
+    for c in np.unique(m):
+        if c != 0:
+            overlay[m == c] = _color(int(c))
+    img[:] = (0.55 * img + 0.45 * overlay).astype(np.uint8)
+
+
 def draw(image: Any, outputs: Mapping[str, Any]) -> np.ndarray:
-    """A BGR copy of ``image`` with ``outputs`` drawn on it (OCR lines, detection boxes or class labels)."""
+    """A BGR copy of ``image`` with ``outputs`` drawn on it (OCR lines, detection boxes and keypoints, a
+    segmentation mask, or class labels)."""
     if not isinstance(outputs, Mapping):
         raise UserError(f"draw: expected the pipeline's outputs as a mapping, got {type(outputs).__name__}")
     img = _bgr(image)
     if "lines" in outputs:
         _draw_lines(img, outputs["lines"])
+    elif "mask" in outputs:
+        _draw_mask(img, outputs["mask"])
     elif "boxes" in outputs:
         _draw_boxes(img, outputs["boxes"], outputs.get("scores"), outputs.get("labels"))
+        if "keypoints" in outputs:
+            _draw_keypoints(img, outputs["keypoints"])
     elif "labels" in outputs or "scores" in outputs:
         labels = outputs["labels"] if "labels" in outputs else np.arange(np.asarray(outputs["scores"]).size)
         _draw_classes(img, labels, outputs.get("scores"))
     else:
         raise UserError(f"draw: nothing to draw in outputs {sorted(outputs)} "
-                        "(expected 'lines', 'boxes' or 'labels' / 'scores')")
+                        "(expected 'lines', 'mask', 'boxes' or 'labels' / 'scores')")
     return img
