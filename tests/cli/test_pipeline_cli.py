@@ -127,8 +127,8 @@ def test_pipeline_errors_are_one_line(tmp_path):
         f"--det: model file not found: {missing}"
     assert user_error(slipway("pipeline", "detect", "--model", missing, "-o", out)) == \
         f"--model: model file not found: {missing}"
-    assert user_error(slipway("pipeline", "segment", "--model", model("layout"), "-o", out)) == \
-        "unknown task 'segment' (tasks: classify, detect, ocr)"
+    assert user_error(slipway("pipeline", "track", "--model", model("layout"), "-o", out)) == \
+        "unknown task 'track' (tasks: classify, detect, ocr, pose, segment)"
     assert user_error(slipway("pipeline", "ocr", "--det", model("ppocr_det"), "-o", out)) == \
         "ocr: --rec is required"
     assert user_error(slipway("pipeline", "detect", "--model", model("layout"), "--top-k", "3", "-o", out)) == \
@@ -151,7 +151,7 @@ def test_the_console_script_prints_one_error_line(tmp_path):
     """Through `slipway.cli.main`: ``error: ...`` on one stderr line, exit code 1."""
     r = subprocess.run([sys.executable, "-m", "slipway", "pipeline", "nope", "-o", tmp_path / "x.yaml"],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and r.stderr == "error: unknown task 'nope' (tasks: classify, detect, ocr)\n", r.stderr
+    assert r.returncode == 1 and r.stderr == "error: unknown task 'nope' (tasks: classify, detect, ocr, pose, segment)\n", r.stderr
 
 
 def test_pipeline_file_moves_with_its_models(tmp_path, text_page):
