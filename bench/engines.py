@@ -13,14 +13,25 @@ All four are timed in alternating blocks (median of ``--repeats`` calls); ratios
 fastest baseline and against PyTorch eager. A second table measures what slipway's ``Session``
 wrapper costs over a raw ``InferenceSession.run`` on a tiny MLP at batch 1.
 
-Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.engines``.
+A third table puts the four CPU engines side by side at batch 1, FP32, 1 and 2 threads: onnxruntime,
+OpenVINO, MNN and ncnn (slipway's ``mnn`` / ``ncnn`` engines: converted, verified and cached on first use),
+on ResNet-18 and MobileNetV2 (``slipway.zoo``) and PP-OCRv4 det / rec (shipped in the rapidocr-onnxruntime
+wheel). Latency and peak RSS come from ``slipway.perf.runner.benchmark`` with each configuration in a fresh
+process (peak RSS = that process's VmHWM); conversion time is the first load into an empty cache
+(convert + verify against onnxruntime); SNR is each engine's output against onnxruntime FP32 on the same
+input (FP16 rows: ncnn's FP16 storage, where the CPU has F16C / ARM).
+
+Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.engines`` (``--edge-only`` for the third
+table alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +40,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from bench.common import alternating_blocks, fmt, machine, publish, versions
+from bench.common import alternating_blocks, fmt, machine, median_time, publish, versions
 from slipway import backends
 from slipway.analyze.machine import default_threads
 from slipway.convert.torch import quiet
@@ -38,6 +49,8 @@ from slipway.zoo import build
 
 MODELS = ["resnet18", "mobilenetv2"]
 BATCHES = [1, 8]
+EDGE_ENGINES = ["ort", "openvino", "mnn", "ncnn"]
+EDGE_SHAPES = {"ppocr_det": (1, 3, 480, 480), "ppocr_rec": (1, 3, 48, 320)}  # RapidOCR's det side, one text line
 
 
 def export(name: str, path: Path) -> None:
@@ -133,11 +146,104 @@ def tables(rows: list[dict[str, Any]], ovh: dict[str, Any]):
     ]
 
 
+def edge_models(d: Path) -> dict[str, Path]:
+    from tests.corpus import model
+
+    out = {}
+    for name in MODELS:
+        out[name] = Path(d) / f"{name}.onnx"
+        export(name, out[name])
+    for name in EDGE_SHAPES:
+        out[name] = model(name)
+    return out
+
+
+def snr_db(got: np.ndarray, ref: np.ndarray) -> float:
+    noise = float(np.sum((got.astype(np.float64) - ref) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
+
+
+def edge(models: dict[str, Path], threads: Sequence[int], seconds: float) -> list[dict[str, Any]]:
+    """Latency, peak RSS, SNR vs onnxruntime FP32 and conversion time per (model, engine, threads), batch 1."""
+    from slipway.perf.runner import benchmark
+
+    rows = []
+    for name, path in models.items():
+        shape = EDGE_SHAPES.get(name, (1, 3, 224, 224))
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        ref = backends.load(str(path), "ort", backends.Options(threads=1)).run({"x": x})
+        out = next(iter(ref))
+        for engine in EDGE_ENGINES:
+            for precision in ("fp32", "fp16") if engine == "ncnn" else ("fp32",):
+                if precision not in backends.get(engine).precisions:
+                    continue
+                print(f"{name} {engine} {precision}...", flush=True)
+                t0 = time.perf_counter()
+                try:
+                    session = backends.load(str(path), engine, backends.Options(threads=1, precision=precision))
+                except Exception as e:  # an engine that cannot take the model: its one line in the table
+                    rows.append({"model": name, "engine": engine, "precision": precision, "error": str(e)[:160]})
+                    continue
+                load_s = time.perf_counter() - t0
+                snr = snr_db(session.run({"x": x})[out], ref[out])
+                session.close()
+                if precision == "fp32":  # fresh processes: latency and the process's own peak RSS
+                    measured = {r.threads: (r.p50_ms, r.rss_mb) for r in benchmark(
+                        str(path), backends=[engine], batches=[1], threads=list(threads), isolate=True,
+                        inputs={"x": x}, min_time_s=seconds, max_time_s=3 * seconds, warn=lambda m: None)}
+                else:  # the runner has no precision axis: latency measured here, no RSS of its own
+                    measured = {t: (_in_process_ms(path, engine, precision, t, x, seconds), None) for t in threads}
+                for t in threads:
+                    p50, rss = measured.get(t, (None, None))
+                    rows.append({"model": name, "engine": engine, "precision": precision, "threads": t,
+                                 "p50_ms": p50, "rss_mb": rss, "snr_db": snr, "load_s": load_s})
+    return rows
+
+
+def _in_process_ms(path: Path, engine: str, precision: str, threads: int, x: np.ndarray, seconds: float) -> float:
+    session = backends.load(str(path), engine, backends.Options(threads=threads, precision=precision))
+    once = median_time(lambda: session.run({"x": x}), repeats=1, warmup=3)
+    repeats = max(5, int(seconds / max(once.median, 1e-3)))
+    ms = median_time(lambda: session.run({"x": x}), repeats=repeats, warmup=0).median * 1e3
+    session.close()
+    return ms
+
+
+def edge_table(rows: list[dict[str, Any]]):
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["model"], r["engine"], r["precision"], "-", "-", "-", "-", "-", r["error"]])
+            continue
+        body.append([r["model"], r["engine"], r["precision"], str(r["threads"]), fmt(r["p50_ms"]),
+                     f"{r['rss_mb']:.0f}" if r["rss_mb"] else "-", f"{r['snr_db']:.1f}",
+                     f"{r['load_s']:.1f}", ""])
+    return ("Edge engines at batch 1 (median ms per request; RSS = the fresh process's peak, MB; SNR dB vs "
+            "onnxruntime FP32 on one random input; first load s = convert + verify into an empty cache for mnn / "
+            "ncnn, session creation for ort / openvino; FP16 rows: latency measured in the bench's own process, "
+            "after the FP32 rows' cache filled, so no RSS and no conversion)",
+            ["model", "engine", "precision", "threads", "p50 ms", "peak RSS MB", "SNR dB", "first load s", "error"],
+            body)
+
+
+def _previous() -> dict[str, Any]:
+    import json
+
+    from bench.common import RESULTS
+
+    try:
+        return json.loads((RESULTS / "engines.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--repeats", type=int, default=80)
     parser.add_argument("--tune-time", type=float, default=0.4, help="seconds per configuration while tuning")
+    parser.add_argument("--edge-only", action="store_true", help="only the onnxruntime / OpenVINO / MNN / ncnn table")
+    parser.add_argument("--edge-time", type=float, default=3.0, help="seconds per edge configuration")
     args = parser.parse_args()
     import torch
 
@@ -145,25 +251,49 @@ def main() -> None:
     host, found = machine(), versions()
     from importlib import metadata
     found["openvino"] = metadata.version("openvino")
+    for package in ("MNN", "ncnn", "pnnx"):
+        found[package] = metadata.version(package)
     t0 = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    ovh: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
-        for name in args.models.split(","):
-            path = Path(d) / f"{name}.onnx"
-            export(name, path)
-            for batch in BATCHES:
-                print(f"{name} batch {batch}...", flush=True)
-                rows.append(one(name, batch, path, args.repeats, args.tune_time))
-        tiny = Path(d) / "tiny.onnx"
-        tiny_mlp(tiny)
-        ovh = overhead(tiny, 20000)
+        if not args.edge_only:
+            for name in args.models.split(","):
+                path = Path(d) / f"{name}.onnx"
+                export(name, path)
+                for batch in BATCHES:
+                    print(f"{name} batch {batch}...", flush=True)
+                    rows.append(one(name, batch, path, args.repeats, args.tune_time))
+            tiny = Path(d) / "tiny.onnx"
+            tiny_mlp(tiny)
+            ovh = overhead(tiny, 20000)
+        os.environ["SLIPWAY_CACHE"] = str(Path(d) / "cache")  # an empty conversion cache: first loads convert
+        edge_rows = edge(edge_models(Path(d)), (1, 2), args.edge_time)
     notes = (f"\nPyTorch runs with {default_threads()} threads; the plain sessions use their engines' defaults. "
              "slipway's tuned choice is what `slipway tune --objective latency` picked for that batch, loaded "
              "through the settings file it wrote. Targets (issue 4): tuned >= 1.0x the fastest baseline; >= 4x "
-             "PyTorch eager at batch 1 on resnet18; Session overhead <= 2%.\n")
-    publish("engines", "Engines: PyTorch eager vs onnxruntime vs OpenVINO vs slipway tuned", host, found,
-            tables(rows, ovh), notes, time.perf_counter() - t0, {"machine": host, "versions": found, "rows": rows,
-                                                                  "overhead": ovh})
+             "PyTorch eager at batch 1 on resnet18; Session overhead <= 2%.\n\n"
+             "Edge engines (issue 17): x86 is not MNN's or ncnn's home (their kernels are tuned for ARM NEON; on "
+             "x86 ncnn has no FP16 arithmetic, only FP16 storage, and MNN's low precision runs FP32), so these "
+             "numbers say what they cost on an x86 server, not what they do on a phone. The machine is shared "
+             "(2 cores, other jobs running): latencies are noisy, compare within one row group only; a 2-thread row "
+             "slower than its 1-thread row is a second thread waiting for a busy core (worst for ncnn, whose "
+             "OpenMP threads spin), not the engine's scaling. ncnn runs "
+             "one sample at a time (batch 1 here). INT8 (MNN's quantization tool, ncnn's calibration table) is "
+             "not measured yet.\n")
+    full_run = host["date"]
+    if args.edge_only:  # the first two tables as the last full run measured them
+        previous = _previous()
+        rows, ovh = previous.get("rows", []), previous.get("overhead", {})
+        full_run = previous.get("full_run_date") or previous.get("machine", {}).get("date", "?")
+        if rows:
+            notes += (f"\nThe first two tables are from the last full run ({full_run}, same kind of machine); "
+                      "this run (--edge-only) measured the edge table.\n")
+    tabs = (tables(rows, ovh) if rows and ovh else []) + [edge_table(edge_rows)]
+    publish("engines", "Engines: PyTorch eager vs onnxruntime vs OpenVINO vs MNN vs ncnn vs slipway tuned", host,
+            found, tabs, notes, time.perf_counter() - t0,
+            {"machine": host, "versions": found, "rows": rows, "overhead": ovh, "full_run_date": full_run,
+             "edge": edge_rows})
 
 
 if __name__ == "__main__":

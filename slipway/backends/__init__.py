@@ -97,6 +97,11 @@ register(Engine("openvino", "slipway.backends.openvino:CPU", triton=("openvino",
                 files=("model.onnx", "model.xml"), io="slipway.backends.openvino:read_io"))
 register(Engine("openvino-gpu", "slipway.backends.openvino:GPU", device="gpu", files=("model.onnx", "model.xml"),
                 io="slipway.backends.openvino:read_io"))
+# model.onnx converted (verified, cached) on load, or the files `slipway export` wrote (manifest.json beside them)
+register(Engine("mnn", "slipway.backends.mnn:CPU", triton=("mnn", ""), files=("model.onnx", "model.mnn"),
+                io="slipway.backends.export:read_io"))
+register(Engine("ncnn", "slipway.backends.ncnn:CPU", triton=("ncnn", ""), files=("model.onnx", "model.ncnn.param"),
+                io="slipway.backends.export:read_io"))
 register(Engine("python", "slipway.backends.python:PYTHON", triton=("python", ""), files=("model.py",), onnx=False,
                 runs_code=True, io="", bytes_as_text=False))
 register(Engine("pipeline", "slipway.backends.pipeline:PIPELINE", triton=("slipway_pipeline", ""),

@@ -31,6 +31,7 @@ def _register() -> None:
         compare,
         convert,
         demo,
+        export,
         info,
         machine,
         optimize,
@@ -42,7 +43,7 @@ def _register() -> None:
     )
 
     for mod in (info, convert, analyze, optimize, quantize, compare, bench, tune, pipeline, run, bundle, serve,
-                machine, demo):
+                export, machine, demo):
         mod.register(app)
 
 
