@@ -106,6 +106,7 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object per image (JSON lines)"),
     draw_dir: Path | None = typer.Option(None, "--draw", help="write DIR/<image stem>.png with the results drawn"),
     timings: bool = typer.Option(False, "--timings", help="add per-step times (ms)"),
+    workers: int = typer.Option(1, "--workers", help="images run at once (threads sharing the pipeline's sessions)"),
 ) -> None:
     """Run PIPELINE on each IMAGE: OCR lines, detection boxes or class labels, as a table or JSON."""
     from slipway.pipeline import Pipeline
@@ -121,11 +122,9 @@ def run(
         if dup is not None:
             raise UserError(f"--draw: two images would be drawn to {draw_dir / (dup + '.png')}")
     loaded = [(str(path), read_image(path)) for path in images]  # every image read before any output
-    results = []
     with p:
-        for name, img in loaded:
-            res = p.run({p.inputs[0]: img})
-            results.append((name, img, res))
+        runs = p.map([{p.inputs[0]: img} for _, img in loaded], workers=workers)
+    results = [(name, img, res) for (name, img), res in zip(loaded, runs, strict=True)]
     drawings = []
     if draw_dir is not None:
         from slipway.pipeline.draw import draw

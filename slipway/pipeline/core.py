@@ -22,7 +22,7 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,6 +417,34 @@ class Pipeline:
             _RUNNING.reset(token)
 
     __call__ = run
+
+    def map(self, inputs: Iterable[Mapping[str, Any]], *, workers: int = 1) -> list[PipelineResult]:
+        """:meth:`run` on each of ``inputs`` (several images), results in the same order; ``workers`` > 1 runs
+        that many at once in threads that share this pipeline's sessions (the engines run concurrent calls;
+        give the model steps ``threads`` so that workers x threads fits the cores). The first failure is
+        raised, naming the item; the items not started yet are not run."""
+        items = list(inputs)
+        if not isinstance(workers, int) or workers < 1:
+            raise PipelineError(f"workers: expected a positive integer, got {workers!r}")
+
+        def one(i: int) -> PipelineResult:
+            try:
+                return self.run(items[i])
+            except PipelineError as e:
+                raise PipelineError(f"input {i}: {e}") from e
+
+        if workers == 1 or len(items) < 2:
+            return [one(i) for i in range(len(items))]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="slipway-pipeline") as pool:
+            futures = [pool.submit(one, i) for i in range(len(items))]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
 
     def _run(self, inputs: Mapping[str, Any], trace: bool) -> PipelineResult:
         values: dict[str, Any] = dict(inputs)

@@ -355,3 +355,22 @@ def test_bad_pipeline_files(tmp_path):
 
 def test_pipeline_error_is_a_user_error():
     assert issubclass(PipelineError, UserError)
+
+
+def test_map_runs_many_inputs_in_order_on_shared_sessions(tiny):
+    """Pipeline.map: one result per input, in order, the same with several workers (threads sharing the
+    pipeline's sessions); a failure names the input."""
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (40 + 7 * i, 50 + 3 * i, 3), dtype=np.uint8) for i in range(9)]
+    pipe = classify_pipeline(tiny, size=(32, 32), top_k=3, threads=1)
+    one_by_one = [pipe.run({"image": im}).outputs for im in images]
+    for workers in (1, 3):
+        got = pipe.map([{"image": im} for im in images], workers=workers)
+        assert [r.outputs["labels"].tolist() for r in got] == [o["labels"].tolist() for o in one_by_one]
+        for r, o in zip(got, one_by_one, strict=True):
+            np.testing.assert_array_equal(r.outputs["scores"], o["scores"])  # the same session, the same floats
+    bad = [{"image": images[0]}, {"image": np.zeros((4, 4), np.float32)}]
+    with pytest.raises(PipelineError, match=r"^input 1: step 'preprocess'"):
+        pipe.map(bad, workers=2)
+    with pytest.raises(PipelineError, match="workers: expected a positive integer"):
+        pipe.map([], workers=0)
