@@ -36,6 +36,7 @@ import numpy as np
 
 from bench.common import alternating_blocks, fmt, machine, publish, versions
 from slipway.cpus import usable_cpus
+from slipway.pipeline.pages import edit_distance
 from tests.corpus import model
 from tests.corpus import render_page as layout_page
 from tests.corpus.ocr import layout_agreement
@@ -114,26 +115,17 @@ def ocr(threads: int, repeats: int) -> dict[str, Any]:
             "steps_ms_median_per_page": steps_per_page}
 
 
-def _edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
 def _closeness(read: list[list[str]], drawn: list[list[str]]) -> dict[str, float]:
     """Character error rate (%) of each page's lines joined, spaces counted, and % of drawn lines read exactly."""
-    errors = sum(_edit_distance("\n".join(r), "\n".join(d)) for r, d in zip(read, drawn, strict=True))
+    errors = sum(edit_distance("\n".join(r), "\n".join(d)) for r, d in zip(read, drawn, strict=True))
     chars = sum(len("\n".join(d)) for d in drawn)
     exact = sum(sum(line in r for line in d) for r, d in zip(read, drawn, strict=True))
     return {"cer_pct": 100 * errors / chars, "exact_lines_pct": 100 * exact / sum(len(d) for d in drawn)}
 
 
 def buckets(threads: int, repeats: int) -> dict[str, Any]:
-    """RapidOCR vs the OCR pipeline with RapidOCR's recognizer batches vs batches by width: speed and text."""
+    """RapidOCR vs the OCR pipeline with RapidOCR's recognizer batches vs batches by width (one page at a time
+    on ``threads`` threads, or ``threads`` pages at a time on one thread each): speed and text."""
     from rapidocr_onnxruntime import RapidOCR
 
     from slipway.pipeline.ocr import ocr_pipeline
@@ -146,12 +138,18 @@ def buckets(threads: int, repeats: int) -> dict[str, Any]:
                     intra_op_num_threads=threads)
     same = ocr_pipeline(det, rec, cls, threads=threads)
     fast = ocr_pipeline(det, rec, cls, threads=threads, rec_buckets=32)
+    # the same thread budget spent as `threads` pages at a time, one thread each (Pipeline.map)
+    wide = ocr_pipeline(det, rec, cls, threads=1, rec_buckets=32)
+    feeds = [{"image": p} for p in pages]
+    pages_at_once = f"slipway, rec_buckets=32, {threads} pages at a time x 1 thread"
     read = {"RapidOCR": [[t for _, t, _ in (peer(p)[0] or [])] for p in pages],
             "slipway": [[x["text"] for x in same.run({"image": p}).outputs["lines"]] for p in pages],
-            "slipway, rec_buckets=32": [[x["text"] for x in fast.run({"image": p}).outputs["lines"]] for p in pages]}
+            "slipway, rec_buckets=32": [[x["text"] for x in fast.run({"image": p}).outputs["lines"]] for p in pages],
+            pages_at_once: [[x["text"] for x in r.outputs["lines"]] for r in wide.map(feeds, workers=threads)]}
     t = alternating_blocks({"RapidOCR": lambda: [peer(p) for p in pages],
                             "slipway": lambda: [same.run({"image": p}) for p in pages],
-                            "slipway, rec_buckets=32": lambda: [fast.run({"image": p}) for p in pages]},
+                            "slipway, rec_buckets=32": lambda: [fast.run({"image": p}) for p in pages],
+                            pages_at_once: lambda: wide.map(feeds, workers=threads)},
                            repeats=repeats, warmup=1, rounds=2, rotate=True)
     return {name: {"pages_s": len(pages) / t[name].median, **_closeness(read[name], drawn),
                    "timing": t[name].to_dict()} for name in read}
