@@ -51,8 +51,8 @@ def pipeline(
     model: Path | None = typer.Option(None, "--model", help="detect / classify / segment / pose: the model (ONNX)"),
     detector: Path | None = typer.Option(None, "--detector", help="pose: the person detector (ONNX; without "
                                                                  "it the pipeline takes the boxes as an input)"),
-    kind: str | None = typer.Option(None, "--kind", help="detect: layout (PP-PicoDet, default) or yolo; pose: the "
-                                                         "detector's kind (default yolo)"),
+    kind: str | None = typer.Option(None, "--kind", help="detect: layout (PP-PicoDet, default), yolo (v8-style), "
+                                                         "yolov5 or ssd; pose: the detector's kind (default yolo)"),
     score_thresh: float | None = typer.Option(None, "--score-thresh", help="detect: minimum box score"),
     iou_thresh: float | None = typer.Option(None, "--iou-thresh", help="detect: NMS IoU threshold"),
     size: str | None = typer.Option(None, "--size", help="classify: input H,W (default 224,224); segment / pose: "

@@ -20,7 +20,12 @@ layout models ``pp_layout_*``) with its defaults, so the same ONNX model finds t
 scores): ``yolo.preprocess`` (letterbox to the model's input size, gray 114, BGR -> RGB, / 255;
 :func:`slipway.ops.image.preprocess`) and ``yolo.decode``
 (:func:`slipway.ops.decode.decode_yolo_anchor_free`, boxes through the letterbox back to the
-original image).
+original image). ``kind="yolov5"``: an anchor-based export with objectness (``[1, A, 5 + C]``,
+anchors applied), the same pre-processing, ``yolov5.decode``
+(:func:`slipway.ops.decode.decode_yolo_anchor_based`). ``kind="ssd"``: an SSD300-style model
+(``loc`` [1, P, 4] and ``conf`` [1, P, C], background 0): ``ssd.preprocess`` (the image stretched to
+the input, ImageNet mean / std in pixels, RGB) and ``ssd.decode`` (:func:`slipway.ops.decode.decode_ssd`
+against the SSD300 priors, boxes as fractions of the original image).
 
 Pipeline inputs: ``image`` (HWC uint8, **BGR**, OpenCV's order, as rapid-layout takes an array);
 outputs: ``boxes`` ``[K, 4]`` float32 xyxy in original pixels, ``scores`` ``[K]`` float32,
@@ -39,7 +44,7 @@ import numpy as np
 
 from slipway.errors import UserError
 from slipway.ops._check import check_array, check_image, check_size
-from slipway.ops.decode import decode_picodet, decode_yolo_anchor_free
+from slipway.ops.decode import decode_picodet, decode_ssd, decode_yolo_anchor_based, decode_yolo_anchor_free, ssd_priors
 from slipway.ops.geometry import scale_transform
 from slipway.ops.image import letterbox_geometry, preprocess
 from slipway.pipeline.ops import register_op
@@ -187,6 +192,57 @@ def yolo_decode(
     return {"boxes": det[0].boxes, "scores": det[0].scores, "class_ids": det[0].class_ids}
 
 
+@register_op("yolov5.decode", inputs=("output", "image_size"), outputs=("boxes", "scores", "class_ids"))
+def yolov5_decode(
+    output: Any,
+    image_size: Any,
+    input_size: Sequence[int] | int = 640,
+    score_thresh: float = 0.25,
+    iou_thresh: float = 0.45,
+    max_detections: int = 300,
+) -> dict[str, Any]:
+    """YOLOv5-style ``[1, A, 5 + C]`` (cx cy w h, objectness, class probabilities; anchors already applied by
+    the export) -> boxes through the letterbox in original pixels, scores (objectness x class), class ids."""
+    _, _, tf = letterbox_geometry(_size_of("image_size", image_size), input_size)
+    det = decode_yolo_anchor_based(output, score_threshold=score_thresh, iou_threshold=iou_thresh,
+                                   max_detections=max_detections, transform=tf)
+    if len(det) != 1:
+        raise UserError(f"output: expected a batch of one image, got {len(det)}")
+    return {"boxes": det[0].boxes, "scores": det[0].scores, "class_ids": det[0].class_ids}
+
+
+# ---------------------------------------------------------------------------------- SSD
+
+
+@register_op("ssd.preprocess", inputs=("image",), outputs=("tensor", "image_size"))
+def ssd_preprocess(image: Any, size: Sequence[int] | int = 300, mean: Any = (123.675, 116.28, 103.53),
+                   std: Any = (58.395, 57.12, 57.375), swap_rb: bool = True) -> dict[str, Any]:
+    """The whole image stretched to ``size`` (bilinear, no letterbox: SSD's boxes are fractions of the image),
+    BGR -> RGB, ``(x - mean) / std`` in pixel units, NCHW float32."""
+    img = check_image("image", image)
+    h, w = check_size("size", size)
+    x = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    if swap_rb:
+        x = x[..., ::-1]
+    x = (x.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return {"tensor": np.ascontiguousarray(x.transpose(2, 0, 1)[None]), "image_size": _image_size(img)}
+
+
+@register_op("ssd.decode", inputs=("loc", "conf", "image_size"), outputs=("boxes", "scores", "class_ids"))
+def ssd_decode(loc: Any, conf: Any, image_size: Any, input_size: int = 300, score_thresh: float = 0.5,
+               iou_thresh: float = 0.45, max_detections: int = 200, activation: str = "softmax") -> dict[str, Any]:
+    """SSD300-style heads (``loc`` [1, P, 4] offsets, ``conf`` [1, P, C] with background class 0) against the
+    SSD300 priors -> boxes in original pixels (the priors are fractions of the image), scores, class ids
+    (background left out, ids as the model numbers them)."""
+    priors = ssd_priors(int(input_size))
+    det = decode_ssd(loc, conf, priors, score_threshold=score_thresh, iou_threshold=iou_thresh,
+                     max_detections=max_detections, activation=activation,
+                     image_size=_size_of("image_size", image_size))
+    if len(det) != 1:
+        raise UserError(f"loc: expected a batch of one image, got {len(det)}")
+    return {"boxes": det[0].boxes, "scores": det[0].scores, "class_ids": det[0].class_ids}
+
+
 # ---------------------------------------------------------------------------------- builder
 
 
@@ -269,19 +325,36 @@ def detect_pipeline(
         decode = Step.op("decode", "picodet.decode",
                          {t: t for t in head_outputs.values()} | {"image_size": "image_size"},
                          {"boxes": "boxes", "scores": "scores", "class_ids": "class_ids"}, **decode_params)
-    elif kind == "yolo":
+    elif kind in ("yolo", "yolov5"):
         size = _fixed_hw(in_shape, (640, 640))
         if len(outs) != 1:
-            raise UserError(f"model: a YOLOv8-style export has one output [1, 4 + C, A], {path.name} has {len(outs)}")
+            layout = "[1, 4 + C, A]" if kind == "yolo" else "[1, A, 5 + C]"
+            raise UserError(f"model: a {kind} export has one output {layout}, {path.name} has {len(outs)}")
         pre = Step.op("preprocess", "yolo.preprocess", {"image": "image"},
                       {"tensor": "tensor", "image_size": "image_size"}, size=list(size))
         head_outputs = {outs[0][0]: "output"}
-        decode = Step.op("decode", "yolo.decode", {"output": "output", "image_size": "image_size"},
+        decode = Step.op("decode", f"{kind}.decode", {"output": "output", "image_size": "image_size"},
                          {"boxes": "boxes", "scores": "scores", "class_ids": "class_ids"}, input_size=list(size),
                          score_thresh=0.25 if score_thresh is None else float(score_thresh),
                          iou_thresh=0.45 if iou_thresh is None else float(iou_thresh))
+    elif kind == "ssd":
+        size = _fixed_hw(in_shape, (300, 300))
+        if len(outs) != 2 or size[0] != size[1]:
+            raise UserError(f"model: an SSD takes a square input and has two outputs (loc [1, P, 4], conf "
+                            f"[1, P, C]); {path.name} has {len(outs)} outputs and input {list(size)}")
+        loc = next((n for n, shape in outs if shape and shape[-1] == 4), None)
+        if loc is None:
+            raise UserError(f"model: no output of {path.name} ends in 4 (the box offsets, loc [1, P, 4])")
+        conf = next(n for n, _ in outs if n != loc)
+        pre = Step.op("preprocess", "ssd.preprocess", {"image": "image"},
+                      {"tensor": "tensor", "image_size": "image_size"}, size=list(size))
+        head_outputs = {loc: "loc", conf: "conf"}
+        decode = Step.op("decode", "ssd.decode", {"loc": "loc", "conf": "conf", "image_size": "image_size"},
+                         {"boxes": "boxes", "scores": "scores", "class_ids": "class_ids"}, input_size=size[0],
+                         score_thresh=0.5 if score_thresh is None else float(score_thresh),
+                         iou_thresh=0.45 if iou_thresh is None else float(iou_thresh))
     else:
-        raise UserError(f"kind: expected 'layout' or 'yolo', got {kind!r}")
+        raise UserError(f"kind: expected 'layout', 'yolo', 'yolov5' or 'ssd', got {kind!r}")
     det = Step.model("detector", str(path), {in_name: "tensor"}, head_outputs, backend=backend, threads=threads)
     lab = Step.op("labels", "detect.labels", {"class_ids": "class_ids"}, {"labels": "labels"},
                   names=list(names) if names is not None else None)
