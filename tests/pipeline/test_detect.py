@@ -92,7 +92,7 @@ def test_layout_labels_and_errors(layout_model) -> None:
     ids = detect_pipeline(layout_model, labels=[f"c{i}" for i in range(10)]).run({"image": render_page(0)})
     assert all(str(x).startswith("c") for x in ids.outputs["labels"])
     with pytest.raises(UserError, match="kind"):
-        detect_pipeline(layout_model, kind="ssd")
+        detect_pipeline(layout_model, kind="retinanet")
     with pytest.raises(UserError, match="not found"):
         detect_pipeline(layout_model.parent / "missing.onnx")
     with pytest.raises(PipelineError, match="step 'preprocess'"):
