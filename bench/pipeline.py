@@ -163,8 +163,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def served(threads: int, passes: int, concurrency: int = 8) -> dict[str, Any]:
-    """The OCR ensemble in ``slipway serve`` (own process) at ``concurrency`` vs the pipeline in process."""
+def served(threads: int, passes: int, concurrency: int = 8, served_threads: int = 1) -> dict[str, Any]:
+    """The OCR ensemble in ``slipway serve`` (own process) at ``concurrency`` vs the pipeline in process.
+
+    In process: one page after another on ``threads`` threads. Served: every composing model (and the
+    recognizer and classifier inside the post-processing model) on ``served_threads`` threads, so the
+    detector of one request and the post-processing of another share the cores instead of each asking
+    for all of them."""
     import os
     import subprocess
     import sys
@@ -192,11 +197,12 @@ def served(threads: int, passes: int, concurrency: int = 8) -> dict[str, Any]:
     local_s = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo = to_repository(pipe, Path(tmp) / "repo", sample={"image": cv2.imdecode(
+        served_pipe = ocr_pipeline(model("ppocr_det"), model("ppocr_rec"), model("ppocr_cls"), threads=served_threads)
+        repo = to_repository(served_pipe, Path(tmp) / "repo", sample={"image": cv2.imdecode(
             np.frombuffer(pngs[0], np.uint8), cv2.IMREAD_COLOR)})
         port = _free_port()
         server = subprocess.Popen([sys.executable, "-m", "slipway", "serve", str(repo), "--http-port", str(port),
-                                   "--grpc-port", "-1", "--metrics-port", "-1", "--threads", str(threads)],
+                                   "--grpc-port", "-1", "--metrics-port", "-1", "--threads", str(served_threads)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
         try:
             client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=concurrency)
@@ -235,7 +241,8 @@ def served(threads: int, passes: int, concurrency: int = 8) -> dict[str, Any]:
                              "executions": int(s["execution_count"]),
                              "compute_infer_ms": int(s["inference_stats"]["compute_infer"]["ns"]) / 1e6
                              / max(1, int(s["inference_stats"]["success"]["count"]))} for s in stats}
-    return {"pages": len(work), "concurrency": concurrency, "in_process_pages_s": len(work) / local_s,
+    return {"pages": len(work), "concurrency": concurrency, "threads": threads, "served_threads": served_threads,
+            "in_process_pages_s": len(work) / local_s,
             "served_pages_s": len(work) / remote_s, "client_cpu_share": client_cpu, "lines": sum(lines),
             "composing": per_model}
 
