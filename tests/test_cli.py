@@ -31,7 +31,8 @@ def test_console_script_is_installed() -> None:
     assert r.stderr.strip() == "error: model file not found: /nonexistent/model.onnx"
 
 
-# `slipway demo` judges INT8 accuracy on a trained digits CNN (held-out images, true labels), not on
+# `slipway demo --model resnet18` (the zoo demo; `slipway demo` alone is the OCR application, tests/cli/
+# test_demo_ocr.py) judges INT8 accuracy on a trained digits CNN (held-out images, true labels), not on
 # the random-weight ResNet-18 whose top-1 answers are noise.
 DEMO_INT8_LINE = re.compile(r"INT8 \(digits CNN, (\d+) held-out images, true labels\): top-1 ([\d.]+)% vs FP32 "
                             r"([\d.]+)% \((no change|[+-][\d.]+ points)\)")
@@ -57,8 +58,8 @@ def test_demo_int8_accuracy_is_real_held_out_top1(tmp_path: Path) -> None:
 def test_demo_end_to_end_prints_held_out_int8_top1(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    r = subprocess.run([sys.executable, "-m", "slipway", "demo", "--out", str(tmp_path)], capture_output=True,
-                       text=True, env={**os.environ, "COLUMNS": "400"}, timeout=1200)
+    r = subprocess.run([sys.executable, "-m", "slipway", "demo", "--model", "resnet18", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
     match = DEMO_INT8_LINE.search(r.stdout)
     assert match is not None, r.stdout[-4000:]

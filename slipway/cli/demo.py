@@ -1,9 +1,10 @@
-"""``slipway demo``: the whole front half of the job on a zoo model, start to finish.
+"""``slipway demo``: the OCR application by default (:mod:`slipway.cli.demo_ocr`); ``--model NAME`` runs
+the whole front half of the job on a zoo model instead (:func:`zoo_demo`).
 
-Build a reference network in PyTorch (seeded random weights), convert it to ONNX with
-verification, summarize it, optimize it (verified, never slower), quantize it to INT8 (speed and
-fidelity to FP32), measure this machine's peaks, analyze and profile the optimized model against
-the roofline, write the HTML report, then serve it and call it with tritonclient.
+The zoo demo builds a reference network in PyTorch (seeded random weights), converts it to ONNX with
+verification, summarizes it, optimizes it (verified, never slower), quantizes it to INT8 (speed and
+fidelity to FP32), measures this machine's peaks, analyzes and profiles the optimized model against
+the roofline, writes the HTML report, then serves it and calls it with tritonclient.
 
 A random-weight network's top-1 answers are noise, so INT8 *accuracy* is judged on a network
 whose answers mean something: :func:`quantize_digits` trains the zoo's small digits CNN
@@ -25,11 +26,23 @@ from slipway.errors import MissingDependencyError
 
 
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", help="folder for the ONNX model and the report"),
-    model: str = typer.Option("resnet18", "--model", help="zoo model: resnet18, mobilenetv2, repvgg, yolo, unet, pose"),
-    runs: int = typer.Option(20, "--runs", help="profiled runs"),
+    out: Path = typer.Option(Path("demo_out"), "--out", help="folder for the models, images, bundle and reports"),
+    model: str | None = typer.Option(None, "--model", help="run the chain on a zoo model instead of the OCR "
+                                     "application: resnet18, mobilenetv2, repvgg, yolo, unet, pose"),
+    runs: int = typer.Option(20, "--runs", help="zoo demo: profiled runs"),
 ) -> None:
-    """Build a zoo model, convert it with verification, analyze and profile it, write the report."""
+    """An OCR application taken to production: read a rendered page with PP-OCRv4, optimize, INT8 judged by
+    the text read, bundle, serve and call it with tritonclient. With --model: the chain on a zoo model."""
+    if model is None:
+        from slipway.cli.demo_ocr import ocr_demo
+
+        ocr_demo(out)
+    else:
+        zoo_demo(out, model, runs)
+
+
+def zoo_demo(out: Path, model: str, runs: int = 20) -> None:
+    """Build a zoo model, convert it with verification, optimize, quantize, analyze and profile it, serve it."""
     import slipway
     from slipway.analyze import analyze
     from slipway.analyze.machine import peaks

@@ -15,26 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from slipway.pipeline.ocr import model_charset
+from slipway.pipeline.pages import crop_text_metric, line_crops
 from tests.corpus import char_accuracy, model, ort_session, render_page, render_text, text_lines
 
 REC_SHAPE = (3, 48, 320)
-
-
-def line_crops(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    """``n`` single-line crops (BGR, 48 px high, at most 320 px wide) and the text drawn on each."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    rng = np.random.default_rng(seed)
-    crops, texts = [], []
-    for i, line in enumerate(text_lines(n, seed)):
-        text = " ".join(line.split()[:2]) if len(line) > 18 else line
-        font = ImageFont.load_default(size=int(rng.integers(26, 34)))
-        w = int(min(316, font.getlength(text) + 12))
-        img = Image.new("RGB", (w, 48), tuple(int(c) for c in rng.integers(215, 256, 3)))
-        ImageDraw.Draw(img).text((6, 6 + i % 3), text, fill=tuple(int(c) for c in rng.integers(0, 60, 3)), font=font)
-        crops.append(np.ascontiguousarray(np.asarray(img)[:, :, ::-1]))
-        texts.append(text)
-    return crops, texts
 
 
 def rec_inputs(crops: list[np.ndarray]) -> np.ndarray:
@@ -60,35 +45,15 @@ def cls_set(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), labels
 
 
-def charset(path: str | Path) -> list[str]:
-    """The recognizer's characters (its ``character`` metadata) plus the space PaddleOCR appends."""
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return meta["character"].splitlines() + [" "]
-
-
-def read_texts(outputs: np.ndarray, chars: list[str]) -> list[str]:
-    from slipway.ops.ocr import ctc_greedy_decode
-
-    return [t for t, _ in ctc_greedy_decode(outputs, chars)]
+charset = model_charset  # the recognizer's characters (its ``character`` metadata) plus the space PaddleOCR appends
+text_metric = crop_text_metric  # a quantize metric ``(outputs, labels) -> percent``: labels index the truths
 
 
 def text_accuracy(path: str | Path, inputs: np.ndarray, truths: list[str], chars: list[str]) -> float:
     """Mean character accuracy (percent) of ``path`` reading ``inputs`` (onnxruntime CPU)."""
     sess = ort_session(path)
     out = np.concatenate([sess.run(None, {"x": inputs[i:i + 8]})[0] for i in range(0, len(inputs), 8)])
-    return 100.0 * float(np.mean([char_accuracy(p, t) for p, t in zip(read_texts(out, chars), truths, strict=True)]))
-
-
-def text_metric(truths: list[str], chars: list[str]):
-    """A quantize metric ``(outputs, labels) -> percent``: labels are indices into ``truths``."""
-
-    def ocr_char_accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
-        texts = read_texts(outputs[0], chars)
-        return 100.0 * float(np.mean([char_accuracy(p, truths[int(i)]) for p, i in zip(texts, labels, strict=True)]))
-
-    return ocr_char_accuracy
+    return text_metric(truths, chars)([out], np.arange(len(truths)))
 
 
 def pipeline_accuracy(det: str | Path | None = None, rec: str | Path | None = None, pages: int = 4,

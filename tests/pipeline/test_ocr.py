@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from slipway.pipeline.pages import edit_distance
 from slipway.pipeline.parity import match_quads
 from tests.corpus import WORDS, model, ort_session
 
@@ -113,16 +114,6 @@ def test_reads_the_drawn_text(paths):
         assert set(line) == {"text", "score", "box"} and np.asarray(line["box"]).shape == (4, 2)
 
 
-def _edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
 def test_width_buckets_read_the_drawn_text_as_well_with_less_padding(paths):
     """rec_buckets=32: each crop padded to its own width (rounded up to 32 px), batches of equal widths.
     The boxes are the same (detection is untouched); the texts, spaces included, are at least as close to
@@ -139,8 +130,8 @@ def test_width_buckets_read_the_drawn_text_as_well_with_less_padding(paths):
         b = fast.run({"image": page}).outputs["lines"]
         assert [x["box"] for x in a.outputs["lines"]] == [x["box"] for x in b]
         truth = "\n".join(drawn)
-        err_same += _edit_distance("\n".join(x["text"] for x in a.outputs["lines"]), truth)
-        err_fast += _edit_distance("\n".join(x["text"] for x in b), truth)
+        err_same += edit_distance("\n".join(x["text"] for x in a.outputs["lines"]), truth)
+        err_fast += edit_distance("\n".join(x["text"] for x in b), truth)
         crops = a.trace["crops"]
         pixels_same += sum(len(i) * w for i, w in _rec_batches(crops, 48, 320, 6, 0))
         pixels_fast += sum(len(i) * w for i, w in _rec_batches(crops, 48, 320, 6, 32))
