@@ -37,6 +37,7 @@ import numpy as np
 from bench.common import alternating_blocks, fmt, machine, publish, versions
 from slipway.cpus import usable_cpus
 from slipway.pipeline.pages import edit_distance
+from slipway.serve import free_port
 from tests.corpus import model
 from tests.corpus import render_page as layout_page
 from tests.corpus.ocr import layout_agreement
@@ -155,14 +156,6 @@ def buckets(threads: int, repeats: int) -> dict[str, Any]:
                    "timing": t[name].to_dict()} for name in read}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def served(threads: int, passes: int, concurrency: int = 8, served_threads: int = 1) -> dict[str, Any]:
     """The OCR ensemble in ``slipway serve`` (own process) at ``concurrency`` vs the pipeline in process.
 
@@ -200,7 +193,7 @@ def served(threads: int, passes: int, concurrency: int = 8, served_threads: int 
         served_pipe = ocr_pipeline(model("ppocr_det"), model("ppocr_rec"), model("ppocr_cls"), threads=served_threads)
         repo = to_repository(served_pipe, Path(tmp) / "repo", sample={"image": cv2.imdecode(
             np.frombuffer(pngs[0], np.uint8), cv2.IMREAD_COLOR)})
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "slipway", "serve", str(repo), "--http-port", str(port),
                                    "--grpc-port", "-1", "--metrics-port", "-1", "--threads", str(served_threads)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())

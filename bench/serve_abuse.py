@@ -52,6 +52,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.common import RESULTS, header, machine, markdown_table, print_table, versions
 from slipway.model import atomic_write_text
+from slipway.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "serve_abuse"
@@ -91,11 +92,6 @@ def build_repository(root: Path) -> Path:
     (root / "strings" / "config.pbtxt").write_text(STRINGS_CONFIG)
     return root
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def status_kb(pid: int) -> dict[str, int]:

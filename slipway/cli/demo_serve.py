@@ -11,7 +11,6 @@ lines out as JSON strings), starts ``slipway serve`` in a subprocess on a free p
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,7 @@ import numpy as np
 
 from slipway.cli.common import console
 from slipway.errors import UserError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from slipway.serve import free_port
 
 
 def serve_and_call(app: Path, repo: Path, png: Path, name: str = "ocr") -> list[dict[str, Any]]:
@@ -44,7 +38,7 @@ def serve_and_call(app: Path, repo: Path, png: Path, name: str = "ocr") -> list[
     to_repository(pipeline, repo, sample={"image": cv2.imread(str(png), cv2.IMREAD_COLOR)}, name=name, force=True)
     parts = [f"{name}_{part[0].name}" for part in segments(pipeline)]
     console.print(f"wrote {repo}: ensemble {name!r} = {' -> '.join(parts)} (slipway bundle --triton)")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "slipway", "serve", str(repo), "--http-port", str(port), "--grpc-port", "-1",
            "--metrics-port", "-1"]
     console.print(f"$ slipway serve {repo} --http-port {port} --grpc-port -1 --metrics-port -1")

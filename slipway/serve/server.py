@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,11 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_thread()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it): for a server started elsewhere, such as
+    ``slipway serve`` in a subprocess, that cannot report the port it bound."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

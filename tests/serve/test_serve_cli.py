@@ -4,7 +4,6 @@ plus config features end to end (versions, warm-up, python models, engine parame
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,20 +12,14 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from slipway.serve import Server
+from slipway.serve import Server, free_port
 from tests.serve.conftest import B, W, _save, gemm_model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cli_serves_and_stops_on_sigterm(tmp_path) -> None:
     repo = tmp_path / "repo"
     _save(gemm_model(), repo / "gemm" / "1" / "model.onnx")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "slipway", "serve", str(repo), "--http-port", str(port),
                              "--grpc-port", "0", "--metrics-port", "-1"], stderr=subprocess.PIPE, text=True)
     try:
