@@ -174,41 +174,32 @@ def yolo_preprocess(image: Any, size: Sequence[int] | int = 640, swap_rb: bool =
     return {"tensor": blob, "image_size": _image_size(img)}
 
 
-@register_op("yolo.decode", inputs=("output", "image_size"), outputs=("boxes", "scores", "class_ids"))
-def yolo_decode(
-    output: Any,
-    image_size: Any,
-    input_size: Sequence[int] | int = 640,
-    score_thresh: float = 0.25,
-    iou_thresh: float = 0.45,
-    max_detections: int = 300,
-) -> dict[str, Any]:
-    """YOLOv8-style ``[1, 4 + C, A]`` -> boxes through the letterbox in original pixels, scores, class ids."""
+def _letterboxed(decode: Any, output: Any, image_size: Any, input_size: Any, score_thresh: float, iou_thresh: float,
+                 max_detections: int) -> dict[str, Any]:
+    """A YOLO head decoded with boxes mapped through the letterbox back to the original image."""
     _, _, tf = letterbox_geometry(_size_of("image_size", image_size), input_size)
-    det = decode_yolo_anchor_free(output, score_threshold=score_thresh, iou_threshold=iou_thresh,
-                                  max_detections=max_detections, transform=tf)
+    det = decode(output, score_threshold=score_thresh, iou_threshold=iou_thresh, max_detections=max_detections,
+                 transform=tf)
     if len(det) != 1:
         raise UserError(f"output: expected a batch of one image, got {len(det)}")
     return {"boxes": det[0].boxes, "scores": det[0].scores, "class_ids": det[0].class_ids}
+
+
+@register_op("yolo.decode", inputs=("output", "image_size"), outputs=("boxes", "scores", "class_ids"))
+def yolo_decode(output: Any, image_size: Any, input_size: Sequence[int] | int = 640, score_thresh: float = 0.25,
+                iou_thresh: float = 0.45, max_detections: int = 300) -> dict[str, Any]:
+    """YOLOv8-style ``[1, 4 + C, A]`` -> boxes through the letterbox in original pixels, scores, class ids."""
+    return _letterboxed(decode_yolo_anchor_free, output, image_size, input_size, score_thresh, iou_thresh,
+                        max_detections)
 
 
 @register_op("yolov5.decode", inputs=("output", "image_size"), outputs=("boxes", "scores", "class_ids"))
-def yolov5_decode(
-    output: Any,
-    image_size: Any,
-    input_size: Sequence[int] | int = 640,
-    score_thresh: float = 0.25,
-    iou_thresh: float = 0.45,
-    max_detections: int = 300,
-) -> dict[str, Any]:
+def yolov5_decode(output: Any, image_size: Any, input_size: Sequence[int] | int = 640, score_thresh: float = 0.25,
+                  iou_thresh: float = 0.45, max_detections: int = 300) -> dict[str, Any]:
     """YOLOv5-style ``[1, A, 5 + C]`` (cx cy w h, objectness, class probabilities; anchors already applied by
     the export) -> boxes through the letterbox in original pixels, scores (objectness x class), class ids."""
-    _, _, tf = letterbox_geometry(_size_of("image_size", image_size), input_size)
-    det = decode_yolo_anchor_based(output, score_threshold=score_thresh, iou_threshold=iou_thresh,
-                                   max_detections=max_detections, transform=tf)
-    if len(det) != 1:
-        raise UserError(f"output: expected a batch of one image, got {len(det)}")
-    return {"boxes": det[0].boxes, "scores": det[0].scores, "class_ids": det[0].class_ids}
+    return _letterboxed(decode_yolo_anchor_based, output, image_size, input_size, score_thresh, iou_thresh,
+                        max_detections)
 
 
 # ---------------------------------------------------------------------------------- SSD
