@@ -36,13 +36,14 @@ def _register() -> None:
         machine,
         optimize,
         pipeline,
+        prune,
         quantize,
         run,
         serve,
         tune,
     )
 
-    for mod in (info, convert, analyze, optimize, quantize, compare, bench, tune, pipeline, run, bundle, serve,
+    for mod in (info, convert, analyze, optimize, quantize, prune, compare, bench, tune, pipeline, run, bundle, serve,
                 export, machine, demo):
         mod.register(app)
 

@@ -257,20 +257,6 @@ def _one_shot(data: Any) -> bool:
     return isinstance(data, Iterator)
 
 
-class _Judge:
-    """Evaluates candidates against the FP32 outputs on the engine (computed once)."""
-
-    def __init__(self, source: ir.Model, data: ev.EvalData, metric: Any, engine: str) -> None:
-        self.data, self.engine = data, engine
-        self.reference = ev.run_outputs(source, data, engine)
-        self.metric = ev.resolve_metric(metric, data.labels, self.reference)
-        self.fp32 = ev.metric_value(self.metric, self.reference, data.labels, self.reference)
-
-    def __call__(self, model: ir.Model) -> ev.Score:
-        return ev.score(self.metric, ev.run_outputs(model, self.data, self.engine), self.reference,
-                        self.data.labels, self.fp32)
-
-
 def _formats(symmetric: bool | None, per_channel: bool, reduce_range: bool | None,
              result: QuantizeResult) -> dict[str, Any]:
     """The Q/DQ formats: the caller's, else :func:`speed.int8_defaults` for this CPU (noted)."""
@@ -307,7 +293,7 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, 
                             cache=cache)
     result.calib_samples = cal.samples
     result.notes.extend(cal.notes)
-    judge: _Judge | None = None
+    judge: ev.Judge | None = None
     tried: list[tuple[str, Any, ir.Model, Any, ev.Score]] = []  # method, ranges, model, report, score
     for m in AUTO_ORDER if method == AUTO else (method,):
         ranges = calibrate.ranges(cal, m, symmetric=formats["symmetric_activations"])
@@ -317,7 +303,7 @@ def _int8(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, 
             raise UserError(_nothing_to_quantize(prepared))
         if judge is None:
             say("evaluating")
-            judge = _Judge(source, _eval_set(prepared, eval_data, calib, preprocess, eval_limit, result, inputs),
+            judge = ev.Judge(source, _eval_set(prepared, eval_data, calib, preprocess, eval_limit, result, inputs),
                            metric, result.engine)
         tried.append((m, ranges, quant, report, judge(quant)))
         if method != AUTO or tried[-1][4].drop <= (AUTO_DROP if max_drop is None else min(max_drop, AUTO_DROP)):
@@ -393,7 +379,7 @@ class _Builder:
         self.result.warnings.append(f"FP16 fallback not possible ({why}); the reverted layers stay FP32")
 
 
-def _budget(build: _Builder, judge: _Judge, result: QuantizeResult, max_drop: float, say: _Say) -> ir.Model:
+def _budget(build: _Builder, judge: ev.Judge, result: QuantizeResult, max_drop: float, say: _Say) -> ir.Model:
     """Revert the most sensitive layers to float until the drop is within ``max_drop``.
 
     The last candidate (every ranked layer float) also reverts the quantized nodes the ranking leaves
@@ -449,7 +435,7 @@ def _budget(build: _Builder, judge: _Judge, result: QuantizeResult, max_drop: fl
     return model
 
 
-def _unreachable(last: tuple[ir.Model, Any, ev.Score, str] | None, judge: _Judge) -> str:
+def _unreachable(last: tuple[ir.Model, Any, ev.Score, str] | None, judge: ev.Judge) -> str:
     """Why even the model with every layer float misses the budget (``last``: that attempt, None if none was made)."""
     if last is None:
         return "no quantized layer could be ranked by sensitivity, so none can be reverted"
@@ -480,7 +466,7 @@ def _low(source: ir.Model, result: QuantizeResult, say: _Say, inputs: _Inputs, *
         result.warnings.append("onnxruntime's CPU engine has no BF16 kernels: the BF16 model was evaluated and "
                                "timed on openvino")
     say("evaluating")
-    judge = _Judge(source, _eval_set(source, eval_data, calib, preprocess, eval_limit, result, inputs), metric,
+    judge = ev.Judge(source, _eval_set(source, eval_data, calib, preprocess, eval_limit, result, inputs), metric,
                    result.engine)
     result.metric, result.score = judge.metric, judge(model)
     if max_drop is not None and result.score.drop > max_drop:

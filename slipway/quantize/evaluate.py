@@ -61,7 +61,7 @@ from slipway.verify.inputs import (
 )
 from slipway.verify.probe import hinted_specs
 
-__all__ = ["EvalData", "Metric", "Score", "Output", "from_feeds", "random_set", "verify_feeds", "run_outputs",
+__all__ = ["EvalData", "Judge", "Metric", "Score", "Output", "from_feeds", "random_set", "verify_feeds", "run_outputs",
            "parts", "samples_in", "resolve_metric", "metric_value", "score", "LABEL_KEYS", "BATCH"]
 
 LABEL_KEYS = ("labels", "label", "y")
@@ -502,3 +502,18 @@ def score(m: Metric, outputs: list[Output], reference: list[Output], labels: np.
     finite = np.isfinite(r) & np.isfinite(a)
     snr = snr_db(r[finite], a[finite]) if finite.all() else float("-inf")
     return Score(m.name, ref, value, ref - value, agree, snr, cosine(r[finite], a[finite]))
+
+
+class Judge:
+    """Evaluates candidate models (quantized, pruned) against the reference model's outputs on the engine
+    (computed once): ``judge(model)`` -> :class:`Score`."""
+
+    def __init__(self, source: ir.Model, data: EvalData, metric: Any, engine: str) -> None:
+        self.data, self.engine = data, engine
+        self.reference = run_outputs(source, data, engine)
+        self.metric = resolve_metric(metric, data.labels, self.reference)
+        self.fp32 = metric_value(self.metric, self.reference, data.labels, self.reference)
+
+    def __call__(self, model: ir.Model) -> Score:
+        return score(self.metric, run_outputs(model, self.data, self.engine), self.reference,
+                        self.data.labels, self.fp32)
