@@ -29,13 +29,15 @@ def bundle(
     name: str = typer.Option(None, "--name", help="with --triton: the ensemble's name (default: the pipeline's)"),
     raw_image: bool = typer.Option(False, "--raw-image", help="with --triton: take the image as raw UINT8 HWC "
                                                               "pixels instead of an encoded JPEG / PNG"),
+    instances: int = typer.Option(1, "--instances", help="with --triton: instances of each run of ops (requests "
+                                                         "run that many at once)"),
 ) -> None:
     """Bundle PIPELINE: every model it uses, the rewritten pipeline file, tuned settings, golden cases
     and a manifest of SHA-256 hashes, written atomically (or, with --triton, a model repository)."""
     import json
 
     if triton:
-        _triton(pipeline, output, sample, name, raw_image, force)
+        _triton(pipeline, output, sample, name, raw_image, instances, force)
         return
 
     from slipway.pipeline.bundle import MANIFEST, load_bundle
@@ -57,7 +59,8 @@ def bundle(
     console.print(f"wrote {out}" + ("  (self-test passed)" if check else ""))
 
 
-def _triton(pipeline: Path, output: Path, sample: Path | None, name: str | None, raw: bool, force: bool) -> None:
+def _triton(pipeline: Path, output: Path, sample: Path | None, name: str | None, raw: bool, instances: int,
+            force: bool) -> None:
     from slipway.errors import UserError
     from slipway.pipeline import Pipeline
     from slipway.pipeline.bundle import golden_feeds
@@ -67,7 +70,7 @@ def _triton(pipeline: Path, output: Path, sample: Path | None, name: str | None,
         raise UserError("--triton needs --sample IMAGE: the pipeline runs on it once to learn its tensors' types")
     p = Pipeline.from_file(pipeline)
     out = to_repository(p, output, sample=golden_feeds(p, sample, 0), name=name,
-                        image_input="raw" if raw else "encoded", force=force)
+                        image_input="raw" if raw else "encoded", instances=instances, force=force)
     parts = segments(p)
     console.print(f"wrote {out}: ensemble {name or p.name!r} of {len(parts)} composing models "
                   f"({', '.join('+'.join(s.name for s in part) for part in parts)})")

@@ -59,15 +59,20 @@ def segments(pipeline: Pipeline) -> list[list[Step]]:
 
 
 def to_repository(pipeline: Pipeline | str | os.PathLike, output: str | os.PathLike, *, sample: Mapping[str, Any],
-                  name: str | None = None, image_input: str = "encoded", force: bool = False) -> Path:
+                  name: str | None = None, image_input: str = "encoded", instances: int = 1,
+                  force: bool = False) -> Path:
     """Write ``pipeline`` as a Triton model repository at ``output`` (see the module docstring).
 
     ``sample``: pipeline inputs for one traced run (the types of the tensors between composing
     models come from it). ``name``: the ensemble's name (default: the pipeline's). ``image_input``:
-    how an image input (a uint8 HWC array in ``sample``) is declared: "encoded" or "raw".
+    how an image input (a uint8 HWC array in ``sample``) is declared: "encoded" or "raw". ``instances``:
+    the instance count of each run of ops (concurrent requests run that many at once; the model steps
+    keep one instance with dynamic batching).
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = Pipeline.from_file(pipeline)
+    if not isinstance(instances, int) or instances < 1:
+        raise UserError(f"instances: expected a positive integer, got {instances!r}")
     if image_input not in IMAGE_INPUTS:
         raise UserError(f"image_input: expected one of {', '.join(IMAGE_INPUTS)}, got {image_input!r}")
     name = name or pipeline.name
@@ -97,7 +102,8 @@ def to_repository(pipeline: Pipeline | str | os.PathLike, output: str | os.PathL
                 bundle(sub, tmp / model / "1")
                 (tmp / model / "config.pbtxt").write_text(
                     _config(model, 'backend: "slipway_pipeline"', 0, [(t, types[t]) for t in reads],
-                            [(t, types[t]) for t in writes]), encoding="utf-8")
+                            [(t, types[t]) for t in writes])
+                    + f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n", encoding="utf-8")
                 steps.append((model, {t: t for t in reads}, {t: t for t in writes}))
         ensemble = _config(name, 'platform: "ensemble"', 0, [(t, types[t]) for t in pipeline.inputs],
                            [(t, types[t]) for t in pipeline.outputs])

@@ -34,7 +34,7 @@ def ocr():
 def served(tmp_path_factory, ocr):
     page, _ = render_page(11)
     repo = tmp_path_factory.mktemp("ens") / "repo"
-    to_repository(ocr, repo, sample={"image": page})
+    to_repository(ocr, repo, sample={"image": page}, instances=2)
     layout = detect_pipeline(model("layout"), kind="layout", threads=1)
     to_repository(layout, repo / "layout_models", sample={"image": page}, name="layout")
     for folder in (repo / "layout_models").iterdir():  # two ensembles in one repository
@@ -56,6 +56,7 @@ def test_repository_layout(served) -> None:
         ["ocr", "ocr_det_pre", "ocr_det", "ocr_det_post", "layout", "layout_preprocess", "layout_detector", "layout_decode"])
     config = (repo / "ocr" / "config.pbtxt").read_text()
     assert 'platform: "ensemble"' in config and 'input_map { key: "meta" value: "meta" }' in config
+    assert "count: 2" in (repo / "ocr_det_post" / "config.pbtxt").read_text()  # runs of ops: two instances
     # the op runs are bundles: the recognizer and classifier travel with the steps that read them
     manifest = json.loads((repo / "ocr_det_post" / "1" / "manifest.json").read_text())
     assert {Path(f).name for f in manifest["files"]} >= {"pipeline.yaml"}
@@ -131,6 +132,8 @@ def test_what_cannot_be_an_ensemble(tmp_path, ocr) -> None:
         to_repository(ocr, tmp_path / "taken", sample={"image": page})
     with pytest.raises(UserError, match="image_input"):
         to_repository(ocr, tmp_path / "x", sample={"image": page}, image_input="jpeg")
+    with pytest.raises(UserError, match="instances: expected a positive integer"):
+        to_repository(ocr, tmp_path / "x", sample={"image": page}, instances=0)
     # crops (a list of arrays) made before the detector and read after it would cross between composing models
     det, rec = ocr.steps[1], model("ppocr_rec")
     steps = [Step.op("pre", "ocr.det_preprocess", {"image": "image"}, {"tensor": "t", "work": "work", "meta": "meta"}),
