@@ -274,10 +274,16 @@ class Ensemble(Checking):
             if len(ready) == 1:
                 values.update(await self._step(ready[0], values, request_id))
                 continue
-            async with asyncio.TaskGroup() as group:  # independent steps at once; one failure cancels the rest
-                tasks = [group.create_task(self._step(s, values, request_id)) for s in ready]
-            for task in tasks:
-                values.update(task.result())
+            # independent steps at once; the first failure cancels the others and is raised as it is
+            tasks = [asyncio.ensure_future(self._step(s, values, request_id)) for s in ready]
+            try:
+                for produced in await asyncio.gather(*tasks):
+                    values.update(produced)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
 
     async def _step(self, step: Step, values: Mapping[str, InferTensor], request_id: str) -> dict[str, InferTensor]:
         inputs = []

@@ -355,3 +355,22 @@ def test_http_errors_name_the_step(server) -> None:
     with pytest.raises(InferenceServerException) as e:
         client.infer("chain", [t])  # B missing: the ensemble's own check
     assert "model 'chain': input 'B' is missing" in str(e.value)
+
+
+def test_a_failing_step_beside_another_is_reported_as_itself(tmp_path) -> None:
+    """Two steps run at once (the two gemm steps); one fails: its own 400, naming it, not a wrapped error."""
+    plane = DataPlane(Repository(build(tmp_path)), control="explicit", models=["chain"], threads=1)
+    a = np.ones((1, 16), np.float32)
+
+    async def go():
+        assert await plane.start() == []
+        await plane.unload_model("gemm")  # both gemm steps now fail at once
+        with pytest.raises(ServeError) as e:
+            await plane.infer(InferRequest("chain", inputs=_feed(a),
+                                           outputs=[RequestedOutput("out_sum"), RequestedOutput("out_diff")]))
+        await plane.shutdown()
+        return e.value
+
+    error = asyncio.run(asyncio.wait_for(go(), 60))
+    assert type(error) is ServeError and error.status == 503
+    assert str(error).startswith("ensemble 'chain' step ") and "model 'gemm' is not ready" in str(error)
