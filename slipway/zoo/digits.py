@@ -17,7 +17,7 @@ import numpy as np
 
 from slipway.errors import MissingDependencyError
 
-__all__ = ["SIZE", "TEST_SIZE", "EPOCHS", "digits_data", "DigitsCNN", "train_digits_cnn", "accuracy"]
+__all__ = ["SIZE", "TEST_SIZE", "EPOCHS", "digits_data", "DigitsCNN", "train_digits_cnn", "fit", "accuracy"]
 
 SIZE = 16  # the 8x8 images are upsampled (bilinear) to SIZE x SIZE
 TEST_SIZE = 360  # held-out images (20%), stratified by class
@@ -90,10 +90,19 @@ def train_digits_cnn(seed: int = 0, epochs: int = EPOCHS) -> tuple[Any, Split, S
     train, test = digits_data(seed)
     torch.manual_seed(seed)
     module = DigitsCNN()
+    fit(module, train, epochs, seed)
+    return module, train, test
+
+
+def fit(module: Any, train: Split, epochs: int, seed: int = 0, lr: float = 3e-3, max_lr: float = 1e-2) -> Any:
+    """Train ``module`` on ``train`` for ``epochs`` (Adam, a one-cycle schedule up to ``max_lr``, a seeded
+    shuffle, batches of :data:`BATCH`, one thread); the training of :func:`train_digits_cnn`, and the same
+    short fine-tune for pruned copies. Returns the module in eval mode."""
+    torch = _torch()
     x, y = torch.from_numpy(train[0]), torch.from_numpy(train[1])
     steps = (len(x) + BATCH - 1) // BATCH
-    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * steps)
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=epochs * steps)
     g = torch.Generator().manual_seed(seed)
     loss_fn = torch.nn.CrossEntropyLoss()
     threads = torch.get_num_threads()
@@ -111,4 +120,4 @@ def train_digits_cnn(seed: int = 0, epochs: int = EPOCHS) -> tuple[Any, Split, S
     finally:
         torch.set_num_threads(threads)
     module.eval()
-    return module, train, test
+    return module
