@@ -111,6 +111,26 @@ def test_zoo_model_matches_onnxruntime_at_two_batches_and_thread_counts():
     zoo_matches("mnn")
 
 
+def layers_match(engine: str) -> None:
+    """`slipway compare` layer by layer, onnxruntime vs ``engine``: every intermediate of the zoo's MobileNetV2
+    (exposed as outputs before the conversion) is matched and within the default tolerance; with a tolerance
+    below float32 rounding, the first divergent layer is named (a node of the ONNX graph)."""
+    from slipway.compare import compare
+    from tests.zoo import export
+
+    path = export("mobilenetv2")
+    report = compare(path, backend_a="ort", backend_b=engine)
+    assert report.first_divergent_node is None and len(report.layers) > 60
+    assert all(d.ok for d in report.layers)
+    tight = compare(path, backend_a="ort", backend_b=engine, atol=0.0, rtol=1e-9)
+    first = tight.first_divergent_node
+    assert first is not None and first.name in {d.node for d in report.layers} and first.tensor
+
+
+def test_compare_layer_by_layer_against_onnxruntime():
+    layers_match("mnn")
+
+
 def test_dynamic_height_and_width_run_at_each_request_shape():
     model = conv_net()
     session = load(model, "mnn")

@@ -15,6 +15,7 @@ from tests.backends.test_mnn import (  # noqa: F401  (engine_cache: the autouse 
     conv_net,
     engine_cache,
     images,
+    layers_match,
     pipeline_step,
     served_infer,
     unconvertible_is_one_line,
@@ -30,6 +31,10 @@ import slipway.backends.ncnn as ncnnb  # noqa: E402
 
 def test_zoo_model_matches_onnxruntime_at_two_batches_and_thread_counts():
     zoo_matches("ncnn")  # batch 3: three samples run one after another, stacked
+
+
+def test_compare_layer_by_layer_against_onnxruntime():
+    layers_match("ncnn")
 
 
 def test_dynamic_height_and_width_run_at_each_request_shape():
