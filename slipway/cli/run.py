@@ -101,17 +101,23 @@ def _table(rec: dict[str, Any]) -> Table:
 
 
 def run(
-    pipeline_file: Path = typer.Argument(..., metavar="PIPELINE", help="pipeline file (YAML)"),
+    pipeline_file: Path = typer.Argument(..., metavar="PIPELINE", help="pipeline file (YAML), or a bundle (folder or "
+                                                                      ".zip: hashes checked, golden self-test run)"),
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="images (anything OpenCV reads)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object per image (JSON lines)"),
     draw_dir: Path | None = typer.Option(None, "--draw", help="write DIR/<image stem>.png with the results drawn"),
     timings: bool = typer.Option(False, "--timings", help="add per-step times (ms)"),
     workers: int = typer.Option(1, "--workers", help="images run at once (threads sharing the pipeline's sessions)"),
 ) -> None:
-    """Run PIPELINE on each IMAGE: OCR lines, detection boxes or class labels, as a table or JSON."""
+    """Run PIPELINE (a file or a bundle) on each IMAGE: OCR lines, detection boxes, masks, keypoints or class
+    labels, as a table or JSON."""
     from slipway.pipeline import Pipeline
+    from slipway.pipeline.bundle import load_bundle
 
-    p = Pipeline.from_file(pipeline_file)
+    if pipeline_file.is_dir() or pipeline_file.suffix.lower() == ".zip":
+        p = load_bundle(pipeline_file)  # every file's SHA-256 checked, then the golden self-test
+    else:
+        p = Pipeline.from_file(pipeline_file)
     if len(p.inputs) != 1:
         raise UserError(f"{pipeline_file}: run feeds one image, the pipeline has inputs {', '.join(p.inputs)}")
     if draw_dir is not None:

@@ -205,3 +205,20 @@ def test_bundle_triton_writes_a_repository_the_server_accepts(ocr_yaml, text_pag
     assert config.platform == "ensemble" and len(config.ensemble_scheduling.step) == 3
     assert [i.name for i in config.input] == ["image"] and [o.name for o in config.output] == ["lines"]
     assert repo.config("reader_det_post").backend == "slipway_pipeline"
+
+
+def test_run_takes_a_bundle_folder_or_zip(ocr_yaml, text_page, tmp_path):
+    """`slipway run BUNDLE IMAGE`: the hashes are checked and the golden self-test runs before the images; the
+    lines are the pipeline file's; a tampered bundle is one line and nothing runs."""
+    page, _ = text_page
+    want = json.loads(slipway("run", ocr_yaml, page, "--json").output.splitlines()[0])
+    for args in ((), ("--zip",)):
+        out = tmp_path / ("app.zip" if args else "app")
+        r = slipway("bundle", ocr_yaml, "-o", out, "--golden", page, *args)
+        assert r.exit_code == 0, r.output
+        r = slipway("run", out, page, "--json", "--draw", tmp_path / f"drawn{len(args)}")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output.splitlines()[0])["lines"] == want["lines"]
+        assert (tmp_path / f"drawn{len(args)}" / f"{page.stem}.png").is_file()
+    (tmp_path / "app" / "pipeline.yaml").write_text((tmp_path / "app" / "pipeline.yaml").read_text() + "\n# changed\n")
+    assert "pipeline.yaml" in user_error(slipway("run", tmp_path / "app", page, "--json"))
