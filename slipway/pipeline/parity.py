@@ -4,14 +4,16 @@
 *reference* (a Python callable doing the same job, ``reference(inputs) -> {name: value}``) on the
 same inputs, compares every mapped stage in pipeline order and names the first stage past
 tolerance, plus an end metric (text exact-match rate for OCR, box IoU / matched share for
-detection). How a stage is compared depends on its values:
+detection, keypoint error for pose). How a stage is compared depends on its values:
 
 * ``array`` (numeric arrays): max abs / rel error, ok when ``max_abs <= atol + rtol * max|ref|``
   and the shapes agree (:func:`slipway.compare.metrics.tensor_diff`);
 * ``texts`` (lists / arrays of strings): exact-match rate, element by element, ok at 100 %;
 * ``boxes`` (``[K, 4, 2]`` quads, or ``[K, 4]`` xyxy for a tensor named ``*box*``): greedy
   one-to-one IoU matching, ok when the counts agree and every pair has IoU >= ``iou_thresh``;
-* ``arrays`` (lists of arrays, e.g. crops): each pair as ``array``, ok when all are.
+* ``arrays`` (lists of arrays, e.g. crops): each pair as ``array``, ok when all are;
+* ``keypoints`` (``[K, J, 2|3]`` for a tensor named ``*keypoint*``): as ``array``, plus the keypoint
+  error in pixels (mean and largest distance between the x, y of each joint), the pose end metric.
 
 Ready references for the real peers: :func:`rapidocr_reference` (RapidOCR 1.4.x, its internals
 recorded through instance-level wrappers: detector input, probability map, sorted boxes, crops,
@@ -35,7 +37,7 @@ from slipway.errors import UserError
 __all__ = ["StageDiff", "StageReport", "compare_stages", "rapid_layout_reference", "rapidocr_reference",
            "reference_for"]
 
-KINDS = ("array", "texts", "boxes", "arrays")
+KINDS = ("array", "texts", "boxes", "arrays", "keypoints")
 
 
 @dataclass
@@ -58,6 +60,9 @@ class StageDiff:
             return text
         if self.kind == "texts":
             return f"exact match {m['match_rate']:.1%} ({m['matched']}/{m['total']})"
+        if self.kind == "keypoints":
+            return (f"keypoint error mean {m['mean_error_px']:.3g} px, largest {m['max_error_px']:.3g} px over "
+                    f"{m['joints']} joints")
         return (f"{m['n_ref']} vs {m['n_got']} boxes, matched {m['matched_share']:.1%}, "
                 f"mean IoU {m['mean_iou']:.3f}, min IoU {m['min_iou']:.3f}")
 
@@ -149,6 +154,8 @@ def _kind(name: str, ref_name: str, ref: Any, got: Any) -> str:
             a = np.asarray(v, dtype=np.float64)
         except (TypeError, ValueError):
             continue
+        if a.ndim == 3 and a.shape[-1] in (2, 3) and "keypoint" in f"{name} {ref_name}".lower():
+            return "keypoints"
         if a.ndim == 3 and a.shape[1:] == (4, 2):
             return "boxes"
         if a.ndim == 2 and a.shape[1] == 4 and ("box" in name.lower() or "box" in ref_name.lower()):
@@ -239,12 +246,17 @@ class _Acc:
         self.matched = self.total = 0
         self.n_ref = self.n_got = 0
         self.ious: list[float] = []
+        self.errors: list[float] = []  # keypoints: pixel distance of each joint
 
     def add(self, ref: Any, got: Any, *, atol: float, rtol: float, iou_thresh: float, run: int) -> None:
         from slipway.compare.metrics import tensor_diff
 
         where = f"input set {run}: " if run else ""
-        if self.kind == "array":
+        if self.kind == "keypoints":
+            r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+            if r.shape[:-1] == g.shape[:-1] and r.shape[-1] >= 2 and g.shape[-1] >= 2:
+                self.errors += np.linalg.norm(r[..., :2] - g[..., :2], axis=-1).ravel().tolist()
+        if self.kind in ("array", "keypoints"):
             try:
                 r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
             except (TypeError, ValueError) as e:
@@ -308,10 +320,13 @@ class _Acc:
                                     f"{len(low)} below IoU {iou_thresh:g}")
 
     def result(self) -> StageDiff:
-        if self.kind in ("array", "arrays"):
+        if self.kind in ("array", "arrays", "keypoints"):
             m: dict[str, Any] = {"max_abs": self.max_abs, "max_rel": self.max_rel}
             if self.kind == "array":
                 m["cosine"] = self.cosine
+            elif self.kind == "keypoints":
+                m |= {"mean_error_px": float(np.mean(self.errors)) if self.errors else 0.0,
+                      "max_error_px": float(np.max(self.errors)) if self.errors else 0.0, "joints": len(self.errors)}
             else:
                 m |= {"n_ref": self.n_ref, "n_got": self.n_got}
         elif self.kind == "texts":
@@ -390,7 +405,7 @@ def compare_stages(pipeline: Any, reference: Callable[[dict[str, Any]], Mapping[
         if metric is not None and metric not in accs:
             raise UserError(f"metric: {metric!r} is not a compared stage (compared: {', '.join(accs) or 'none'})")
         pick = metric or (getattr(reference, "end", None) if getattr(reference, "end", None) in accs else None) \
-            or next((d.stage for d in reversed(diffs) if d.kind in ("texts", "boxes")),
+            or next((d.stage for d in reversed(diffs) if d.kind in ("texts", "boxes", "keypoints")),
                               diffs[-1].stage if diffs else None)
         end_stage = pick
         end_metric = next((d.metrics for d in diffs if d.stage == pick), {})

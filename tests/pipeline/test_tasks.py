@@ -161,3 +161,25 @@ def test_cli_writes_and_runs_segment_and_pose_files(tmp_path: Path) -> None:
     assert len(rec["keypoints"]) == len(rec["boxes"])
     r = slipway("pipeline", "segment", "--model", export("unet"), "--top-k", "3", "-o", tmp_path / "x.yaml")
     assert "--top-k is not an option of this task" in user_error(r)
+
+
+def test_stage_parity_reports_keypoint_error() -> None:
+    """compare_stages on the pose pipeline: a reference that agrees on the crops but places every joint 1.5 px
+    to the right is named at the keypoints stage, and the end metric is the keypoint error in pixels."""
+    from slipway.pipeline.parity import compare_stages
+
+    pipe = pose_pipeline(export("pose"), size=(128, 96))
+    feeds = {"image": _image(240, 320, seed=1), "person_boxes": np.array([[40, 30, 120, 110]], np.float32)}
+    truth = pipe.run(feeds, trace=True).trace
+
+    def reference(inputs):
+        kp = truth["keypoints"].copy()
+        kp[..., 0] += 1.5
+        return {"crops": truth["crops"], "keypoints": kp}
+
+    report = compare_stages(pipe, reference, feeds)
+    assert [d.stage for d in report.stages] == ["crops", "keypoints"]
+    assert report.first_divergent.stage == "keypoints" and report.end_stage == "keypoints"
+    assert report.end_metric["mean_error_px"] == pytest.approx(1.5, abs=1e-4)
+    assert report.end_metric["joints"] == 17
+    assert "keypoint error mean 1.5 px" in report.stages[1].summary()
