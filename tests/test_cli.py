@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 COMMANDS = ("info", "convert", "analyze", "optimize", "quantize", "bench", "tune", "compare", "serve", "machine", "demo",
-            "pipeline", "run", "bundle")
+            "pipeline", "run", "bundle", "perf")
 
 
 def test_python_m_lists_every_command() -> None:

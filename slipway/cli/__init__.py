@@ -35,6 +35,7 @@ def _register() -> None:
         info,
         machine,
         optimize,
+        perf,
         pipeline,
         prune,
         quantize,
@@ -44,7 +45,7 @@ def _register() -> None:
     )
 
     for mod in (info, convert, analyze, optimize, quantize, prune, compare, bench, tune, pipeline, run, bundle, serve,
-                export, machine, demo):
+                perf, export, machine, demo):
         mod.register(app)
 
 

@@ -1,0 +1,132 @@
+"""``slipway perf``: load against any KServe v2 server (slipway, Triton, MLServer), perf_analyzer-style.
+
+    from slipway.loadgen import profile, Settings
+    result = profile("127.0.0.1:8000", "resnet", concurrency=[1, 2, 4], settings=Settings(window_s=2))
+
+Before any load: the model's metadata and config are read (an unreachable server, an unknown
+model, a ``--shape`` that does not fit is one line) and one request is sent as a probe (a shape
+or input the model refuses is one line). Then each level (a concurrency, or a request rate) runs
+its windows (:mod:`slipway.loadgen.measure`) and is summarized from the last three
+(:mod:`slipway.loadgen.results`).
+
+* :mod:`slipway.loadgen.client`   the wire: prebuilt HTTP / gRPC requests, control calls as dicts
+* :mod:`slipway.loadgen.inputs`   model info from the server, input pools (random, .npz, JSON, images)
+* :mod:`slipway.loadgen.window`   one window: latencies, errors, lag, server counters diffed
+* :mod:`slipway.loadgen.measure`  closed / open loop, windows until stable
+* :mod:`slipway.loadgen.results`  summaries, perf_analyzer's CSV
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slipway.errors import UserError
+from slipway.loadgen.client import Endpoint, RequestFailed
+from slipway.loadgen.inputs import ModelInfo, make_pool, parse_shape
+from slipway.loadgen.measure import Level, Probe, Settings, run_level
+from slipway.loadgen.results import summarize, to_csv
+
+__all__ = ["profile", "Profile", "Settings", "parse_shape", "parse_range", "to_csv"]
+
+
+@dataclass
+class Profile:
+    model: ModelInfo
+    url: str
+    protocol: str
+    batch: int
+    levels: list[Level] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    client_sent: int = 0  # every request sent (probe, warm-up and windows included)
+    server_counted: int | None = None  # the server's success + fail count over the same span
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.name, "platform": self.model.platform, "url": self.url,
+                "protocol": self.protocol, "batch": self.batch, "composing_models": list(self.model.steps),
+                "client_sent": self.client_sent, "server_counted": self.server_counted, "levels": self.rows}
+
+
+def parse_range(text: str, option: str, integer: bool) -> list[float]:
+    """perf_analyzer's ``START[:END[:STEP]]`` -> the values (END inclusive, STEP default 1)."""
+    parts = text.split(":")
+    try:
+        nums = [int(p) if integer else float(p) for p in parts]
+    except ValueError:
+        nums = []
+    if not 1 <= len(nums) <= 3 or len(nums) != len(parts):
+        raise UserError(f"bad {option} {text!r}: expected START[:END[:STEP]]")
+    start, end, step = nums[0], nums[1] if len(nums) > 1 else nums[0], nums[2] if len(nums) > 2 else 1
+    if start <= 0 or end < start or step <= 0:
+        raise UserError(f"bad {option} {text!r}: START must be more than 0, END at least START, STEP more than 0")
+    values, v = [], start
+    while v <= end + 1e-9 and len(values) < 1000:
+        values.append(v)
+        v += step
+    return values
+
+
+def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequence[int] | None = None,
+            rates: Sequence[float] | None = None, settings: Settings | None = None, batch: int = 1,
+            shapes: Mapping[str, Sequence[int]] | None = None, data: str | Path | None = None,
+            binary: bool = True, string_length: int = 16, metrics_url: str | None = None,
+            server_pid: int | None = None, on_window: Callable[[str, float, Any], None] | None = None) -> Profile:
+    """Measure ``model`` at ``url`` at each concurrency (closed loop) or request rate (open loop)."""
+    if (concurrency is None) == (rates is None):
+        raise UserError("give either concurrency levels or request rates")
+    settings = settings or Settings()
+    coro = _profile(url, model, protocol, list(concurrency or []), list(rates or []), settings, batch, shapes,
+                    data, binary, string_length, metrics_url, server_pid, on_window)
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+async def _profile(url, model, protocol, concurrency, rates, settings, batch, shapes, data, binary, string_length,
+                   metrics_url, server_pid, on_window) -> Profile:
+    inflight = max(concurrency) if concurrency else settings.max_inflight
+    async with Endpoint(url, protocol, binary=binary, connections=inflight) as endpoint:
+        metadata = await endpoint.metadata(model)
+        info = ModelInfo.from_server(model, metadata, await endpoint.config(model))
+        pool = make_pool(info, batch=batch, shapes=shapes or {}, data=data, string_length=string_length,
+                         seed=settings.seed)
+        requests = [endpoint.encode(model, tensors, list(info.outputs)) for tensors in pool]
+        probe = Probe(endpoint, [model, *info.steps], metrics_url=metrics_url, pid=server_pid)
+        before = await probe.stats()
+        try:
+            await endpoint.infer(requests[0])
+        except RequestFailed as e:
+            raise UserError(f"{model!r} refused the first request ({_describe(pool[0])}): {e}") from None
+        result = Profile(info, url, protocol, batch, client_sent=1)
+        if metrics_url:
+            import aiohttp
+
+            probe.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        try:
+            for mode, values in (("concurrency", concurrency), ("request_rate", rates)):
+                for value in values:
+                    def report(w, mode=mode, value=value):
+                        if on_window is not None:
+                            on_window(mode, value, w)
+
+                    level = await run_level(endpoint, requests, probe, settings, mode, value, report)
+                    result.levels.append(level)
+                    result.client_sent += level.sent
+                    result.rows.append(summarize(level, model, info.steps, batch))
+        finally:
+            if probe.session is not None:
+                await probe.session.close()
+        after = await probe.stats()
+        counted = [after[model].get(k, 0) - before[model].get(k, 0) for k in ("success", "fail")]
+        result.server_counted = sum(counted)
+        return result
+
+
+def _describe(tensors: list) -> str:
+    return ", ".join(f"{name} {datatype}{list(a.shape)}" for name, datatype, a in tensors)

@@ -1,0 +1,193 @@
+"""slipway perf (slipway.loadgen) against a real slipway server on loopback: counts that agree with the
+server's statistics, open-loop lag counted in the latency, errors reported, one-line bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from slipway.cli import perf as perf_cli
+from slipway.errors import UserError
+from slipway.loadgen import Settings, parse_range, parse_shape, profile, to_csv
+from slipway.loadgen.results import CSV_COLUMNS
+from slipway.serve import Server
+from slipway.serve.server import free_port
+from tests.serve.conftest import build_repository
+
+QUICK = Settings(window_s=0.25, max_trials=4, warmup_s=0.1)
+SLEEPY = """
+backend: "python"
+max_batch_size: 1
+input [{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }]
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = build_repository(tmp_path_factory.mktemp("repo"))
+    (repo / "sleepy" / "1").mkdir(parents=True)
+    (repo / "sleepy" / "1" / "model.py").write_text(
+        "import time\n\ndef infer(inputs):\n    time.sleep(0.02)\n    return {'y': inputs['x']}\n")
+    (repo / "sleepy" / "config.pbtxt").write_text(SLEEPY)
+    s = Server(repo, http_port=0, grpc_port=0, metrics_port=0, threads=1, allow_python_models=True).start_in_thread()
+    yield s
+    s.stop_thread()
+
+
+def _url(server, protocol: str) -> str:
+    return f"127.0.0.1:{server.http_port if protocol == 'http' else server.grpc_port}"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_closed_loop_counts_agree_with_the_server(server, protocol) -> None:
+    p = profile(_url(server, protocol), "gemm", protocol=protocol, concurrency=[1, 3], settings=QUICK,
+                metrics_url=f"127.0.0.1:{server.metrics_port}")
+    assert p.client_sent == p.server_counted  # every request sent, probe and warm-up included, reached the server
+    for r in p.rows:
+        assert r["requests"] > 20 and r["errors"] == 0
+        # the server's count over the reported windows: the client's, give or take the requests in flight
+        assert abs(r["server_requests"] - r["requests"]) <= 2 * r["value"] + 0.02 * r["requests"]
+        assert r["p50_us"] <= r["p90_us"] <= r["p95_us"] <= r["p99_us"]
+        assert r["throughput_rps"] == pytest.approx(r["requests"] / r["seconds"])
+        assert 0 < r["server_compute_infer_us"] < r["avg_us"]
+        assert r["server_rss_mb"] > 10 and r["server_cpu"] is not None
+    lines = list(csv.reader(io.StringIO(to_csv(p.rows))))
+    assert lines[0] == ["Concurrency", *CSV_COLUMNS] and [x[0] for x in lines[1:]] == ["1", "3"]
+
+
+def test_open_loop_latency_counts_from_the_intended_send_time(server) -> None:
+    """20 ms a request, one instance, 100 requests/s asked, at most 4 outstanding: sends fall behind the
+    schedule, the lag is reported and the latency grows window after window."""
+    settings = Settings(window_s=0.4, max_trials=3, warmup_s=0.0, max_inflight=4)
+    p = profile(_url(server, "http"), "sleepy", rates=[100], settings=settings)
+    (r,) = p.rows
+    assert r["mode"] == "request_rate" and r["errors"] == 0
+    assert r["throughput_rps"] < 60  # the server's pace, not the schedule's
+    assert r["late_share"] > 0.5 and r["lag_mean_ms"] > 20
+    means = [np.mean(w.latencies) for w in p.levels[0].windows]
+    assert means == sorted(means) and means[-1] > 2 * means[0]
+    assert r["p50_us"] > 4 * r["server_compute_infer_us"]  # most of it is the wait to be sent
+
+
+def test_open_loop_keeps_a_rate_it_can(server) -> None:
+    p = profile(_url(server, "grpc"), "gemm", protocol="grpc", rates=[100], settings=QUICK,
+                )
+    (r,) = p.rows
+    assert r["throughput_rps"] == pytest.approx(100, rel=0.2)
+    assert r["lag_mean_ms"] < 5
+
+
+def test_bytes_inputs(server) -> None:
+    p = profile(_url(server, "grpc"), "strings", protocol="grpc", concurrency=[1], settings=QUICK, string_length=5)
+    assert p.rows[0]["errors"] == 0 and p.rows[0]["requests"] > 0
+
+
+def test_failures_mid_run_are_counted(tmp_path) -> None:
+    repo = build_repository(tmp_path / "repo")
+    s = Server(repo, http_port=0, grpc_port=None, metrics_port=None, threads=1, control="explicit",
+               models=["gemm"]).start_in_thread()
+    try:
+        def unload() -> None:
+            time.sleep(0.6)
+            s.call(s.plane.unload_model("gemm"))
+
+        t = threading.Thread(target=unload)
+        t.start()
+        settings = Settings(window_s=0.25, max_trials=10, warmup_s=0.1, stability=0.0001)
+        p = profile(f"127.0.0.1:{s.http_port}", "gemm", concurrency=[2], settings=settings)
+        t.join()
+    finally:
+        s.stop_thread()
+    (r,) = p.rows
+    assert r["errors"] > 0 and r["error_messages"]
+    assert any("gemm" in m for m in r["error_messages"])
+    assert p.levels[0].windows[-1].errors > 0 and not p.levels[0].windows[-1].latencies
+
+
+def test_bad_input_is_one_line_before_any_load(server, tmp_path) -> None:
+    http = _url(server, "http")
+    with pytest.raises(UserError, match="cannot reach the server"):
+        profile(f"127.0.0.1:{free_port()}", "gemm", concurrency=[1], settings=QUICK)
+    with pytest.raises(UserError, match="cannot reach the server"):
+        profile(f"127.0.0.1:{free_port()}", "gemm", protocol="grpc", concurrency=[1], settings=QUICK)
+    for protocol in ("http", "grpc"):
+        with pytest.raises(UserError, match="has no model 'nope'"):
+            profile(_url(server, protocol), "nope", protocol=protocol, concurrency=[1], settings=QUICK)
+    with pytest.raises(UserError, match="not an input"):
+        profile(http, "gemm", concurrency=[1], shapes={"z": [16]}, settings=QUICK)
+    with pytest.raises(UserError, match="does not fit input 'x'"):
+        profile(http, "gemm", concurrency=[1], shapes={"x": [15]}, settings=QUICK)
+    np.savez(tmp_path / "bad.npz", x=np.ones((2, 8), np.float32))
+    before = server.plane._version("gemm").stats.success.count
+    with pytest.raises(UserError, match="refused the first request"):
+        profile(http, "gemm", concurrency=[1], data=tmp_path / "bad.npz", settings=QUICK)
+    assert server.plane._version("gemm").stats.success.count == before  # nothing but the probe was sent
+    with pytest.raises(UserError, match="START"):
+        parse_range("4:2", "--concurrency-range", True)
+    with pytest.raises(UserError, match="bad --shape"):
+        parse_shape(["x"])
+
+
+def test_ranges_and_shapes() -> None:
+    assert parse_range("1:4:2", "c", True) == [1, 3]
+    assert parse_range("2", "c", True) == [2]
+    assert parse_range("50:100:25", "r", False) == [50.0, 75.0, 100.0]
+    assert parse_shape(["x:3,224,224", "y=2"]) == {"x": [3, 224, 224], "y": [2]}
+
+
+def test_data_files(server, tmp_path) -> None:
+    http = _url(server, "http")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32))
+    p = profile(http, "gemm", concurrency=[1], data=tmp_path / "x.npz", batch=2, settings=QUICK)
+    assert p.rows[0]["errors"] == 0 and p.rows[0]["inferences_per_s"] == pytest.approx(2 * p.rows[0]["throughput_rps"])
+    (tmp_path / "s.json").write_text(json.dumps({"data": [{"text": ["a", "bc", "d"]}, {"text": ["x", "y", "z"]}]}))
+    p = profile(http, "strings", concurrency=[1], data=tmp_path / "s.json", settings=QUICK)
+    assert p.rows[0]["errors"] == 0
+
+
+def _invoke(*args: object):
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    perf_cli.register(app)
+    return CliRunner().invoke(app, ["perf", *map(str, args)])
+
+
+def test_cli_csv_and_json(server, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    r = _invoke("-m", "gemm", "-u", _url(server, "grpc"), "-i", "grpc", "--concurrency-range", "1:2",
+                "-p", 250, "-r", 3, "--warmup", 0.1, "-f", out, "--json", "--report", tmp_path / "r.html")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["model"] == "gemm" and [lv["value"] for lv in data["levels"]] == [1, 2]
+    assert out.read_text().splitlines()[0].startswith("Concurrency,Inferences/Second,Client Send,")
+    html = (tmp_path / "r.html").read_text()
+    assert "Throughput vs latency" in html and html.count('class="compute_infer"') >= 3  # a bar per level + legend
+    r = _invoke("-m", "gemm", "-u", _url(server, "http"), "--measurement-mode", "count_windows",
+                "--measurement-request-count", 30, "-r", 3, "--warmup", 0)
+    assert r.exit_code == 0, r.output
+    assert "p50" in r.stdout and "infer/s" in r.stdout
+    r = _invoke("-m", "nope", "-u", _url(server, "http"))
+    assert isinstance(r.exception, UserError) and "no model 'nope'" in str(r.exception)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_ensemble_breakdown_per_composing_model(tmp_path, protocol) -> None:
+    from tests.serve.test_ensemble import build
+
+    with Server(build(tmp_path / "repo"), http_port=0, grpc_port=0, metrics_port=None, threads=1) as s:
+        p = profile(_url(s, protocol), "chain", protocol=protocol, concurrency=[2], settings=QUICK)
+    (r,) = p.rows
+    assert p.model.platform == "ensemble" and set(p.model.steps) == {"add_sub", "gemm"}
+    assert r["errors"] == 0 and set(r["composing"]) == {"add_sub", "gemm"}
+    assert r["composing"]["add_sub"]["success"] >= r["requests"] - 4
+    assert r["server_compute_infer_us"] > 0 and r["server_queue_us"] > 0
