@@ -26,7 +26,8 @@ import tempfile
 import time
 import weakref
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -72,6 +73,16 @@ def bundle(pipeline: Any, output: str | os.PathLike, *, golden: Sequence[Any] = 
     check_target(out, force, [m["source"] for m in models])
     feeds = [golden_feeds(pipeline, g, i) for i, g in enumerate(golden)]
 
+    with staged(out, _zip_into if zip else move_into) as tmp:
+        _fill(tmp, pipeline, models, feeds, golden, rtol, atol)
+    return out
+
+
+@contextmanager
+def staged(out: Path, finish: Callable[[Path, Path], None] | None = None) -> Iterator[Path]:
+    """A temporary folder beside ``out`` for the caller to fill, then ``finish(tmp, out)`` (default
+    :func:`move_into`: the folder replaces ``out`` in one rename): ``out`` appears whole or not at all. An
+    OSError is a one-line WriteError naming ``out``; the temporary folder is always removed."""
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -79,16 +90,14 @@ def bundle(pipeline: Any, output: str | os.PathLike, *, golden: Sequence[Any] = 
     except OSError as e:
         raise WriteError(f"cannot write {out}: {one_line(e)}") from e
     try:
-        _fill(tmp, pipeline, models, feeds, golden, rtol, atol)
-        if zip:
-            _zip_into(tmp, out)
-        else:
-            move_into(tmp, out)
+        yield tmp
+        (finish or move_into)(tmp, out)
     except OSError as e:
+        if isinstance(e, WriteError):
+            raise
         raise WriteError(f"cannot write {out}: {one_line(e)}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def check_target(out: Path, force: bool, sources: list[Path]) -> None:

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slipway.errors import UserError, one_line
-from slipway.pipeline.bundle import bundle, check_target, external_files, move_into
+from slipway.errors import UserError
+from slipway.pipeline.bundle import bundle, check_target, external_files, staged
 from slipway.pipeline.core import Pipeline, PipelineError, Step
 from slipway.serve.tensors import config_type, datatype_of
 
@@ -84,9 +83,7 @@ def to_repository(pipeline: Pipeline | str | os.PathLike, output: str | os.PathL
     except PipelineError as e:
         raise UserError(f"sample run: {e}") from e
     types = {t: _declared(t, v, t in pipeline.inputs, image_input) for t, v in trace.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged(out) as tmp:
         steps = []
         for i, part in enumerate(parts):
             model = f"{name}_{part[0].name}"
@@ -110,11 +107,6 @@ def to_repository(pipeline: Pipeline | str | os.PathLike, output: str | os.PathL
         ensemble += "ensemble_scheduling {\n  step [\n" + ",\n".join(_step_text(*s) for s in steps) + "\n  ]\n}\n"
         (tmp / name / "1").mkdir(parents=True)
         (tmp / name / "config.pbtxt").write_text(ensemble, encoding="utf-8")
-        move_into(tmp, out)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {one_line(e)}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
