@@ -37,7 +37,7 @@ import numpy as np
 from bench.common import alternating_blocks, fmt, machine, publish, versions
 from slipway.cpus import usable_cpus
 from slipway.pipeline.pages import edit_distance
-from slipway.serve import free_port
+from slipway.serve import free_port, wait_ready
 from tests.corpus import model
 from tests.corpus import render_page as layout_page
 from tests.corpus.ocr import layout_agreement
@@ -200,16 +200,7 @@ def served(threads: int, passes: int, concurrency: int = 8, served_threads: int 
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
         try:
             client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=concurrency)
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if client.is_server_ready():
-                        break
-                except Exception:  # noqa: BLE001 - not listening yet
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("slipway serve did not become ready")
-                time.sleep(0.2)
+            wait_ready(server, client.is_server_ready)
 
             def calls(pages: list[bytes]) -> list[int]:
                 """Every page sent at once through the client's pool of ``concurrency`` connections."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from slipway.cli.common import console
 from slipway.errors import UserError
-from slipway.serve import free_port
+from slipway.serve import free_port, wait_ready
 
 
 def serve_and_call(app: Path, repo: Path, png: Path, name: str = "ocr") -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def serve_and_call(app: Path, repo: Path, png: Path, name: str = "ocr") -> list[
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
     try:
-        _wait_ready(proc, client, name, log)
+        wait_ready(proc, lambda: client.is_model_ready(name), log=log, what=f"slipway serve (model {name!r})")
         console.print(f"ready in {time.perf_counter() - t:.1f} s")
         inp = httpclient.InferInput("image", [1], "BYTES")
         inp.set_data_from_numpy(np.array([png.read_bytes()], dtype=object))
@@ -79,22 +79,6 @@ def _print_stats(client: Any, models: list[str]) -> None:
         infer = stats["inference_stats"]
         table.add_row(model, str(infer["success"]["count"]), f"{int(infer['compute_infer']['ns']) / 1e6:.0f}")
     console.print(table)
-
-
-def _wait_ready(proc: subprocess.Popen, client: Any, name: str, log: Path, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = log.read_text(errors="replace").strip().splitlines()
-            raise UserError(f"slipway serve exited with code {proc.returncode}: {err[-1] if err else 'no output'} "
-                            f"(log: {log})")
-        try:
-            if client.is_model_ready(name):
-                return
-        except Exception:  # noqa: BLE001 - not listening yet
-            pass
-        time.sleep(0.1)
-    raise UserError(f"slipway serve did not get model {name!r} ready within {timeout_s:.0f} s (log: {log})")
 
 
 def check_served(served: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:

@@ -24,6 +24,6 @@ imports them, metrics, aiohttp and prometheus_client when it starts.
 
 from __future__ import annotations
 
-from slipway.serve.server import Server, free_port
+from slipway.serve.server import Server, free_port, wait_ready
 
-__all__ = ["Server", "free_port"]
+__all__ = ["Server", "free_port", "wait_ready"]

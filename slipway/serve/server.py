@@ -21,7 +21,10 @@ import ipaddress
 import logging
 import signal
 import socket
+import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +241,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def wait_ready(proc: subprocess.Popen, ready: Callable[[], bool], *, timeout_s: float = 120.0,
+               log: Path | None = None, what: str = "slipway serve") -> None:
+    """Poll ``ready()`` until it is true, for a server started as the subprocess ``proc`` (an exception from
+    ``ready()`` counts as not yet: nothing listens yet). A one-line UserError when ``proc`` exits first (with
+    the last line of ``log``, where its output goes) or when ``timeout_s`` passes."""
+    where = f" (log: {log})" if log is not None else ""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            lines = log.read_text(errors="replace").strip().splitlines() if log is not None and log.is_file() else []
+            raise UserError(f"{what} exited with code {proc.returncode}: {lines[-1] if lines else 'no output'}{where}")
+        try:
+            if ready():
+                return
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        time.sleep(0.1)
+    raise UserError(f"{what} was not ready within {timeout_s:.0f} s{where}")

@@ -6,13 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from slipway.serve import Server, free_port
+from slipway.serve import Server, free_port, wait_ready
 from tests.serve.conftest import B, W, _save, gemm_model
 
 
@@ -24,15 +23,7 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path) -> None:
                              "--grpc-port", "0", "--metrics-port", "-1"], stderr=subprocess.PIPE, text=True)
     try:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        deadline = time.time() + 60
-        while True:
-            try:
-                if client.is_server_ready():
-                    break
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            assert proc.poll() is None and time.time() < deadline, "server did not come up"
-            time.sleep(0.2)
+        wait_ready(proc, client.is_server_ready, timeout_s=60)
         inp = httpclient.InferInput("x", [2, 16], "FP32")
         x = np.ones((2, 16), np.float32)
         inp.set_data_from_numpy(x)
