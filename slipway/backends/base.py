@@ -290,6 +290,39 @@ class SessionBase:
         return self._names if outputs is None else check_outputs(outputs, self._names)
 
 
+class FileBackend:
+    """What the engines that serve a file of their own (python's model.py, a pipeline.yaml) share: one
+    precision, no settings, always available, a file path as the model; their tensors are declared by
+    the server's config.pbtxt, so their sessions (:class:`ConfigDeclared`) report none."""
+
+    name: str
+    file: str  # what the model is, for the message when it is not a path: "a model.py file"
+    precisions: tuple[str, ...] = ("fp32",)
+    settings: dict[str, tuple[Any, ...]] = {}
+
+    def available(self) -> str | None:
+        return None
+
+    def _options(self, model: Any, options: Options | None, instances: int) -> Options:
+        """The checked options; a one-line UserError when ``model`` is not a file path."""
+        opts = check_options(self.name, options, self.precisions, self.settings, instances)
+        if not isinstance(model, (str, Path)):
+            raise UserError(f"the {self.name} engine loads {self.file}, not a {type(model).__name__}")
+        return opts
+
+
+class ConfigDeclared:
+    """A session whose inputs and outputs the server's config declares, not its file."""
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return []
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return []
+
+
 def _shape_text(shape: Sequence[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 

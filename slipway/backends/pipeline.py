@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from slipway.backends.base import UNTYPED, Options, TensorInfo, check_options
+from slipway.backends.base import UNTYPED, ConfigDeclared, FileBackend, Options, TensorInfo
 from slipway.errors import UserError
 
 __all__ = ["PipelineBackend", "PipelineSession", "PIPELINE", "decode_input", "decode_image", "to_tensor",
@@ -60,21 +60,15 @@ def pipeline_io(path: Path, label: str) -> tuple[list[TensorInfo], list[TensorIn
     return untyped(pipeline.inputs), untyped(pipeline.outputs)
 
 
-class PipelineBackend:
+class PipelineBackend(FileBackend):
     name = "pipeline"
-    precisions: tuple[str, ...] = ("fp32",)
-    settings: dict[str, tuple[Any, ...]] = {}
-
-    def available(self) -> str | None:
-        return None
+    file = "a pipeline.yaml file"
 
     def load(self, model: Any, options: Options | None = None, *, instances: int = 1) -> list[PipelineSession]:
         """``instances`` sessions, each its own pipeline read from the file ``model`` (python steps refused)."""
         from slipway.pipeline import Pipeline
 
-        opts = check_options(self.name, options, self.precisions, self.settings, instances)
-        if not isinstance(model, (str, Path)):
-            raise UserError(f"the pipeline engine loads a pipeline.yaml file, not a {type(model).__name__}")
+        opts = self._options(model, options, instances)
         sessions = []
         try:
             for _ in range(instances):
@@ -174,20 +168,12 @@ def to_tensor(name: str, value: Any) -> np.ndarray:
         raise UserError(f"output {name!r}: a {type(value).__name__} is not a tensor ({e})") from None
 
 
-class PipelineSession:
+class PipelineSession(ConfigDeclared):
     backend = "pipeline"
 
     def __init__(self, pipeline: Any, options: Options) -> None:
         self.pipeline = pipeline
         self.options = options
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return []  # declared by the server's config, not by the file
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return []
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         from slipway.pipeline import PipelineError

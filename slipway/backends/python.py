@@ -14,25 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from slipway.backends.base import Options, TensorInfo, check_options
+from slipway.backends.base import ConfigDeclared, FileBackend, Options
 from slipway.errors import UserError
 
 __all__ = ["PythonBackend", "PythonSession", "PYTHON"]
 
 
-class PythonBackend:
+class PythonBackend(FileBackend):
     name = "python"
-    precisions: tuple[str, ...] = ("fp32",)
-    settings: dict[str, tuple[Any, ...]] = {}
-
-    def available(self) -> str | None:
-        return None
+    file = "a model.py file"
 
     def load(self, model: Any, options: Options | None = None, *, instances: int = 1) -> list[PythonSession]:
         """``instances`` sessions calling the ``infer`` function of the file ``model``."""
-        opts = check_options(self.name, options, self.precisions, self.settings, instances)
-        if not isinstance(model, (str, Path)):
-            raise UserError(f"the python engine loads a model.py file, not a {type(model).__name__}")
+        opts = self._options(model, options, instances)
         fn = _import(Path(model))
         return [PythonSession(fn, opts) for _ in range(instances)]
 
@@ -52,20 +46,12 @@ def _import(path: Path) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
     return fn
 
 
-class PythonSession:
+class PythonSession(ConfigDeclared):
     backend = "python"
 
     def __init__(self, fn: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], options: Options) -> None:
         self._fn = fn
         self.options = options
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return []  # declared by the server's config, not by the file
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return []
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         result = self._fn(dict(feeds))
