@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from tests.cache import build_once
 
 CACHE = Path(__file__).resolve().parents[2] / ".slipway_cache" / "prune"
 
@@ -28,17 +29,14 @@ def cached_digits() -> Path:
 
     src = Path(slipway.zoo.digits.__file__).read_bytes() + Path(__file__).read_bytes()
     path = CACHE / f"digits-{hashlib.sha256(src + version('torch').encode()).hexdigest()[:12]}.onnx"
-    if path.exists():
-        return path
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".digits.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            import torch
+    return build_once(path, _train_and_export)
 
-            from slipway.convert import from_torch
-            from slipway.zoo.digits import train_digits_cnn
 
-            module, _, (x_test, _) = train_digits_cnn(0)
-            from_torch(module, (torch.from_numpy(x_test[:2]),), path, input_names=["x"], output_names=["logits"])
-    return path
+def _train_and_export(path: Path) -> None:
+    import torch
+
+    from slipway.convert import from_torch
+    from slipway.zoo.digits import train_digits_cnn
+
+    module, _, (x_test, _) = train_digits_cnn(0)
+    from_torch(module, (torch.from_numpy(x_test[:2]),), path, input_names=["x"], output_names=["logits"])

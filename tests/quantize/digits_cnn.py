@@ -9,12 +9,13 @@ this file and the torch version), so the tests train it once.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from tests.cache import build_once
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,12 +88,4 @@ def cached_cnn() -> Path:
 
     # the torch version from its metadata: importing torch costs seconds when the export is cached
     key = hashlib.sha256(Path(__file__).read_bytes() + version("torch").encode()).hexdigest()[:12]
-    path = CACHE / f"digits-cnn-{key}.onnx"
-    if path.exists():
-        return path
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".digits.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            trained_cnn(path)
-    return path
+    return build_once(CACHE / f"digits-cnn-{key}.onnx", trained_cnn)

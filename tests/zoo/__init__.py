@@ -8,13 +8,13 @@ session and every xdist worker reuses one export.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from slipway.zoo import NAMES, ZOO, build
+from tests.cache import build_once
 
 __all__ = ["NAMES", "ZOO", "build", "export"]
 
@@ -33,15 +33,7 @@ def _key(name: str) -> str:
 
 def export(name: str) -> Path:
     """Export a zoo model to ONNX once (cached across sessions and workers) and return its path."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{name}-{_key(name)}.onnx"
-    if path.exists():
-        return path
-    with open(CACHE / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            _export_to(name, path)
-    return path
+    return build_once(CACHE / f"{name}-{_key(name)}.onnx", lambda path: _export_to(name, path))
 
 
 def _export_to(name: str, path: Path) -> None:
