@@ -9,6 +9,9 @@ TORCH := torch==2.13.0
 # models. --no-deps: they require the GUI build of OpenCV (opencv-python), which would replace the
 # headless cv2 slipway uses; their other requirements are in the dev extra.
 CORPUS := rapidocr-onnxruntime==1.4.4 rapid-layout==1.2.1 silero-vad==6.2.3
+# TrackEval (MOTA / IDF1 / HOTA for `slipway stream eval`) also requires opencv-python; only its numpy/scipy
+# metrics are used
+NODEPS := $(CORPUS) trackeval==1.3.0
 
 .PHONY: demo test test-slow lint bench clean
 
@@ -17,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev,torch,sklearn]' $(TORCH)
-	$(PY) -m pip install -q --no-deps $(CORPUS)
+	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,0 +1,10 @@
+"""``slipway stream``: video files, network streams, cameras and image folders through a pipeline.
+
+decode -> pre-process -> infer (batched across frames and streams) -> post-process + track -> sinks,
+each stage on its own thread joined by bounded queues, with an explicit overload policy.
+"""
+
+from slipway.stream.frames import Detections, Frame, FrameResult, Tracks
+from slipway.stream.mot import read_mot, write_mot
+
+__all__ = ["Detections", "Frame", "FrameResult", "Tracks", "read_mot", "write_mot"]
