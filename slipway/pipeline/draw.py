@@ -17,7 +17,7 @@ import numpy as np
 
 from slipway.errors import UserError
 
-__all__ = ["draw"]
+__all__ = ["draw", "color_for", "draw_label", "text_scale"]
 
 _COLORS = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
            (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
@@ -44,16 +44,16 @@ def _bgr(image: Any) -> np.ndarray:
     raise UserError(f"draw: expected an HxW or HxWxC image, got shape {img.shape}")
 
 
-def _scale(img: np.ndarray) -> tuple[float, int]:
+def text_scale(img: np.ndarray) -> tuple[float, int]:
     s = max(img.shape[:2]) / 1000
     return max(0.4, 0.6 * s), max(1, round(2 * s))
 
 
-def _label(img: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int]) -> None:
+def draw_label(img: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int]) -> None:
     """``text`` on a filled box whose bottom-left corner is (x, y), kept inside the image."""
     import cv2
 
-    fs, th = _scale(img)
+    fs, th = text_scale(img)
     (w, h), base = cv2.getTextSize(text, _FONT, fs, th)
     x = int(min(max(x, 0), max(img.shape[1] - w, 0)))
     y = int(min(max(y, h + base), img.shape[0]))
@@ -61,7 +61,7 @@ def _label(img: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, in
     cv2.putText(img, text, (x, y - base), _FONT, fs, (255, 255, 255), th, cv2.LINE_AA)
 
 
-def _color(key: Any) -> tuple[int, int, int]:
+def color_for(key: Any) -> tuple[int, int, int]:
     """The same color for the same label in every run (crc32, not the salted ``hash``)."""
     if isinstance(key, (int, np.integer)):
         return _COLORS[int(key) % len(_COLORS)]
@@ -71,47 +71,47 @@ def _color(key: Any) -> tuple[int, int, int]:
 def _draw_lines(img: np.ndarray, lines: Any) -> None:
     import cv2
 
-    _, th = _scale(img)
+    _, th = text_scale(img)
     for i, line in enumerate(lines):
         quad = np.asarray(line["box"], np.float32).reshape(4, 2).round().astype(np.int32)
         color = _COLORS[i % len(_COLORS)]
         cv2.polylines(img, [quad], True, color, th, cv2.LINE_AA)
-        _label(img, _ascii(line.get("text", "")), int(quad[:, 0].min()), int(quad[:, 1].min()), color)
+        draw_label(img, _ascii(line.get("text", "")), int(quad[:, 0].min()), int(quad[:, 1].min()), color)
 
 
 def _draw_boxes(img: np.ndarray, boxes: Any, scores: Any, labels: Any) -> None:
     import cv2
 
-    _, th = _scale(img)
+    _, th = text_scale(img)
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     s = None if scores is None else np.asarray(scores).reshape(-1)
     labs = None if labels is None else list(np.asarray(labels, dtype=object).reshape(-1))
     for i, (x1, y1, x2, y2) in enumerate(b):
         lab = labs[i] if labs is not None and i < len(labs) else None
-        color = _color(lab if lab is not None else i)
+        color = color_for(lab if lab is not None else i)
         cv2.rectangle(img, (round(x1), round(y1)), (round(x2), round(y2)), color, th, cv2.LINE_AA)
         text = " ".join(t for t in (None if lab is None else _ascii(lab),
                                     None if s is None or i >= len(s) else f"{float(s[i]):.2f}") if t)
         if text:
-            _label(img, text, round(x1), round(y1), color)
+            draw_label(img, text, round(x1), round(y1), color)
 
 
 def _draw_classes(img: np.ndarray, labels: Any, scores: Any) -> None:
     labs = list(np.asarray(labels, dtype=object).reshape(-1))
     s = None if scores is None else np.asarray(scores).reshape(-1)
-    fs, th = _scale(img)
+    fs, th = text_scale(img)
     import cv2
 
     (_, h), base = cv2.getTextSize("Ag", _FONT, fs, th)
     for i, lab in enumerate(labs):
         text = _ascii(lab) + ("" if s is None or i >= len(s) else f" {float(s[i]):.3f}")
-        _label(img, text, 4, (h + base + 4) * (i + 1), _COLORS[i % len(_COLORS)])
+        draw_label(img, text, 4, (h + base + 4) * (i + 1), _COLORS[i % len(_COLORS)])
 
 
 def _draw_keypoints(img: np.ndarray, keypoints: Any, min_score: float = 0.0) -> None:
     import cv2
 
-    _, th = _scale(img)
+    _, th = text_scale(img)
     kp = np.asarray(keypoints, np.float64).reshape(-1, *np.shape(keypoints)[-2:]) if np.size(keypoints) else []
     for i, person in enumerate(kp):
         color = _COLORS[i % len(_COLORS)]
@@ -128,7 +128,7 @@ def _draw_mask(img: np.ndarray, mask: Any) -> None:
     overlay = img.copy()
     for c in np.unique(m):
         if c != 0:
-            overlay[m == c] = _color(int(c))
+            overlay[m == c] = color_for(int(c))
     img[:] = (0.55 * img + 0.45 * overlay).astype(np.uint8)
 
 

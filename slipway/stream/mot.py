@@ -57,11 +57,16 @@ def write_mot(path: str | os.PathLike, rows: np.ndarray) -> Path:
     tmp = p.with_name(f".{p.name}.tmp")
     p.parent.mkdir(parents=True, exist_ok=True)
     with tmp.open("w", encoding="utf-8") as f:
-        for r in full:
-            f.write(f"{int(r[0])},{int(r[1])},{r[2]:.2f},{r[3]:.2f},{r[4]:.2f},{r[5]:.2f},{_num(r[6])},"
-                    f"{_num(r[7])},{_num(r[8])},{_num(r[9])}\n")
+        f.writelines(mot_line(r) for r in full)
     os.replace(tmp, p)
     return p
+
+
+def mot_line(row: np.ndarray) -> str:
+    """One row of 10 values as a MOTChallenge line: frame and id as integers, the box with 2 decimals."""
+    r = row
+    return (f"{int(r[0])},{int(r[1])},{r[2]:.2f},{r[3]:.2f},{r[4]:.2f},{r[5]:.2f},{_num(r[6])},{_num(r[7])},"
+            f"{_num(r[8])},{_num(r[9])}\n")
 
 
 def _num(v: float) -> str:
