@@ -135,7 +135,7 @@ from slipway.ops.ocr import (  # noqa: E402
     order_quad,
     sort_boxes,
 )
-from slipway.ops.track import ByteTracker, MotResult, SortTracker, clear_mot, id_switches, mota  # noqa: E402
+from slipway.ops.track import ByteTracker, MotResult, SortTracker, TrackState, clear_mot, id_switches, mota  # noqa: E402
 
 __all__ += [
     # OCR
@@ -151,6 +151,7 @@ __all__ += [
     # tracking
     "SortTracker",
     "ByteTracker",
+    "TrackState",
     "clear_mot",
     "MotResult",
     "mota",

@@ -8,6 +8,12 @@ center, area ``s = w * h``, aspect ``r = w / h`` (constant) and the velocities o
 Association maximizes the total IoU over the overlapping track/detection pairs whose IoU passes
 the threshold (Hungarian assignment, ``scipy.optimize.linear_sum_assignment``, run only on
 the pairs that compete); boxes that do not overlap never match.
+
+Besides ``update(boxes, scores) -> [K, 5]``, both trackers have ``update_tracks(boxes, scores,
+classes) -> TrackState`` (ids, boxes, scores and classes of the detections last matched, ages,
+predicted flags) and ``predict_tracks()`` / ``predict()`` for a frame without detections (a
+stream that detects every N frames): the filter moves one frame, but a skipped frame is not a
+miss, so no track ages towards ``max_age``, loses its streak or dies.
 """
 
 from __future__ import annotations
@@ -65,15 +71,23 @@ def z_to_xyxy(z: np.ndarray) -> np.ndarray:
     return out
 
 
+DENSE_PAIRS = 1024
+
+
 def overlap_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs of boxes of ``a`` [N, 4] and ``b`` [M, 4] (xyxy) that overlap: ``(rows, cols, iou)``, IoU > 0.
 
     A sweep over ``b`` sorted by x1 finds, for each box of ``a``, the boxes whose x1 lies in
     ``(a.x1 - widest b, a.x2)``; the IoU is computed only for those candidates, so the cost
-    grows with the number of nearby pairs rather than with N * M.
+    grows with the number of nearby pairs rather than with N * M. Up to ``DENSE_PAIRS`` pairs
+    the dense :func:`iou_matrix` is cheaper (fewer array operations) and gives the same IoUs.
     """
     if len(a) == 0 or len(b) == 0:
         return np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0)
+    if len(a) * len(b) <= DENSE_PAIRS:
+        iou = iou_matrix(a, b)
+        rows, cols = np.nonzero(iou)
+        return rows, cols, iou[rows, cols]
     ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T, dtype=np.float64)
     bx1, by1, bx2, by2 = np.ascontiguousarray(b.T, dtype=np.float64)
     order = np.argsort(bx1, kind="stable")
@@ -104,19 +118,28 @@ def match_pairs(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, n: int, m
     """
     ok = score >= threshold
     r, c, s = rows[ok], cols[ok], score[ok]
+    if len(r) == 0:
+        return np.empty((0, 2), np.intp), np.arange(n), np.arange(m)
     row_n, col_n = np.bincount(r, minlength=n), np.bincount(c, minlength=m)
     alone = (row_n[r] == 1) & (col_n[c] == 1)
-    pairs = np.stack([r[alone], c[alone]], axis=1)
-    if not alone.all():
-        r, c, s = r[~alone], c[~alone], s[~alone]
-        sub_rows, ri = np.unique(r, return_inverse=True)
-        sub_cols, ci = np.unique(c, return_inverse=True)
+    if alone.all():
+        pairs = np.empty((len(r), 2), np.intp)
+        pairs[:, 0], pairs[:, 1] = r, c
+    else:
+        rest = ~alone
+        r2, c2 = r[rest], c[rest]
+        sub_rows = np.flatnonzero(np.bincount(r2, minlength=n))
+        sub_cols = np.flatnonzero(np.bincount(c2, minlength=m))
+        ri, ci = np.searchsorted(sub_rows, r2), np.searchsorted(sub_cols, c2)
         gain = np.zeros((len(sub_rows), len(sub_cols)))
         has = np.zeros(gain.shape, bool)
-        gain[ri, ci], has[ri, ci] = s, True
+        gain[ri, ci], has[ri, ci] = s[rest], True
         rr, cc = linear_sum_assignment(gain, maximize=True)
         good = has[rr, cc]
-        pairs = np.concatenate([pairs, np.stack([sub_rows[rr[good]], sub_cols[cc[good]]], axis=1)])
+        k = int(alone.sum())
+        pairs = np.empty((k + int(good.sum()), 2), np.intp)
+        pairs[:k, 0], pairs[:k, 1] = r[alone], c[alone]
+        pairs[k:, 0], pairs[k:, 1] = sub_rows[rr[good]], sub_cols[cc[good]]
     row_free = np.ones(n, bool)
     row_free[pairs[:, 0]] = False
     col_free = np.ones(m, bool)
@@ -131,6 +154,28 @@ def match(score: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, 
     return match_pairs(rows, cols, score.ravel(), n, m, threshold)
 
 
+@dataclass
+class TrackState:
+    """Tracks of one frame, by ascending id: ``boxes`` [K, 4] xyxy, ``ids`` [K] int64, ``scores`` [K] (of the
+    detection last matched), ``classes`` [K] int64 (of the detection last matched; -1 when none was given),
+    ``ages`` [K] int64 (frames since the track started: 0 in its first frame; predicted frames count) and
+    ``predicted`` [K] bool (True where no detection corrected the box in this frame)."""
+
+    boxes: np.ndarray
+    ids: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    ages: np.ndarray
+    predicted: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self) -> np.ndarray:
+        """[K, 5] of [x1, y1, x2, y2, id]: what ``update`` returns."""
+        return np.concatenate([self.boxes, self.ids[:, None].astype(np.float64)], axis=1)
+
+
 class KalmanTracks:
     """All tracks of a tracker as arrays, with SORT's constant-velocity Kalman filter run on all at once.
 
@@ -140,21 +185,26 @@ class KalmanTracks:
     [N, 4] and ``vel`` [N, 4] (``vel[:, 3]`` stays 0) and the covariance as its three distinct
     entries per coordinate, ``p_pp``, ``p_pv``, ``p_vv`` [N, 4]; predict and update are then
     exact elementwise formulas. :meth:`state` and :meth:`covariance` give the 7-D forms.
+    Per track it also keeps the frame it started (``start``, on the tracker's clock) and the
+    score and class of the detection it last matched (``score``, ``cls``).
     """
 
-    FIELDS = ("pos", "vel", "p_pp", "p_pv", "p_vv", "ids", "hits", "streak", "since_update", "confirmed")
+    FIELDS = ("pos", "vel", "p_pp", "p_pv", "p_vv", "ids", "hits", "streak", "since_update", "confirmed",
+              "start", "score", "cls")
 
     def __init__(self) -> None:
         for name in ("pos", "vel", "p_pp", "p_pv", "p_vv"):
             setattr(self, name, np.empty((0, 4)))
-        for name in ("ids", "hits", "streak", "since_update"):  # streak: consecutive matched frames
+        for name in ("ids", "hits", "streak", "since_update", "start", "cls"):  # streak: consecutive matched frames
             setattr(self, name, np.empty(0, np.int64))
         self.confirmed = np.empty(0, bool)
+        self.score = np.empty(0)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, boxes: np.ndarray, ids: np.ndarray, confirmed: bool = False) -> None:
+    def add(self, boxes: np.ndarray, ids: np.ndarray, confirmed: bool = False, scores: np.ndarray | None = None,
+            classes: np.ndarray | None = None, start: int = 0) -> None:
         """Start one track per box [K, 4] with zero velocity and SORT's initial covariance."""
         k = len(boxes)
         if k == 0:
@@ -162,7 +212,9 @@ class KalmanTracks:
         zeros = np.zeros((k, 4))
         init = {"pos": xyxy_to_z(boxes), "vel": zeros, "p_pp": zeros + P0_POS, "p_pv": zeros, "p_vv": zeros + P0_VEL,
                 "ids": ids, "hits": np.ones(k, np.int64), "streak": np.ones(k, np.int64),
-                "since_update": np.zeros(k, np.int64), "confirmed": np.full(k, confirmed)}
+                "since_update": np.zeros(k, np.int64), "confirmed": np.full(k, confirmed),
+                "start": np.full(k, start, np.int64), "score": np.ones(k) if scores is None else scores,
+                "cls": np.full(k, -1, np.int64) if classes is None else classes}
         for name in self.FIELDS:
             setattr(self, name, np.concatenate([getattr(self, name), init[name]]))
 
@@ -172,21 +224,32 @@ class KalmanTracks:
             for name in self.FIELDS:
                 setattr(self, name, getattr(self, name)[mask])
 
-    def predict(self) -> np.ndarray:
-        """Advance every track one frame (x = F x, P = F P F^T + Q); return the predicted boxes [N, 4]."""
+    def predict(self, miss: bool = True) -> np.ndarray:
+        """Advance every track one frame (x = F x, P = F P F^T + Q); return the predicted boxes [N, 4].
+
+        ``miss=True`` (a frame with detections follows): every track counts one more frame since
+        its last match, and a track unmatched in the previous frame loses its streak. ``miss=False``
+        (a frame without detections): only the filter moves."""
         self.vel[self.pos[:, 2] + self.vel[:, 2] <= 0, 2] = 0.0  # the area would become non-positive
         self.pos += self.vel
         self.p_pp += 2.0 * self.p_pv + self.p_vv + Q_POS
         self.p_pv += self.p_vv
         self.p_vv += Q_VEL
-        self.streak[self.since_update > 0] = 0
-        self.since_update += 1
+        if miss:
+            self.streak[self.since_update > 0] = 0
+            self.since_update += 1
         return z_to_xyxy(self.pos)
 
-    def update(self, idx: np.ndarray, boxes: np.ndarray) -> None:
-        """Correct the tracks ``idx`` with their detections ``boxes`` [K, 4] (K = P H^T S^-1, P = (I - K H) P)."""
+    def update(self, idx: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None = None,
+               classes: np.ndarray | None = None) -> None:
+        """Correct the tracks ``idx`` with their detections ``boxes`` [K, 4] (K = P H^T S^-1, P = (I - K H) P);
+        record the detections' ``scores`` and ``classes`` when given."""
         if len(idx) == 0:
             return
+        if scores is not None:
+            self.score[idx] = scores
+        if classes is not None:
+            self.cls[idx] = classes
         y = np.zeros((len(self), 4))  # innovation; rows without a detection get a zero gain below
         y[idx] = xyxy_to_z(boxes) - self.pos[idx]
         hit = np.zeros((len(self), 1))
@@ -223,34 +286,110 @@ class KalmanTracks:
         return P
 
 
+class _IdSource:
+    """Hands out track ids 1, 2, ...; trackers that share one (one tracker per class) never reuse an id."""
+
+    def __init__(self) -> None:
+        self.next = 1
+
+    def take(self, n: int) -> np.ndarray:
+        ids = np.arange(self.next, self.next + n, dtype=np.int64)
+        self.next += n
+        return ids
+
+
 class _Tracker:
-    """Shared state of the trackers: the tracks, the frame counter and the id counter."""
+    """Shared state and steps of the trackers: the tracks, the frame counters, the id source.
+
+    ``frame`` counts the frames with detections (``update``), ``clock`` every frame (``update``
+    and ``predict``): track ages are on the clock, the trackers' rules on ``frame``."""
 
     def __init__(self) -> None:
         self.tracks = KalmanTracks()
         self.frame = 0
-        self._next_id = 1
+        self.clock = 0
+        self._ids = _IdSource()
+        self._skipped = False  # the last frame was a prediction: every box is predicted
 
-    def _start(self, boxes: np.ndarray, confirmed: bool) -> None:
-        ids = np.arange(self._next_id, self._next_id + len(boxes), dtype=np.int64)
-        self._next_id += len(boxes)
-        self.tracks.add(boxes, ids, confirmed)
+    def _start(self, boxes: np.ndarray, confirmed: bool, scores: np.ndarray | None = None,
+               classes: np.ndarray | None = None) -> None:
+        self.tracks.add(boxes, self._ids.take(len(boxes)), confirmed, scores, classes, start=self.clock)
+
+    def _step(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _shown(self) -> np.ndarray:
+        """Which tracks are reported in the current frame."""
+        raise NotImplementedError
+
+    def _check(self, boxes_xyxy: object, scores: object | None,
+               classes: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _check_detections(boxes_xyxy, scores, classes)
+
+    def update(self, boxes_xyxy: object, scores: object | None = None) -> np.ndarray:
+        """Feed one frame's detections [N, 4] (N may be 0); return the tracked boxes [K, 5] of [x1, y1, x2, y2, id]."""
+        self._advance(boxes_xyxy, scores, None)
+        return _result(self.tracks, self._shown())
+
+    def update_tracks(self, boxes_xyxy: object, scores: object | None = None,
+                      classes: object | None = None) -> TrackState:
+        """:meth:`update` returning the reported tracks as a :class:`TrackState`; ``classes`` [N] (integers) are
+        recorded per track (the class of the detection last matched) but do not gate matching."""
+        self._advance(boxes_xyxy, scores, classes)
+        return self.state()
+
+    def _advance(self, boxes_xyxy: object, scores: object | None, classes: object | None) -> None:
+        boxes, scores_, classes_ = self._check(boxes_xyxy, scores, classes)  # before any change: bad input changes nothing
+        self.frame += 1
+        self.clock += 1
+        self._skipped = False
+        if len(self.tracks) or len(boxes):
+            self._step(boxes, scores_, classes_)
+
+    def predict(self) -> np.ndarray:
+        """A frame without detections: move every track one frame without counting a miss; return the predicted boxes
+        [K, 5] of the tracks reported in the last frame with detections, now ``predicted``."""
+        self.predict_tracks()
+        return _result(self.tracks, self._shown())
+
+    def predict_tracks(self) -> TrackState:
+        """:meth:`predict` returning a :class:`TrackState` (``predicted`` all True)."""
+        self.clock += 1
+        self._skipped = True
+        self.tracks.predict(miss=False)
+        return self.state()
+
+    def state(self, include_lost: bool = False) -> TrackState:
+        """The tracks reported in the current frame; ``include_lost``: every live track (unconfirmed and lost ones
+        too, lost ones ``predicted``)."""
+        t = self.tracks
+        show = np.ones(len(t), bool) if include_lost else self._shown()
+        return TrackState(z_to_xyxy(t.pos[show]), t.ids[show], t.score[show], t.cls[show],
+                          self.clock - t.start[show], (t.since_update[show] > 0) | self._skipped)
 
 
-def _check_detections(boxes: object, scores: object | None) -> tuple[np.ndarray, np.ndarray]:
+def _check_detections(boxes: object, scores: object | None,
+                      classes: object | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     b = check_array("boxes_xyxy", boxes, dtype_kind="fiu")
     if b.size == 0:
         b = b.reshape(0, 4)
     if b.ndim != 2 or b.shape[1] != 4:
         raise UserError(f"boxes_xyxy: expected shape [N, 4], got {tuple(b.shape)}")
-    b = b.astype(np.float64)
+    b = b.astype(np.float64, copy=False)
     if np.any(b[:, 2:] < b[:, :2]):
         raise UserError("boxes_xyxy: every box needs x2 >= x1 and y2 >= y1")
     if scores is None:
-        return b, np.ones(len(b))
-    s = check_array("scores", scores, ndim=1, dtype_kind="fiu").astype(np.float64)
-    check_same_len("boxes_xyxy", b, "scores", s)
-    return b, s
+        s = np.ones(len(b))
+    else:
+        s = check_array("scores", scores, ndim=1, dtype_kind="fiu").astype(np.float64, copy=False)
+        check_same_len("boxes_xyxy", b, "scores", s)
+    if classes is None:
+        return b, s, np.full(len(b), -1, np.int64)
+    c = check_array("classes", classes, ndim=1, dtype_kind="fiu")
+    if c.dtype.kind == "f" and np.any(c != np.round(c)):
+        raise UserError("classes: expected integer class ids")
+    check_same_len("boxes_xyxy", b, "classes", c)
+    return b, s, c.astype(np.int64, copy=False)
 
 
 def _result(tracks: KalmanTracks, show: np.ndarray) -> np.ndarray:
@@ -270,30 +409,38 @@ class SortTracker(_Tracker):
     ``max_age`` frames. A track is reported once it has been matched in ``min_hits``
     consecutive frames (or during the first ``min_hits`` frames of the sequence); from then
     on it is reported in every frame it is matched, so a track that reappears after an
-    occlusion keeps its id and is reported at once. Ids start at 1.
+    occlusion keeps its id and is reported at once. ``unconfirmed_max_age`` (None: ``max_age``,
+    SORT's rule) drops a track not yet confirmed after that many unmatched frames instead: 0
+    is DeepSORT's and ByteTrack's rule (a tentative track dies at its first miss), so the
+    false positives' tentative tracks do not linger for ``max_age`` frames taking detections.
+    Ids start at 1. Frames fed to :meth:`predict` (no detections) count for none of these rules.
     """
 
-    def __init__(self, max_age: int = 1, min_hits: int = 3, iou_threshold: float = 0.3, min_score: float = 0.0) -> None:
+    def __init__(self, max_age: int = 1, min_hits: int = 3, iou_threshold: float = 0.3, min_score: float = 0.0,
+                 unconfirmed_max_age: int | None = None) -> None:
         self.max_age = int(check_positive("max_age", max_age, allow_zero=True))
+        self.unconfirmed_max_age = (self.max_age if unconfirmed_max_age is None
+                                    else int(check_positive("unconfirmed_max_age", unconfirmed_max_age, allow_zero=True)))
         self.min_hits = int(check_positive("min_hits", min_hits, allow_zero=True))
         self.iou_threshold = check_range("iou_threshold", iou_threshold, 0.0, 1.0)
         self.min_score = float(min_score)
         super().__init__()
 
-    def update(self, boxes_xyxy: object, scores: object | None = None) -> np.ndarray:
-        """Feed one frame's detections [N, 4] (N may be 0); return the tracked boxes [K, 5] of [x1, y1, x2, y2, id]."""
-        boxes, scores = _check_detections(boxes_xyxy, scores)
-        self.frame += 1
+    def _step(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> None:
         t = self.tracks
         predicted = t.predict()
         rows, cols, iou = overlap_pairs(predicted, boxes)
         pairs, _, free_dets = match_pairs(rows, cols, iou, len(t), len(boxes), self.iou_threshold)
-        t.update(pairs[:, 0], boxes[pairs[:, 1]])
+        d = pairs[:, 1]
+        t.update(pairs[:, 0], boxes[d], scores[d], classes[d])
         new = free_dets[scores[free_dets] >= self.min_score]
-        self._start(boxes[new], confirmed=False)
+        self._start(boxes[new], False, scores[new], classes[new])
         t.confirmed |= t.streak >= self.min_hits
-        t.keep(t.since_update <= self.max_age)
-        return _result(t, (t.since_update == 0) & (t.confirmed | (self.frame <= self.min_hits)))
+        t.keep(np.where(t.confirmed, t.since_update <= self.max_age, t.since_update <= self.unconfirmed_max_age))
+
+    def _shown(self) -> np.ndarray:
+        t = self.tracks
+        return (t.since_update == 0) & (t.confirmed | (self.frame <= self.min_hits))
 
 
 class ByteTracker(_Tracker):
@@ -308,7 +455,10 @@ class ByteTracker(_Tracker):
     detections (cost limit ``unconfirmed_match_thresh``) or die. A remaining high detection
     with ``score >= new_track_thresh`` (default ``high_thresh + 0.1``) starts a track, confirmed
     at once in the first frame, otherwise when matched again the next frame. A track lost for
-    more than ``max_age`` frames is dropped. Ids start at 1.
+    more than ``max_age`` frames is dropped. ``low_match_lost`` offers the low-score detections
+    to the lost tracks as well (the ``trackers`` package's rule; ByteTrack's paper and code offer
+    them only to the tracks tracked in the previous frame). Ids start at 1. Frames fed to :meth:`predict` (no
+    detections) count for none of these rules: "the previous frame" is the previous one with detections.
     """
 
     def __init__(
@@ -321,6 +471,7 @@ class ByteTracker(_Tracker):
         low_match_thresh: float = 0.5,
         unconfirmed_match_thresh: float = 0.7,
         fuse_score: bool = True,
+        low_match_lost: bool = False,
     ) -> None:
         self.high_thresh = check_range("high_thresh", high_thresh, 0.0, 1.0)
         self.low_thresh = check_range("low_thresh", low_thresh, 0.0, 1.0)
@@ -332,44 +483,52 @@ class ByteTracker(_Tracker):
         self.new_track_thresh = self.high_thresh + 0.1 if new_track_thresh is None else float(new_track_thresh)
         self.max_age = int(check_positive("max_age", max_age, allow_zero=True))
         self.fuse_score = bool(fuse_score)
+        self.low_match_lost = bool(low_match_lost)
         super().__init__()
 
-    def _assign(self, rows: np.ndarray, dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                predicted: np.ndarray, limit: float, fuse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Match tracks ``rows`` to detections ``dets``; correct the matched tracks; return (pairs, free rows, free dets)."""
-        r, c, sim = overlap_pairs(predicted[rows], boxes[dets])
-        if fuse:
-            sim = sim * scores[dets[c]]
-        pairs, free_r, free_d = match_pairs(r, c, sim, len(rows), len(dets), 1.0 - limit)
-        self.tracks.update(rows[pairs[:, 0]], boxes[dets[pairs[:, 1]]])
-        return pairs, rows[free_r], dets[free_d]
-
-    def update(self, boxes_xyxy: object, scores: object) -> np.ndarray:
-        """Feed one frame's detections [N, 4] and scores [N]; return the tracked boxes [K, 5] of [x1, y1, x2, y2, id]."""
+    def _check(self, boxes_xyxy: object, scores: object | None,
+               classes: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if scores is None:
             raise UserError("scores: ByteTracker needs detection scores")
-        boxes, scores = _check_detections(boxes_xyxy, scores)
-        self.frame += 1
+        return _check_detections(boxes_xyxy, scores, classes)
+
+    def _step(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> None:
         t = self.tracks
+        n, m = len(t), len(boxes)
         was_tracked = t.since_update == 0
         predicted = t.predict()
-        high = np.nonzero(scores >= self.high_thresh)[0]
-        low = np.nonzero((scores >= self.low_thresh) & (scores < self.high_thresh))[0]
-        pool = np.nonzero(t.confirmed)[0]
-        _, free_trk, free_high = self._assign(pool, high, boxes, scores, predicted, self.match_thresh, self.fuse_score)
-        free_trk = free_trk[was_tracked[free_trk]]
-        self._assign(free_trk, low, boxes, scores, predicted, self.low_match_thresh, False)
-        unconf = np.nonzero(~t.confirmed)[0]
-        pairs, dead, free_high = self._assign(unconf, free_high, boxes, scores, predicted,
-                                              self.unconfirmed_match_thresh, self.fuse_score)
-        t.confirmed[unconf[pairs[:, 0]]] = True
-        alive = np.ones(len(t), bool)
-        alive[dead] = False
-        alive &= t.since_update <= self.max_age
+        # The overlapping pairs once; each stage matches the ones between its tracks and its detections.
+        r, c, iou = overlap_pairs(predicted, boxes)
+        fused = iou * scores[c] if self.fuse_score else iou
+        high = scores >= self.high_thresh
+        low = (scores >= self.low_thresh) & ~high
+        free_trk = t.confirmed.copy()
+        matched = []
+
+        def stage(trk: np.ndarray, det: np.ndarray, sim: np.ndarray, limit: float) -> None:
+            """Match the tracks ``trk`` to the detections ``det`` (masks; the matched ones are cleared)."""
+            sel = trk[r] & det[c]
+            pairs, _, _ = match_pairs(r[sel], c[sel], sim[sel], n, m, 1.0 - limit)
+            trk[pairs[:, 0]] = False
+            det[pairs[:, 1]] = False
+            matched.append(pairs)
+
+        stage(free_trk, high, fused, self.match_thresh)
+        stage(free_trk if self.low_match_lost else free_trk & was_tracked, low, iou, self.low_match_thresh)
+        unconf = ~t.confirmed
+        stage(unconf, high, fused, self.unconfirmed_match_thresh)  # unconf: now the unmatched ones, which die
+        pairs = np.concatenate(matched)
+        d = pairs[:, 1]
+        t.update(pairs[:, 0], boxes[d], scores[d], classes[d])
+        t.confirmed[~t.confirmed & (t.since_update == 0)] = True
+        alive = ~unconf & (t.since_update <= self.max_age)
         t.keep(alive)
-        new = free_high[scores[free_high] >= self.new_track_thresh]
-        self._start(boxes[new], confirmed=self.frame == 1)
-        return _result(t, (t.since_update == 0) & t.confirmed)
+        new = np.nonzero(high & (scores >= self.new_track_thresh))[0]
+        self._start(boxes[new], self.frame == 1, scores[new], classes[new])
+
+    def _shown(self) -> np.ndarray:
+        t = self.tracks
+        return (t.since_update == 0) & t.confirmed
 
 
 @dataclass
@@ -397,16 +556,19 @@ def _frame_array(name: str, a: object) -> np.ndarray:
 def clear_mot(gt: Sequence[object], hyp: Sequence[object], iou_threshold: float = 0.5) -> MotResult:
     """CLEAR-MOT metrics of hypotheses ``hyp`` against ground truth ``gt``, per frame arrays [K, 5] of [x1, y1, x2, y2, id].
 
-    Per frame: a ground-truth object keeps its previous hypothesis when both are present and
-    their IoU is still >= ``iou_threshold``; the rest are matched by Hungarian assignment on
-    IoU (pairs below the threshold never match). A match whose hypothesis differs from the
-    object's last matched hypothesis is an ID switch. Unmatched ground truth counts as FN,
-    unmatched hypotheses as FP.
+    Per frame: a ground-truth object keeps the hypothesis it was matched to in the previous
+    frame when both are present and their IoU is still >= ``iou_threshold``; the rest are
+    matched by Hungarian assignment on IoU (pairs below the threshold never match). A match
+    whose hypothesis differs from the object's last matched hypothesis (any number of frames
+    before) is an ID switch. Unmatched ground truth counts as FN, unmatched hypotheses as FP.
+    This is TrackEval's CLEAR, including its rule that a frame without ground truth or without
+    hypotheses leaves the previous frame's matches in place for the next one.
     """
     if len(gt) != len(hyp):
         raise UserError(f"gt and hyp: number of frames differs ({len(gt)} vs {len(hyp)})")
     thr = check_range("iou_threshold", iou_threshold, 0.0, 1.0)
     last: dict[int, int] = {}  # gt id -> last matched hyp id
+    prev: dict[int, int] = {}  # gt id -> hyp id matched in the previous frame (one-to-one)
     num_gt = matches = fn = fp = idsw = 0
     iou_sum = 0.0
     for f, (g_raw, h_raw) in enumerate(zip(gt, hyp, strict=True)):
@@ -414,7 +576,7 @@ def clear_mot(gt: Sequence[object], hyp: Sequence[object], iou_threshold: float 
         g_ids, h_ids = g[:, 4].astype(np.int64), h[:, 4].astype(np.int64)
         iou = iou_matrix(g[:, :4], h[:, :4])
         h_col = {int(i): c for c, i in enumerate(h_ids)}
-        kept = [(r, h_col[last[int(gid)]]) for r, gid in enumerate(g_ids) if last.get(int(gid)) in h_col]
+        kept = [(r, h_col[prev[int(gid)]]) for r, gid in enumerate(g_ids) if prev.get(int(gid)) in h_col]
         kept = [(r, c) for r, c in kept if iou[r, c] >= thr]
         g_free = np.setdiff1d(np.arange(len(g)), [r for r, _ in kept])
         h_free = np.setdiff1d(np.arange(len(h)), [c for _, c in kept])
@@ -424,6 +586,8 @@ def clear_mot(gt: Sequence[object], hyp: Sequence[object], iou_threshold: float 
             gid, hid = int(g_ids[r]), int(h_ids[c])
             idsw += int(gid in last and last[gid] != hid)
             last[gid] = hid
+        if len(g) and len(h):
+            prev = {int(g_ids[r]): int(h_ids[c]) for r, c in kept + new}
         n_match = len(kept) + len(new)
         iou_sum += float(sum(iou[r, c] for r, c in kept + new))
         num_gt += len(g)

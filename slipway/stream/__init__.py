@@ -4,7 +4,10 @@ decode -> pre-process -> infer (batched across frames and streams) -> post-proce
 each stage on its own thread joined by bounded queues, with an explicit overload policy.
 """
 
+from slipway.stream.evaluate import TrackScores, evaluate, evaluate_many
 from slipway.stream.frames import Detections, Frame, FrameResult, Tracks
 from slipway.stream.mot import read_mot, write_mot
+from slipway.stream.track import StreamTracker
 
-__all__ = ["Detections", "Frame", "FrameResult", "Tracks", "read_mot", "write_mot"]
+__all__ = ["Detections", "Frame", "FrameResult", "StreamTracker", "TrackScores", "Tracks", "evaluate",
+           "evaluate_many", "read_mot", "write_mot"]

@@ -14,12 +14,12 @@ def _empty(shape: tuple[int, ...], dtype: type) -> np.ndarray:
 
 @dataclass
 class Detections:
-    """One frame's detections: ``boxes`` [N, 4] xyxy in original pixels (float64), ``scores`` [N], ``classes`` [N]
-    (int64; -1 where the detector has no classes)."""
+    """One frame's detections: ``boxes`` [N, 4] xyxy in original pixels (float64), ``scores`` [N] (float64),
+    ``classes`` [N] (int64; -1 where the detector has no classes)."""
 
     boxes: np.ndarray = field(default_factory=lambda: _empty((0, 4), np.float64))
-    scores: np.ndarray = field(default_factory=lambda: _empty((0,), np.float64))
-    classes: np.ndarray = field(default_factory=lambda: _empty((0,), np.int64))
+    scores: np.ndarray | None = None  # None: 1 for every box
+    classes: np.ndarray | None = None  # None: -1 for every box
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
