@@ -41,11 +41,12 @@ def _register() -> None:
         quantize,
         run,
         serve,
+        stream,
         tune,
     )
 
     for mod in (info, convert, analyze, optimize, quantize, prune, compare, bench, tune, pipeline, run, bundle, serve,
-                perf, export, machine, demo):
+                stream, perf, export, machine, demo):
         mod.register(app)
 
 
