@@ -33,6 +33,8 @@ def perf(
     percentile: int | None = typer.Option(None, "--percentile", help="judge stability and report this latency percentile"),
     max_inflight: int = typer.Option(512, "--max-inflight", help="open loop: outstanding requests at most"),
     json_tensors: bool = typer.Option(False, "--json-tensors", help="HTTP JSON tensors instead of binary (MLServer)"),
+    shared_memory: str = typer.Option("none", "--shared-memory", help="none or system: inputs and outputs in system shared memory (a server on this machine)"),
+    output_shm_size: int = typer.Option(102400, "--output-shared-memory-size", help="bytes per output region when the output's size is not fixed (BYTES, dynamic dims)"),
     metrics_url: str | None = typer.Option(None, "--metrics-url", help="HOST:PORT of the server's Prometheus metrics (server CPU / RSS)"),
     server_pid: int | None = typer.Option(None, "--server-pid", help="a local server's pid (server CPU / RSS from /proc)"),
     csv_file: Path | None = typer.Option(None, "-f", help="write perf_analyzer's CSV here"),
@@ -60,7 +62,8 @@ def perf(
 
     result = profile(url, model, protocol=protocol, settings=settings, batch=batch, shapes=parse_shape(shape or []),
                      data=input_data, binary=not json_tensors, string_length=string_length, metrics_url=metrics_url,
-                     server_pid=server_pid, on_window=on_window, **levels)
+                     server_pid=server_pid, on_window=on_window, shared_memory=shared_memory,
+                     output_shm_size=output_shm_size, **levels)
     written = []
     if csv_file is not None:
         from slipway.model import atomic_write_text

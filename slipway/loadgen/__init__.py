@@ -9,6 +9,10 @@ or input the model refuses is one line). Then each level (a concurrency, or a re
 its windows (:mod:`slipway.loadgen.measure`) and is summarized from the last three
 (:mod:`slipway.loadgen.results`).
 
+With ``shared_memory="system"`` the inputs are written once into system shared-memory regions (one
+input and one output region per concurrent slot, :class:`~slipway.loadgen.client.ShmSlots`) and the
+requests only name them, as perf_analyzer's ``--shared-memory system``.
+
 * :mod:`slipway.loadgen.client`   the wire: prebuilt HTTP / gRPC requests, control calls as dicts
 * :mod:`slipway.loadgen.inputs`   model info from the server, input pools (random, .npz, JSON, images)
 * :mod:`slipway.loadgen.window`   one window: latencies, errors, lag, server counters diffed
@@ -19,18 +23,23 @@ its windows (:mod:`slipway.loadgen.measure`) and is summarized from the last thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slipway.errors import UserError
-from slipway.loadgen.client import Endpoint, RequestFailed
+from slipway.loadgen.client import Endpoint, RequestFailed, ShmSlots
 from slipway.loadgen.inputs import ModelInfo, make_pool, parse_shape
 from slipway.loadgen.measure import Level, Probe, Settings, run_level
 from slipway.loadgen.results import summarize, to_csv
 
-__all__ = ["profile", "Profile", "Settings", "parse_shape", "parse_range", "to_csv"]
+__all__ = ["profile", "Profile", "Settings", "parse_shape", "parse_range", "to_csv", "SHARED_MEMORY",
+           "OUTPUT_SHM_SIZE"]
+
+SHARED_MEMORY = ("none", "system")
+OUTPUT_SHM_SIZE = 100 * 1024  # perf_analyzer's default --output-shared-memory-size
 
 
 @dataclass
@@ -73,13 +82,24 @@ def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequen
             rates: Sequence[float] | None = None, settings: Settings | None = None, batch: int = 1,
             shapes: Mapping[str, Sequence[int]] | None = None, data: str | Path | None = None,
             binary: bool = True, string_length: int = 16, metrics_url: str | None = None,
-            server_pid: int | None = None, on_window: Callable[[str, float, Any], None] | None = None) -> Profile:
-    """Measure ``model`` at ``url`` at each concurrency (closed loop) or request rate (open loop)."""
+            server_pid: int | None = None, on_window: Callable[[str, float, Any], None] | None = None,
+            shared_memory: str = "none", output_shm_size: int = OUTPUT_SHM_SIZE) -> Profile:
+    """Measure ``model`` at ``url`` at each concurrency (closed loop) or request rate (open loop).
+
+    ``shared_memory="system"``: inputs and outputs in system shared memory (the server must offer
+    Triton's extension and run on this machine); ``output_shm_size``: the bytes of each output's
+    region when its size cannot be known from the model's metadata (BYTES, dynamic dims).
+    """
     if (concurrency is None) == (rates is None):
         raise UserError("give either concurrency levels or request rates")
+    if shared_memory not in SHARED_MEMORY:
+        raise UserError(f"unknown shared memory kind {shared_memory!r}: expected none or system "
+                        "(cuda is not supported)")
+    if output_shm_size < 1:
+        raise UserError(f"the output shared memory size must be at least 1 byte, got {output_shm_size}")
     settings = settings or Settings()
     coro = _profile(url, model, protocol, list(concurrency or []), list(rates or []), settings, batch, shapes,
-                    data, binary, string_length, metrics_url, server_pid, on_window)
+                    data, binary, string_length, metrics_url, server_pid, on_window, shared_memory, output_shm_size)
     try:
         import uvloop
 
@@ -89,14 +109,28 @@ def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequen
 
 
 async def _profile(url, model, protocol, concurrency, rates, settings, batch, shapes, data, binary, string_length,
-                   metrics_url, server_pid, on_window) -> Profile:
+                   metrics_url, server_pid, on_window, shared_memory="none", output_shm_size=OUTPUT_SHM_SIZE
+                   ) -> Profile:
     inflight = max(concurrency) if concurrency else settings.max_inflight
-    async with Endpoint(url, protocol, binary=binary, connections=inflight) as endpoint:
+    async with Endpoint(url, protocol, binary=binary, connections=inflight) as endpoint, \
+            contextlib.AsyncExitStack() as stack:
         metadata = await endpoint.metadata(model)
         info = ModelInfo.from_server(model, metadata, await endpoint.config(model))
         pool = make_pool(info, batch=batch, shapes=shapes or {}, data=data, string_length=string_length,
                          seed=settings.seed)
-        requests = [endpoint.encode(model, tensors, list(info.outputs)) for tensors in pool]
+        if shared_memory == "system":
+            sizes = [_output_bytes(t, info.max_batch_size, batch, output_shm_size) for t in metadata.get("outputs", [])]
+            # one slot per concurrent request (open loop: up to 64 slots, shared round-robin beyond)
+            slots = max(concurrency) if concurrency else min(settings.max_inflight, 64)
+            try:
+                shm = await stack.enter_async_context(
+                    ShmSlots(endpoint, model, pool, list(info.outputs), sizes, slots))
+            except RequestFailed as e:
+                raise UserError(f"cannot use system shared memory with the server at {url} (it must offer Triton's "
+                                f"system shared memory extension and run on this machine): {e}") from None
+            requests = shm.requests
+        else:
+            requests = [endpoint.encode(model, tensors, list(info.outputs)) for tensors in pool]
         probe = Probe(endpoint, [model, *info.steps], metrics_url=metrics_url, pid=server_pid)
         before = await probe.stats()
         try:
@@ -126,6 +160,21 @@ async def _profile(url, model, protocol, concurrency, rates, settings, batch, sh
         counted = [after[model].get(k, 0) - before[model].get(k, 0) for k in ("success", "fail")]
         result.server_counted = sum(counted)
         return result
+
+
+def _output_bytes(t: Mapping[str, Any], max_batch_size: int, batch: int, default: int) -> int:
+    """An output's exact size from its metadata (datatype, shape), else ``default`` (BYTES, dynamic dims)."""
+    itemsize = {"BOOL": 1, "INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2, "FP16": 2, "BF16": 2, "INT32": 4,
+                "UINT32": 4, "FP32": 4, "INT64": 8, "UINT64": 8, "FP64": 8}.get(str(t.get("datatype")))
+    dims = [int(d) for d in t.get("shape", [])]
+    if max_batch_size > 0 and dims:
+        dims[0] = batch
+    if itemsize is None or any(d < 0 for d in dims):
+        return default
+    n = itemsize
+    for d in dims:
+        n *= d
+    return max(n, 1)
 
 
 def _describe(tensors: list) -> str:

@@ -6,19 +6,27 @@ bytes: HTTP bodies with the binary tensor extension (or JSON tensors, ``binary=F
 that speak only JSON), gRPC ``ModelInferRequest`` messages serialized once and passed through
 grpc.aio untouched, replies read but not decoded. So a request costs the client one socket write
 and one read, and the client stays far from being the bottleneck (its CPU is measured anyway).
+
+With system shared memory (:class:`ShmSlots`, ``--shared-memory system``), each concurrent slot gets
+one input region (its inputs written once, back to back) and one output region (every output at its
+own offset), created here in ``/dev/shm`` and registered with the server (Triton's extension); its
+requests carry only the tensors' region, offset and byte size. The regions are unregistered and
+unlinked when the run ends, also when it fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from slipway.errors import UserError, one_line
 
-__all__ = ["Endpoint", "RequestFailed", "scrape_metrics"]
+__all__ = ["Endpoint", "RequestFailed", "ShmSlots", "scrape_metrics"]
 
 _SERVICE = "/inference.GRPCInferenceService/"
 _MAX_MESSAGE = 2**31 - 1
@@ -135,7 +143,58 @@ class Endpoint:
             raise RequestFailed(f"{e.code().name}: {e.details()}") from None
         return _int_fields(MessageToDict(reply, preserving_proto_field_name=True))
 
+    # -- system shared memory (Triton's extension) ---------------------------------------------
+
+    async def shm_register(self, name: str, key: str, byte_size: int) -> None:
+        await self._shm("register", name, key=key, offset=0, byte_size=byte_size)
+
+    async def shm_unregister(self, name: str) -> None:
+        await self._shm("unregister", name)
+
+    async def _shm(self, action: str, name: str, **body: Any) -> None:
+        if self.protocol == "http":
+            async with self._session.post(f"http://{self.url}/v2/systemsharedmemory/region/{name}/{action}",
+                                          data=json.dumps(body) if body else b"") as r:
+                if r.status != 200:
+                    raise RequestFailed(f"shared memory {action} {name!r}: HTTP {r.status}: "
+                                        f"{_message(await r.text())}")
+            return
+        import grpc
+        from tritonclient.grpc import service_pb2 as pb
+
+        method = "SystemSharedMemory" + action.capitalize()
+        request_type, reply_type = getattr(pb, method + "Request"), getattr(pb, method + "Response")
+        call = self._channel.unary_unary(_SERVICE + method, request_serializer=request_type.SerializeToString,
+                                         response_deserializer=reply_type.FromString)
+        try:
+            await call(request_type(name=name, **body), timeout=min(self.timeout_s, 30.0))
+        except grpc.aio.AioRpcError as e:
+            raise RequestFailed(f"shared memory {action} {name!r}: {e.code().name}: {e.details()}") from None
+
     # -- inference ----------------------------------------------------------------------------
+
+    def encode_shm(self, model: str, tensors: Sequence[tuple[str, str, Sequence[int], str, int, int]],
+                   outputs: Sequence[tuple[str, str, int, int]]) -> Any:
+        """One request whose inputs are read from shared memory and whose outputs are written there:
+        ``tensors`` are (name, datatype, shape, region, offset, byte size), ``outputs`` (name, region,
+        offset, byte size)."""
+        def params(region: str, offset: int, size: int) -> dict[str, Any]:
+            return {"shared_memory_region": region, "shared_memory_offset": offset, "shared_memory_byte_size": size}
+
+        if self.protocol == "grpc":
+            from tritonclient.grpc import service_pb2 as pb
+
+            r = pb.ModelInferRequest(model_name=model)
+            for name, datatype, shape, *where in tensors:
+                _set_params(r.inputs.add(name=name, datatype=datatype, shape=list(shape)).parameters, params(*where))
+            for name, *where in outputs:
+                _set_params(r.outputs.add(name=name).parameters, params(*where))
+            return r.SerializeToString()
+        header = {"inputs": [{"name": n, "shape": list(shape), "datatype": dt, "parameters": params(*where)}
+                             for n, dt, shape, *where in tensors],
+                  "outputs": [{"name": n, "parameters": params(*where)} for n, *where in outputs]}
+        body = json.dumps(header, separators=(",", ":")).encode()
+        return f"/v2/models/{model}/infer", body, {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 
     def encode(self, model: str, tensors: list[tuple[str, str, np.ndarray]], outputs: list[str]) -> Any:
         """One request, ready to send: ``tensors`` are (name, v2 datatype, array)."""
@@ -213,6 +272,85 @@ def _grpc_request(model: str, tensors: list[tuple[str, str, np.ndarray]], output
     for n in outputs:
         r.outputs.add(name=n)
     return r.SerializeToString()
+
+
+def _set_params(target: Any, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, int):
+            target[key].int64_param = value
+        else:
+            target[key].string_param = value
+
+
+class ShmSlots:
+    """System shared-memory regions for ``slots`` concurrent requests: per slot one input region (the
+    inputs of one pool entry, back to back) and one output region (each output at its own offset,
+    ``output_sizes`` bytes: exact for fixed shapes, else ``--output-shared-memory-size``).
+
+    ``async with ShmSlots(...) as shm:`` creates and registers them; ``shm.requests`` holds one encoded
+    request per slot. Leaving the block unregisters every region and unlinks its object, errors or not.
+    """
+
+    def __init__(self, endpoint: Endpoint, model: str, pool: Sequence[list[tuple[str, str, np.ndarray]]],
+                 outputs: Sequence[str], output_sizes: Sequence[int], slots: int) -> None:
+        self.endpoint, self.model, self.pool = endpoint, model, pool
+        self.outputs, self.output_sizes, self.slots = list(outputs), list(output_sizes), max(1, slots)
+        self.prefix = f"slipway_perf_{os.getpid()}_{id(self) & 0xFFFF:x}"
+        self._memory: list[Any] = []  # multiprocessing.shared_memory.SharedMemory objects
+        self._registered: list[str] = []
+        self.requests: list[Any] = []
+
+    async def __aenter__(self) -> ShmSlots:
+        try:
+            for slot in range(self.slots):
+                self.requests.append(await self._slot(slot, self.pool[slot % len(self.pool)]))
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _slot(self, slot: int, tensors: list[tuple[str, str, np.ndarray]]) -> Any:
+        blobs = [_raw(datatype, a) for _, datatype, a in tensors]
+        name_in, name_out = f"{self.prefix}_{slot}_in", f"{self.prefix}_{slot}_out"
+        sizes = {name_in: max(1, sum(len(b) for b in blobs)), name_out: max(1, sum(self.output_sizes))}
+        memory = self._create(name_in, sizes[name_in])
+        inputs, pos = [], 0
+        for (name, datatype, a), blob in zip(tensors, blobs, strict=True):
+            memory.buf[pos : pos + len(blob)] = blob
+            inputs.append((name, datatype, list(a.shape), name_in, pos, len(blob)))
+            pos += len(blob)
+        self._create(name_out, sizes[name_out])
+        outputs, pos = [], 0
+        for name, size in zip(self.outputs, self.output_sizes, strict=True):
+            outputs.append((name, name_out, pos, size))
+            pos += size
+        for name in (name_in, name_out):
+            await self.endpoint.shm_register(name, "/" + name, sizes[name])
+            self._registered.append(name)
+        return self.endpoint.encode_shm(self.model, inputs, outputs)
+
+    def _create(self, name: str, size: int) -> Any:
+        from multiprocessing import shared_memory
+
+        memory = shared_memory.SharedMemory(name=name, create=True, size=size)
+        self._memory.append(memory)
+        return memory
+
+    async def close(self) -> None:
+        """Unregister (best effort: the server may be gone) and unlink every region."""
+        for name in self._registered:
+            try:
+                await self.endpoint.shm_unregister(name)
+            except Exception:  # noqa: BLE001 - the objects are unlinked below whatever the server says
+                pass
+        self._registered.clear()
+        for memory in self._memory:
+            memory.close()
+            memory.unlink()
+        self._memory.clear()
 
 
 async def scrape_metrics(session: Any, url: str) -> dict[str, float]:

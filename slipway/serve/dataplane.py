@@ -1,5 +1,5 @@
 """The server's logic, free of any transport: health, metadata, config, statistics, repository
-control and inference. ``http.py`` and ``grpc.py`` are thin adapters over one :class:`DataPlane`.
+control, system shared memory (the region registry of :mod:`slipway.serve.shm`) and inference. ``http.py`` and ``grpc.py`` are thin adapters over one :class:`DataPlane`.
 
 Models come from a :class:`~slipway.serve.repository.Repository`. Control modes (as Triton's):
 
@@ -37,6 +37,7 @@ from slipway.errors import ServeError, one_line
 from slipway.serve.ensemble import MAX_DEPTH, Ensemble, composing_models, is_ensemble
 from slipway.serve.model import ModelVersion, load_version
 from slipway.serve.repository import Repository
+from slipway.serve.shm import SharedMemory, cuda_refused
 from slipway.serve.types import InferRequest, InferResponse
 
 __all__ = ["DataPlane", "EXTENSIONS", "CONTROL_MODES"]
@@ -45,7 +46,7 @@ log = logging.getLogger("slipway.serve")
 
 EXTENSIONS = [
     "binary_tensor_data", "statistics", "model_repository", "model_repository(unload_dependents)",
-    "schedule_policy", "model_configuration", "parameters",
+    "schedule_policy", "model_configuration", "parameters", "system_shared_memory",
 ]
 CONTROL_MODES = ("none", "poll", "explicit")
 
@@ -82,6 +83,7 @@ class DataPlane:
         self.started = False
         self._seen: dict[str, str] = {}  # name -> fingerprint seen at the last poll
         self._retiring: set[asyncio.Task] = set()
+        self.shm = SharedMemory()  # system shared-memory regions, for both transports (serve/shm.py)
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -148,6 +150,7 @@ class DataPlane:
         self.stopping = True
         closing = [v.close(drain=drain) for e in self.entries.values() for v in e.versions.values()]
         await asyncio.gather(*closing, *self._retiring, return_exceptions=True)
+        self.shm.close()  # regions still used by a request are unmapped when it lets go
 
     # -- health and metadata --------------------------------------------------------------------
 
@@ -321,11 +324,41 @@ class DataPlane:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
+    # -- shared memory (Triton's system shared-memory extension; CUDA's is refused) --------------
+
+    def shm_register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
+        self.shm.register(name, key, offset, byte_size)
+
+    def shm_unregister(self, name: str = "") -> None:
+        self.shm.unregister(name)
+
+    def shm_status(self, name: str = "") -> list[dict[str, Any]]:
+        return self.shm.status(name)
+
+    def cuda_shm_register(self, name: str) -> None:
+        raise cuda_refused()
+
     # -- inference ------------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        """Inputs read from / outputs written into shared memory around :meth:`_infer` (serve/shm.py)."""
         if self.stopping:
             raise ServeError("the server is shutting down", 503)
+        try:
+            lease = self.shm.lease(request)  # RequestError for a bad region, offset or size
+        except ServeError as e:
+            log.warning("request %s to %s failed (%d): %s", request.id or "-", request.model, e.status, e)
+            raise
+        if lease is None:
+            return await self._infer(request)
+        try:
+            response = await self._infer(request)
+            lease.write(response)
+            return response
+        finally:
+            lease.release()
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         for _ in range(3):
             mv = self._version(request.model, request.version)
             try:

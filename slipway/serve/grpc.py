@@ -4,7 +4,8 @@ The servicer uses the messages and the service registration that ship with ``tri
 (``service_pb2`` / ``service_pb2_grpc``), so ``tritonclient.grpc`` works unmodified. Requests are
 decoded into :class:`InferRequest` (raw bytes without copies, or the typed ``contents`` fields with
 exact element counts); every output goes back in ``raw_output_contents``, the only place
-``tritonclient`` decodes numeric outputs from. :func:`status_code` is the one map from
+``tritonclient`` decodes numeric outputs from (an output written into shared memory: an empty entry,
+as Triton; inputs in shared memory take no ``raw_input_contents`` entry and are read by the data plane). :func:`status_code` is the one map from
 :class:`ServeError` statuses to gRPC codes; anything unexpected becomes ``INTERNAL`` with a
 one-line message and a logged traceback (one per kind of error per interval).
 
@@ -34,9 +35,11 @@ from slipway.serve.tensors import (
     check_elements,
     check_shape,
     count_error,
+    data_and_shared_memory,
     element_count,
     from_raw,
     numpy_dtype,
+    shared_memory_input,
     to_raw,
     type_error,
 )
@@ -130,22 +133,31 @@ def decode_request(request: pb.ModelInferRequest, limits: Limits | None = None) 
     if limits is not None and len(request.inputs) + len(request.outputs) > limits.inputs:
         raise too_many_tensors(len(request.inputs) + len(request.outputs), limits.inputs)
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise ServeError(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(request.inputs)} inputs", 400
-        )
+    params_of = [_params(t.parameters) if t.parameters else {} for t in request.inputs]
+    in_shm = [shared_memory_input(p) for p in params_of]  # their data: read from shared memory by the data plane
+    sent = len(request.inputs) - sum(in_shm)
+    if raw and len(raw) != sent:
+        if len(raw) == len(request.inputs):  # data for the inputs in shared memory too
+            raise data_and_shared_memory(next(t.name for t, shm in zip(request.inputs, in_shm, strict=True) if shm))
+        where = " not in shared memory" if sent != len(request.inputs) else ""
+        raise ServeError(f"raw_input_contents has {len(raw)} entries but the request has {sent} inputs{where}", 400)
     inputs = []
-    for i, tensor in enumerate(request.inputs):
+    i = 0
+    for tensor, params, shm in zip(request.inputs, params_of, in_shm, strict=True):
         shape = list(tensor.shape)
         if shape and min(shape) < 0:
             check_shape(tensor.name, shape)  # raises, naming the tensor
-        if raw:
+        if shm:
+            if tensor.HasField("contents"):
+                raise data_and_shared_memory(tensor.name)
+            data = None
+        elif raw:
             if tensor.HasField("contents"):
                 raise ServeError(f"input {tensor.name!r}: contents must be empty when raw_input_contents is used", 400)
             data = from_raw(tensor.name, raw[i], tensor.datatype, shape, max_elements)
+            i += 1
         else:
             data = _from_contents(tensor.name, tensor.contents, tensor.datatype, shape, max_elements)
-        params = _params(tensor.parameters) if tensor.parameters else {}
         inputs.append(InferTensor(tensor.name, tensor.datatype, shape, data, params))
     outputs = [RequestedOutput(o.name, _params(o.parameters)) for o in request.outputs]
     params = _params(request.parameters) if request.parameters else {}
@@ -197,7 +209,8 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
         out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=[int(d) for d in tensor.shape])
         if tensor.parameters:
             _set_params(out.parameters, tensor.parameters)
-        raws.append(to_raw(tensor.data))
+        # an output written into shared memory keeps its place with an empty entry (as Triton)
+        raws.append(b"" if tensor.data is None else to_raw(tensor.data))
     message.raw_output_contents.extend(raws)
     if response.parameters:
         _set_params(message.parameters, response.parameters)
@@ -412,12 +425,47 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
         return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
 
-    # not offered: shared memory, tracing, log settings
-    SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
-    SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
-    SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")
-    CudaSharedMemoryStatus = _unimplemented("CudaSharedMemoryStatus")
-    CudaSharedMemoryRegister = _unimplemented("CudaSharedMemoryRegister")
-    CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister")
+    # shared memory (slipway/serve/shm.py; CUDA's: nothing registered, registering refused)
+
+    async def _shm(self, context: grpc.aio.ServicerContext, name: str) -> None:
+        if not hasattr(self._plane, "shm_register"):  # a plane without the extension: as before it existed
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by slipway serve")
+
+    @_rpc()
+    async def SystemSharedMemoryStatus(self, request, context):
+        await self._shm(context, "SystemSharedMemoryStatus")
+        answer = pb.SystemSharedMemoryStatusResponse()
+        for r in self._plane.shm_status(request.name):
+            answer.regions[r["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**r))
+        return answer
+
+    @_rpc()
+    async def SystemSharedMemoryRegister(self, request, context):
+        await self._shm(context, "SystemSharedMemoryRegister")
+        self._plane.shm_register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc()
+    async def SystemSharedMemoryUnregister(self, request, context):
+        await self._shm(context, "SystemSharedMemoryUnregister")
+        self._plane.shm_unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc()
+    async def CudaSharedMemoryStatus(self, request, context):
+        if request.name:
+            raise ServeError(f"CUDA shared memory region {request.name!r} is not registered", 400)
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @_rpc()
+    async def CudaSharedMemoryRegister(self, request, context):
+        self._plane.cuda_shm_register(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_rpc()
+    async def CudaSharedMemoryUnregister(self, request, context):
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    # not offered: tracing, log settings
     TraceSetting = _unimplemented("TraceSetting")
     LogSettings = _unimplemented("LogSettings")

@@ -8,7 +8,10 @@ Infer bodies are JSON or Triton's binary tensor data extension (``Inference-Head
 JSON header, then the inputs' raw bytes in input order). Binary inputs are numpy views of the
 request body (no copy); the response is one ``bytes`` join of the JSON header and the outputs'
 raw bytes. Infer responses are compressed when ``Accept-Encoding`` asks for gzip or deflate (as
-Triton does) and the body is worth it.
+Triton does) and the body is worth it. Triton's system shared-memory extension: the
+``/v2/systemsharedmemory`` routes call the data plane's registry; an input whose parameters name a
+region carries no data here (the data plane reads it: :mod:`slipway.serve.shm`), an output written
+into a region goes back with its parameters and no data. CUDA shared memory: nothing registered.
 
 What a client sends decides how much the server spends only up to :class:`Limits`: the body is read
 in the chunks that arrive (a declared ``Content-Length`` reserves nothing) and decompressed here
@@ -130,6 +133,11 @@ def make_app(plane: Plane, *, limits: Limits | None = None, token: str | None = 
     app.router.add_post("/v2/repository/index", _repository_index)
     app.router.add_post("/v2/repository/models/{model}/load", _load)
     app.router.add_post("/v2/repository/models/{model}/unload", _unload)
+    for kind in ("system", "cuda"):  # Triton's shared-memory extensions (CUDA's: refused, see serve/shm.py)
+        for base in (f"/v2/{kind}sharedmemory", f"/v2/{kind}sharedmemory/region/{{name}}"):
+            app.router.add_get(base + "/status", _shm_status)
+            app.router.add_post(base + "/unregister", _shm_unregister)
+        app.router.add_post(f"/v2/{kind}sharedmemory/region/{{name}}/register", _shm_register)
     for base in (m, v):
         app.router.add_get(base, _model_metadata)
         app.router.add_get(base + "/ready", _model_ready)
@@ -385,6 +393,34 @@ async def _unload(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+def _cuda(request: web.Request) -> bool:
+    return request.path.startswith("/v2/cuda")
+
+
+async def _shm_status(request: web.Request) -> web.Response:
+    if _cuda(request):  # nothing is ever registered there
+        if "name" in request.match_info:
+            raise ServeError(f"CUDA shared memory region {request.match_info['name']!r} is not registered", 400)
+        return _json_response([])
+    return _json_response(request.app[_PLANE].shm_status(request.match_info.get("name", "")))
+
+
+async def _shm_register(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    plane, name = request.app[_PLANE], request.match_info["name"]
+    if _cuda(request):
+        plane.cuda_shm_register(name)
+    plane.shm_register(name, body.get("key"), body.get("offset", 0), body.get("byte_size"))
+    return web.Response(status=200)
+
+
+async def _shm_unregister(request: web.Request) -> web.Response:
+    await _read_body(request)  # an empty body (anything else is ignored, as Triton)
+    if not _cuda(request):
+        request.app[_PLANE].shm_unregister(request.match_info.get("name", ""))
+    return web.Response(status=200)
+
+
 def metrics_handler(metrics: Callable[[], tuple[bytes, str]]) -> Handler:
     """GET /metrics: Prometheus text from ``metrics()`` (also the metrics port's only route)."""
 
@@ -624,7 +660,11 @@ def _decode_inputs(items: Any, body: bytes | bytearray, pos: int, max_elements: 
         if not isinstance(params, dict):
             raise ServeError(f"input {name!r}: 'parameters' must be a JSON object", 400)
         size = params.get("binary_data_size")
-        if size is not None:
+        if tensors.shared_memory_input(params):  # read from its region by the data plane
+            if size is not None or "data" in item:
+                raise tensors.data_and_shared_memory(name)
+            data = None
+        elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise ServeError(f"input {name!r}: binary_data_size must be a non-negative integer", 400)
             if "data" in item:
@@ -672,7 +712,9 @@ def encode_infer(result: InferResponse, binary: tuple[bool, dict[str, bool]]) ->
     for t in result.outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": [int(d) for d in t.shape]}
         params = dict(t.parameters) if t.parameters else {}
-        if per_output.get(t.name, default):
+        if t.data is None:  # written into shared memory: its parameters say where
+            pass
+        elif per_output.get(t.name, default):
             raw = _raw(t.data, t.datatype)
             params["binary_data_size"] = len(raw)
             blobs.append(raw)

@@ -7,7 +7,11 @@ everything the protocol and the model decide is checked here, once, by the data 
   (a non-negative integer, µs), ``binary_data_output`` (true/false), every other value a scalar;
 * the inputs against the model's :class:`Signature`: names, datatypes, shapes, reshape, the batch
   size (``1..max_batch_size``, the same in every input), BYTES as text for engines that want it;
-* the requested outputs: known names, no classification or shared memory parameters.
+* the requested outputs: known names, no classification parameters.
+
+Shared-memory parameters are resolved before this check by the data plane (:mod:`slipway.serve.shm`:
+regions, offsets and sizes, with RequestErrors of its own); any left here met a plane without the
+extension and are refused, never ignored (an output would silently not reach its region).
 
 Every problem raises :class:`RequestError` (a 400 :class:`ServeError`) with one line of text that
 both adapters send unchanged: HTTP as ``400 {"error": ...}``, gRPC as ``INVALID_ARGUMENT``.

@@ -29,7 +29,7 @@ from slipway.errors import ServeError
 __all__ = [
     "DATATYPES", "CONFIG_TYPES", "numpy_dtype", "datatype_of", "config_type", "datatype_from_config",
     "from_raw", "to_raw", "from_json", "to_json", "check_shape", "element_count", "count_error", "type_error",
-    "check_elements", "NO_LIMIT",
+    "check_elements", "NO_LIMIT", "shared_memory_input", "data_and_shared_memory",
 ]
 
 NO_LIMIT = 1 << 62  # max_elements when the caller sets none
@@ -106,6 +106,19 @@ def type_error(name: str, datatype: str) -> ServeError:
     """THE message of typed data of the wrong kind: JSON strings for FP32, gRPC ``int_contents`` for FP32 ..."""
     kind = "strings" if datatype == "BYTES" else "booleans" if datatype == "BOOL" else "numbers"
     return ServeError(f"input {name!r}: data must hold {datatype} {kind}", 400)
+
+
+_SHM_PARAMS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
+
+
+def shared_memory_input(parameters: Any) -> bool:
+    """Whether an input's parameters put its data in a shared-memory region (none comes in the body)."""
+    return isinstance(parameters, dict) and any(k in parameters for k in _SHM_PARAMS)
+
+
+def data_and_shared_memory(name: str) -> ServeError:
+    """THE message of an input that has data in the request body and names a shared-memory region too."""
+    return ServeError(f"input {name!r} has data in the request and in shared memory; give one of them", 400)
 
 
 def check_shape(name: str, shape: Any) -> list[int]:

@@ -24,7 +24,10 @@ class InferTensor:
     name: str
     datatype: str  # protocol name: FP32, INT64, BYTES, BF16 ...
     shape: list[int]
-    data: np.ndarray  # decoded, already in ``shape``; may be read-only (a view of the request body)
+    # decoded, already in ``shape``; may be read-only (a view of the request body or of a shared-memory
+    # region); None for an input whose data is in shared memory until the data plane reads it, and for an
+    # output written into shared memory (its parameters name the region)
+    data: np.ndarray | None
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,6 +92,22 @@ class Plane(Protocol):
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Check ``request`` (:mod:`slipway.serve.request`), run it, answer it."""
+        ...
+
+    # system shared memory (slipway/serve/shm.py); RequestError for every mistake
+
+    def shm_register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None: ...
+
+    def shm_unregister(self, name: str = "") -> None:
+        """Unregister ``name`` (every region when empty); unknown names are no error."""
+        ...
+
+    def shm_status(self, name: str = "") -> list[dict[str, Any]]:
+        """One {name, key, offset, byte_size} per region (just ``name``'s when given)."""
+        ...
+
+    def cuda_shm_register(self, name: str) -> None:
+        """Always refused: no CUDA shared memory."""
         ...
 
 

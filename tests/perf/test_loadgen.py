@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,30 @@ def test_ensemble_breakdown_per_composing_model(tmp_path, protocol) -> None:
     assert r["errors"] == 0 and set(r["composing"]) == {"add_sub", "gemm"}
     assert r["composing"]["add_sub"]["success"] >= r["requests"] - 4
     assert r["server_compute_infer_us"] > 0 and r["server_queue_us"] > 0
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_shared_memory_system(server, protocol) -> None:
+    """``--shared-memory system``: a region pair per concurrent slot, registered for the run and gone after
+    it (also after a run that fails); counts agree with the server's as without shared memory."""
+    import os
+
+    mine = f"slipway_perf_{os.getpid()}_"
+    r = _invoke("-m", "add_sub", "-u", _url(server, protocol), "-i", protocol, "--shared-memory", "system",
+                "--concurrency-range", 3, "-p", 250, "-r", 3, "--warmup", 0.1, "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    (level,) = data["levels"]
+    assert level["requests"] > 20 and level["errors"] == 0
+    assert data["client_sent"] == data["server_counted"]
+    status = f"http://{_url(server, 'http')}/v2/systemsharedmemory/status"
+    with urllib.request.urlopen(status, timeout=10) as answer:
+        assert json.loads(answer.read()) == []
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(mine)]
+    # a BYTES output cannot fit 4 bytes: the probe fails, the regions are cleaned up all the same
+    with pytest.raises(UserError, match="shared memory byte size 4 is too small"):
+        profile(_url(server, protocol), "strings", protocol=protocol, concurrency=[2], settings=QUICK,
+                shared_memory="system", output_shm_size=4)
+    with urllib.request.urlopen(status, timeout=10) as answer:
+        assert json.loads(answer.read()) == []
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(mine)]

@@ -90,9 +90,9 @@ CASES: dict[str, tuple[Case, int, str]] = {
     "classification": (Case(outputs=[("y", {"classification": 2})]), 400,
                        "the classification extension is not supported"),
     "output shared memory": (Case(outputs=[("y", {"shared_memory_region": "r"})]), 400,
-                             "output 'y': the shared memory extension is not supported"),
+                             "output 'y': shared_memory_byte_size is required with shared_memory_region"),
     "input shared memory": (Case(input_parameters={"shared_memory_region": "r"}), 400,
-                            "input 'x': the shared memory extension is not supported"),
+                            "input 'x' has data in the request and in shared memory; give one of them"),
 }
 
 
