@@ -20,12 +20,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from slipway.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 VENVS = ROOT / "bench" / ".venvs"
+# PyTriton protects Triton's statistics endpoint with an access token; the bench fixes it so that `slipway perf`
+# can read the server-side breakdown (-H triton-access-token:TOKEN over HTTP, its gRPC metadata form over gRPC)
+TRITON_TOKEN = "slipway-bench"
 SETUP_HINT = "run bash bench/serve_peers/setup.sh"
 
 TYPES = {"float32": "TYPE_FP32", "float64": "TYPE_FP64", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
@@ -229,10 +233,18 @@ def mlserver(models: list[ModelSpec], b: Budget, workdir: Path) -> Launch | str:
         (root / m.name).mkdir(exist_ok=True)
         model = {"name": m.name, "implementation": "mlserver_runtime.OnnxModel",
                  "max_batch_size": b.max_batch_size, "max_batch_time": b.mlserver_batch_time_s,
-                 "parameters": {"uri": str(m.path), "extra": {"intra_op_threads": b.threads}}}
+                 "parameters": {"uri": str(m.path), "extra": {"intra_op_threads": b.threads}},
+                 # declared so that a client reading the metadata (slipway perf) knows the tensors
+                 "inputs": [_mlserver_tensor(t) for t in m.inputs], "outputs": [_mlserver_tensor(t) for t in m.outputs]}
         (root / m.name / "model-settings.json").write_text(json.dumps(model, indent=2))
     return Launch("mlserver", [str(exe), "start", str(root)], {"PYTHONPATH": str(HERE)}, http, grpc,
                   workdir=workdir)
+
+
+def _mlserver_tensor(t: tuple[str, str, list[int]]) -> dict[str, Any]:
+    name, dtype, dims = t
+    return {"name": name, "datatype": {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32"}[dtype],
+            "shape": [-1, *dims]}
 
 
 def venv_home_lib(venv: Path) -> str:
@@ -257,7 +269,7 @@ def pytriton(models: list[ModelSpec], b: Budget, workdir: Path) -> Launch | str:
         cmd += ["--model", f"{m.name}={m.path}"]
     lib = venv_home_lib(venv)
     env = {"LD_LIBRARY_PATH": ":".join(p for p in (lib, os.environ.get("LD_LIBRARY_PATH", "")) if p),
-           "PYTHONPATH": ""}
+           "PYTHONPATH": "", "PYTRITON_ACCESS_TOKEN": TRITON_TOKEN}
     return Launch("triton", cmd, env, http, grpc, workdir=workdir)
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import numpy as np
 import onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
@@ -61,7 +62,9 @@ def main() -> None:
     config = TritonConfig(http_address="127.0.0.1", http_port=args.http_port, grpc_address="127.0.0.1",
                           grpc_port=args.grpc_port, metrics_address="127.0.0.1", metrics_port=args.metrics_port,
                           allow_gpu_metrics=False, log_verbose=0)
-    with Triton(config=config) as triton:
+    # statistics are a protected endpoint in PyTriton: a known token lets slipway perf read them (-H)
+    security = TritonSecurityConfig(access_token=os.environ.get("PYTRITON_ACCESS_TOKEN") or None)
+    with Triton(config=config, security_config=security) as triton:
         for spec in args.model:
             name, _, path = spec.partition("=")
             sessions = [session(path, args.threads) for _ in range(max(1, args.instances))]

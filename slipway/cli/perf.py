@@ -35,6 +35,8 @@ def perf(
     json_tensors: bool = typer.Option(False, "--json-tensors", help="HTTP JSON tensors instead of binary (MLServer)"),
     shared_memory: str = typer.Option("none", "--shared-memory", help="none or system: inputs and outputs in system shared memory (a server on this machine)"),
     output_shm_size: int = typer.Option(102400, "--output-shared-memory-size", help="bytes per output region when the output's size is not fixed (BYTES, dynamic dims)"),
+    header: list[str] = typer.Option(None, "-H", "--header", help="NAME:VALUE sent with every call (HTTP header, "
+                                     "gRPC metadata), e.g. an access token (repeatable)"),
     metrics_url: str | None = typer.Option(None, "--metrics-url", help="HOST:PORT of the server's Prometheus metrics (server CPU / RSS)"),
     server_pid: int | None = typer.Option(None, "--server-pid", help="a local server's pid (server CPU / RSS from /proc)"),
     csv_file: Path | None = typer.Option(None, "-f", help="write perf_analyzer's CSV here"),
@@ -63,7 +65,9 @@ def perf(
     result = profile(url, model, protocol=protocol, settings=settings, batch=batch, shapes=parse_shape(shape or []),
                      data=input_data, binary=not json_tensors, string_length=string_length, metrics_url=metrics_url,
                      server_pid=server_pid, on_window=on_window, shared_memory=shared_memory,
-                     output_shm_size=output_shm_size, **levels)
+                     output_shm_size=output_shm_size, headers=_headers(header or []), **levels)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     written = []
     if csv_file is not None:
         from slipway.model import atomic_write_text
@@ -79,6 +83,16 @@ def perf(
         print_json(result.to_dict())
         return
     print_table(result)
+
+
+def _headers(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        name, sep, value = spec.partition(":")
+        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise UserError(f"bad -H {spec!r}: expected NAME:VALUE")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def print_table(result: Any) -> None:

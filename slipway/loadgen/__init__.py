@@ -40,6 +40,7 @@ __all__ = ["profile", "Profile", "Settings", "parse_shape", "parse_range", "to_c
 
 SHARED_MEMORY = ("none", "system")
 OUTPUT_SHM_SIZE = 100 * 1024  # perf_analyzer's default --output-shared-memory-size
+UNKNOWN_BATCH_LIMIT = 2**31 - 1  # a batching model whose limit the server does not tell (no config extension)
 
 
 @dataclass
@@ -52,11 +53,13 @@ class Profile:
     rows: list[dict[str, Any]] = field(default_factory=list)
     client_sent: int = 0  # every request sent (probe, warm-up and windows included)
     server_counted: int | None = None  # the server's success + fail count over the same span
+    notes: list[str] = field(default_factory=list)  # what the server did not offer (config, statistics)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.name, "platform": self.model.platform, "url": self.url,
                 "protocol": self.protocol, "batch": self.batch, "composing_models": list(self.model.steps),
-                "client_sent": self.client_sent, "server_counted": self.server_counted, "levels": self.rows}
+                "client_sent": self.client_sent, "server_counted": self.server_counted, "notes": self.notes,
+                "levels": self.rows}
 
 
 def parse_range(text: str, option: str, integer: bool) -> list[float]:
@@ -83,12 +86,14 @@ def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequen
             shapes: Mapping[str, Sequence[int]] | None = None, data: str | Path | None = None,
             binary: bool = True, string_length: int = 16, metrics_url: str | None = None,
             server_pid: int | None = None, on_window: Callable[[str, float, Any], None] | None = None,
-            shared_memory: str = "none", output_shm_size: int = OUTPUT_SHM_SIZE) -> Profile:
+            shared_memory: str = "none", output_shm_size: int = OUTPUT_SHM_SIZE,
+            headers: Mapping[str, str] | None = None) -> Profile:
     """Measure ``model`` at ``url`` at each concurrency (closed loop) or request rate (open loop).
 
     ``shared_memory="system"``: inputs and outputs in system shared memory (the server must offer
     Triton's extension and run on this machine); ``output_shm_size``: the bytes of each output's
-    region when its size cannot be known from the model's metadata (BYTES, dynamic dims).
+    region when its size cannot be known from the model's metadata (BYTES, dynamic dims). ``headers``: sent
+    with every call (HTTP headers, gRPC metadata), e.g. an access token.
     """
     if (concurrency is None) == (rates is None):
         raise UserError("give either concurrency levels or request rates")
@@ -99,7 +104,8 @@ def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequen
         raise UserError(f"the output shared memory size must be at least 1 byte, got {output_shm_size}")
     settings = settings or Settings()
     coro = _profile(url, model, protocol, list(concurrency or []), list(rates or []), settings, batch, shapes,
-                    data, binary, string_length, metrics_url, server_pid, on_window, shared_memory, output_shm_size)
+                    data, binary, string_length, metrics_url, server_pid, on_window, shared_memory, output_shm_size,
+                    headers)
     try:
         import uvloop
 
@@ -109,13 +115,14 @@ def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequen
 
 
 async def _profile(url, model, protocol, concurrency, rates, settings, batch, shapes, data, binary, string_length,
-                   metrics_url, server_pid, on_window, shared_memory="none", output_shm_size=OUTPUT_SHM_SIZE
-                   ) -> Profile:
+                   metrics_url, server_pid, on_window, shared_memory="none", output_shm_size=OUTPUT_SHM_SIZE,
+                   headers=None) -> Profile:
     inflight = max(concurrency) if concurrency else settings.max_inflight
-    async with Endpoint(url, protocol, binary=binary, connections=inflight) as endpoint, \
+    async with Endpoint(url, protocol, binary=binary, connections=inflight, headers=headers) as endpoint, \
             contextlib.AsyncExitStack() as stack:
         metadata = await endpoint.metadata(model)
-        info = ModelInfo.from_server(model, metadata, await endpoint.config(model))
+        config = await endpoint.config(model)
+        info = ModelInfo.from_server(model, metadata, config if config is not None else _guess_config(metadata))
         pool = make_pool(info, batch=batch, shapes=shapes or {}, data=data, string_length=string_length,
                          seed=settings.seed)
         if shared_memory == "system":
@@ -157,9 +164,20 @@ async def _profile(url, model, protocol, concurrency, rates, settings, batch, sh
             if probe.session is not None:
                 await probe.session.close()
         after = await probe.stats()
-        counted = [after[model].get(k, 0) - before[model].get(k, 0) for k in ("success", "fail")]
-        result.server_counted = sum(counted)
+        if model in after and model in before:
+            result.server_counted = sum(after[model].get(k, 0) - before[model].get(k, 0) for k in ("success", "fail"))
+        result.notes += [f"no model config from the server ({'batching assumed' if info.max_batch_size else 'no batching assumed'}"
+                         f" from the metadata's shapes)"] if config is None else []
+        result.notes += [f"no server statistics (no server-side breakdown): {probe.unavailable}"] if probe.unavailable else []
         return result
+
+
+def _guess_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A server without Triton's model configuration extension (MLServer): every input with a leading -1 dim
+    is taken as a batching model (its batch limit unknown), else as a model without batching."""
+    shapes = [t.get("shape", []) for t in metadata.get("inputs", [])]
+    batching = bool(shapes) and all(s and int(s[0]) == -1 for s in shapes)
+    return {"max_batch_size": UNKNOWN_BATCH_LIMIT if batching else 0}
 
 
 def _output_bytes(t: Mapping[str, Any], max_batch_size: int, batch: int, default: int) -> int:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from slipway.errors import UserError, one_line
 
-__all__ = ["Endpoint", "RequestFailed", "ShmSlots", "scrape_metrics"]
+__all__ = ["absent", "Endpoint", "RequestFailed", "ShmSlots", "scrape_metrics"]
 
 _SERVICE = "/inference.GRPCInferenceService/"
 _MAX_MESSAGE = 2**31 - 1
@@ -52,13 +52,15 @@ class Endpoint:
     """One server at ``url`` (HOST:PORT) over ``protocol`` ("http" or "grpc"); use inside a running loop."""
 
     def __init__(self, url: str, protocol: str = "http", *, binary: bool = True, connections: int = 0,
-                 timeout_s: float = 600.0) -> None:
+                 timeout_s: float = 600.0, headers: Mapping[str, str] | None = None) -> None:
         if protocol not in ("http", "grpc"):
             raise UserError(f"unknown protocol {protocol!r}: expected http or grpc")
         if not re.fullmatch(r"[^\s/:]+:\d{1,5}", url.removeprefix("http://")):
             raise UserError(f"bad server address {url!r}: expected HOST:PORT (for example 127.0.0.1:8000)")
         self.url, self.protocol, self.binary = url.removeprefix("http://"), protocol, binary
         self.connections, self.timeout_s = connections, timeout_s
+        self.headers = dict(headers or {})  # sent with every call: HTTP headers / gRPC metadata (perf_analyzer's -H)
+        self._metadata = tuple((k.lower(), v) for k, v in self.headers.items()) or None
         self._session: Any = None
         self._channel: Any = None
         self._infer: Any = None
@@ -70,7 +72,7 @@ class Endpoint:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.connections + 8 if self.connections else 0),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s), auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding",))
+                skip_auto_headers=("Accept-Encoding",), headers=self.headers)
         else:
             import grpc
 
@@ -96,8 +98,15 @@ class Endpoint:
     async def metadata(self, model: str) -> dict[str, Any]:
         return await self._control(model, "", "ModelMetadata")
 
-    async def config(self, model: str) -> dict[str, Any]:
-        answer = await self._control(model, "/config", "ModelConfig")
+    async def config(self, model: str) -> dict[str, Any] | None:
+        """The model's config (Triton's model configuration extension); None where the server has no such
+        extension or refuses it (MLServer; a Triton that restricts it): perf works without it."""
+        try:
+            answer = await self._control(model, "/config", "ModelConfig")
+        except (RequestFailed, UserError) as e:
+            if absent(e):
+                return None
+            raise
         return answer.get("config", answer)  # gRPC wraps it in ModelConfigResponse
 
     async def stats(self, model: str) -> dict[str, Any]:
@@ -116,6 +125,8 @@ class Endpoint:
     async def _http_get(self, path: str, model: str) -> dict[str, Any]:
         async with self._session.get(f"http://{self.url}{path}") as r:
             text = await r.text()
+            if r.status == 404 and path != f"/v2/models/{model}":  # the model is there (its metadata answered)
+                raise RequestFailed(f"HTTP 404: {_message(text)}")
             if r.status == 404:
                 raise UserError(f"the server at {self.url} has no model {model!r} ({_message(text)})")
             if r.status != 200:
@@ -133,7 +144,7 @@ class Endpoint:
         call = self._channel.unary_unary(_SERVICE + method, request_serializer=request_type.SerializeToString,
                                          response_deserializer=reply_type.FromString)
         try:
-            reply = await call(request_type(name=model), timeout=min(self.timeout_s, 30.0))
+            reply = await call(request_type(name=model), timeout=min(self.timeout_s, 30.0), metadata=self._metadata)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 raise UserError(f"cannot reach the server at {self.url} over grpc: {one_line(e.details() or e)}"
@@ -167,7 +178,7 @@ class Endpoint:
         call = self._channel.unary_unary(_SERVICE + method, request_serializer=request_type.SerializeToString,
                                          response_deserializer=reply_type.FromString)
         try:
-            await call(request_type(name=name, **body), timeout=min(self.timeout_s, 30.0))
+            await call(request_type(name=name, **body), timeout=min(self.timeout_s, 30.0), metadata=self._metadata)
         except grpc.aio.AioRpcError as e:
             raise RequestFailed(f"shared memory {action} {name!r}: {e.code().name}: {e.details()}") from None
 
@@ -208,7 +219,7 @@ class Endpoint:
             import grpc
 
             try:
-                return len(await self._infer(request, timeout=self.timeout_s))
+                return len(await self._infer(request, timeout=self.timeout_s, metadata=self._metadata))
             except grpc.aio.AioRpcError as e:
                 raise RequestFailed(f"{e.code().name}: {one_line(e.details() or e)}") from None
         path, body, headers = request
@@ -222,6 +233,13 @@ class Endpoint:
             raise
         except Exception as e:  # the connection broke, the server went away, a timeout
             raise RequestFailed(f"{type(e).__name__}: {one_line(e)}") from None
+
+
+def absent(e: Exception) -> bool:
+    """A control call the server does not offer or refuses (no extension, restricted, unimplemented)."""
+    text = str(e)
+    return any(mark in text for mark in ("HTTP 404", "HTTP 403", "HTTP 401", "HTTP 405", "UNIMPLEMENTED",
+                                         "PERMISSION_DENIED", "UNAUTHENTICATED", "restricted"))
 
 
 def _message(text: str) -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from slipway.errors import UserError
-from slipway.loadgen.client import Endpoint, RequestFailed, scrape_metrics
+from slipway.errors import UserError, one_line
+from slipway.loadgen.client import Endpoint, RequestFailed, absent, scrape_metrics
 from slipway.loadgen.window import Window, process_sample, totals
 
 __all__ = ["Settings", "Level", "Probe", "run_level"]
@@ -66,9 +66,20 @@ class Probe:
     metrics_url: str | None = None
     pid: int | None = None
     session: Any = None  # aiohttp session for the metrics endpoint
+    unavailable: str | None = None  # why the server's statistics cannot be read (no extension, restricted)
 
     async def stats(self) -> dict[str, dict[str, int]]:
-        answers = await asyncio.gather(*(self.endpoint.stats(m) for m in self.models))
+        """The models' statistics totals; {} when the server has no statistics extension or refuses it (the
+        first refusal is kept in ``unavailable`` and the statistics are not asked for again)."""
+        if self.unavailable is not None:
+            return {}
+        try:
+            answers = await asyncio.gather(*(self.endpoint.stats(m) for m in self.models))
+        except (RequestFailed, UserError) as e:
+            if not absent(e):
+                raise
+            self.unavailable = one_line(e)
+            return {}
         return {m: totals(a) for m, a in zip(self.models, answers, strict=True)}
 
     async def server(self) -> dict[str, float]:

@@ -219,3 +219,60 @@ def test_shared_memory_system(server, protocol) -> None:
     with urllib.request.urlopen(status, timeout=10) as answer:
         assert json.loads(answer.read()) == []
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(mine)]
+
+
+def _kserve_subset_server(tokens: list[str | None]):
+    """A v2 server with only metadata and JSON inference (MLServer's subset: no config, no statistics extension)
+    that records each request's access-token header."""
+    from aiohttp import web
+
+    async def metadata(request):
+        tokens.append(request.headers.get("x-token"))
+        return web.json_response({"name": "m", "platform": "", "inputs": [{"name": "x", "datatype": "FP32",
+                                  "shape": [-1, 3]}], "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]})
+
+    async def infer(request):
+        body = await request.json()
+        x = body["inputs"][0]
+        return web.json_response({"model_name": "m", "outputs": [{"name": "y", "datatype": "FP32",
+                                  "shape": x["shape"], "data": [2 * v for v in x["data"]]}]})
+
+    async def missing(request):
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    app = web.Application()
+    app.router.add_get("/v2/models/m", metadata)
+    app.router.add_post("/v2/models/m/infer", infer)
+    app.router.add_get("/v2/models/m/config", missing)
+    app.router.add_get("/v2/models/m/stats", missing)
+    return app
+
+
+def test_a_server_without_config_and_statistics_is_measured_with_notes():
+    """MLServer offers neither Triton's model configuration nor its statistics extension: perf measures anyway
+    (batching assumed from the metadata's leading -1), says what it could not read, and sends -H headers."""
+    import asyncio
+
+    from aiohttp import web
+
+    tokens: list[str | None] = []
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(_kserve_subset_server(tokens))
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        result = profile(f"127.0.0.1:{port}", "m", protocol="http", concurrency=[2], binary=False, batch=2,
+                         settings=Settings(window_s=0.2, stability=0.5, max_trials=3, warmup_s=0.05),
+                         headers={"x-token": "secret"})
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    row = result.rows[0]
+    assert row["requests"] > 0 and row["errors"] == 0 and "server_queue_us" not in row
+    assert result.model.max_batch_size > 0 and result.server_counted is None
+    assert any("no model config" in n and "batching assumed" in n for n in result.notes)
+    assert any(n.startswith("no server statistics") and "404" in n for n in result.notes)
+    assert tokens and set(tokens) == {"secret"}
