@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	# bench/stream.py's peer: roboflow trackers (--no-deps: it requires the GUI OpenCV build)
 	$(PY) -m pip install -q --no-deps trackers==2.6.1 supervision==0.31.2 pydeprecate==0.13.0 defusedxml==0.7.1
-	for b in analyze convert ops optimize engines quantize corpus pipeline; do PYTHONPATH=. $(PY) -m bench.$$b || exit 1; done
+	for b in analyze convert ops optimize engines quantize corpus pipeline stream; do PYTHONPATH=. $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

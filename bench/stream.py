@@ -11,10 +11,12 @@
   divided by its frames, the trackers taking turns pass by pass. Then slipway's trackers detecting every N frames
   and predicting in between (``--every N``).
 
-The end-to-end rows (video -> detector -> tracker) are another section: add a function returning
-``(sections, record)`` like :func:`tracker_section` and call it from :func:`main`.
+* **end to end** - (bench/stream_e2e.py) a 1080p H.264 file -> 640 letterbox -> a YOLO-style detector ->
+  ByteTrack through ``slipway.stream.run_stream`` against decode-only, detector-only and a plain loop; four 720p
+  streams with cross-stream batching off / on / automatic, as fast as possible and paced live.
 
-Targets (issue 18): MOTA / IDF1 / HOTA within 1 point of the peer or better, >= 3x faster per frame.
+Targets (issue 18): MOTA / IDF1 / HOTA within 1 point of the peer or better, >= 3x faster per frame; the
+pipeline >= 0.9x min(decode-only, detector-only) FPS.
 
 Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.stream``; the peer is installed without its GUI
 OpenCV (slipway keeps ``opencv-python-headless``): ``pip install --no-deps trackers==2.6.1 supervision==0.31.2
@@ -265,6 +267,9 @@ NOTES = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--e2e-rounds", type=int, default=3, help="rounds of the end-to-end jobs (the best kept)")
+    parser.add_argument("--frames", type=int, default=150, help="frames of the end-to-end 1080p file")
+    parser.add_argument("--no-e2e", action="store_true", help="the tracker section only")
     args = parser.parse_args()
     t0 = time.perf_counter()
     host, found = machine(), versions()
@@ -274,9 +279,20 @@ def main() -> None:
         found[pkg] = metadata.version(pkg)
     data = scenes()
     sections, record = tracker_section(data, args.repeats)
-    publish("stream", "slipway stream: tracking vs the trackers package", host, found, sections, NOTES,
-            time.perf_counter() - t0, {"machine": host, "versions": found, "scenes": [s.name for s in data],
-                                       "trackers": record})
+    notes, e2e = NOTES, None
+    if not args.no_e2e:
+        import tempfile
+        from pathlib import Path
+
+        from bench import stream_e2e
+
+        with tempfile.TemporaryDirectory(prefix="slipway-stream-e2e-") as tmp:
+            e2e = stream_e2e.measure(Path(tmp), args.frames, args.e2e_rounds, 1, 15.0)
+        sections += stream_e2e.sections_of(e2e)
+        notes += stream_e2e.notes(e2e, args.e2e_rounds, 1, 15.0, None)
+    publish("stream", "slipway stream: tracking vs the trackers package, and end to end", host, found, sections,
+            notes, time.perf_counter() - t0, {"machine": host, "versions": found, "scenes": [s.name for s in data],
+                                              "trackers": record, "end_to_end": e2e})
 
 
 if __name__ == "__main__":

@@ -309,17 +309,21 @@ def main() -> None:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         result = measure(folder, args.frames, args.repeats, args.threads, args.live_fps)
-    cv = "OpenCV's default threads" if args.cv_threads is None else f"OpenCV {args.cv_threads} thread(s)"
-    notes = (f"\nEngine: onnxruntime CPU, {args.threads} intra-op thread(s); FFmpeg decodes with its own threads; "
+    publish("stream_e2e", "slipway stream: end to end", host, found, sections_of(result),
+            notes(result, args.repeats, args.threads, args.live_fps, args.cv_threads), time.perf_counter() - t0,
+            {"host": host, "versions": found, **result})
+
+
+def notes(result: dict[str, Any], repeats: int, threads: int, live_fps: float, cv_threads: int | None) -> str:
+    cv = "OpenCV's default threads" if cv_threads is None else f"OpenCV {cv_threads} thread(s)"
+    return (f"\nEngine: onnxruntime CPU, {threads} intra-op thread(s); FFmpeg decodes with its own threads; "
              f"{cv}. On 2 cores the decode-only and detector-only numbers each use both cores (FFmpeg's and "
              "OpenCV's threads), so the overlapped run is bounded by the CPU time of all its stages together, not "
              f"by the slower stage alone. Score threshold {result['score_threshold']:.3f} (random weights: ~1% of "
-             f"anchors pass). FPS: the best of {args.repeats} rounds (all runs in the JSON); ratios: each round "
+             f"anchors pass). FPS: the best of {repeats} rounds (all runs in the JSON); ratios: each round "
              "against the same round's decode-only and detector-only numbers (paired, so both saw the same "
-             f"background load), median over the rounds. Live streams: each 720p file paced at {args.live_fps:g} "
+             f"background load), median over the rounds. Live streams: each 720p file paced at {live_fps:g} "
              "fps with its own phase; latency = frame delivered -> result.\n")
-    publish("stream_e2e", "slipway stream: end to end", host, found, sections_of(result), notes,
-            time.perf_counter() - t0, {"host": host, "versions": found, **result})
 
 
 if __name__ == "__main__":

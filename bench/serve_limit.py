@@ -1,0 +1,145 @@
+"""slipway serve at the engine's limit: rows/s at concurrency 16 against onnxruntime alone at its best batch.
+
+The MobileNetV2-ish and tiny models of bench/serve.py, served by `slipway serve` (max batch 32, dynamic
+batching with no queue delay, layouts 1x2 and 2x1 on 2 cores) with the load from `slipway perf`
+(slipway.loadgen, in this process) over HTTP, gRPC, and both with system shared memory; onnxruntime's spinning
+thread pool on (``slipway.spin: true``) and off, the served configurations in rotated order over ``--rounds``
+rounds. The limit is onnxruntime alone in process (bench/serve_peers/raw.py: every layout and batch 1..32,
+before and after the load runs, the better of the two). Cross-check: the old load generator
+(bench/serve_loadgen.py, a separate tritonclient process) at one point against `slipway perf` at the same point.
+
+Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.serve_limit [--rounds 2] [--window 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import fmt, machine, publish, versions
+from bench.serve import load as old_load
+from bench.serve import prepare
+from bench.serve_peers import raw
+from bench.serve_peers.launch import Budget, Launch, ModelSpec, triton_config
+from bench.serve_peers.tables import BATCHES
+from slipway.loadgen import Settings, profile
+from slipway.serve import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = 16
+LAYOUTS = ((1, 2), (2, 1))
+POINTS = (("http", "none"), ("grpc", "none"), ("http", "system"), ("grpc", "system"))
+
+
+def server(models: list[ModelSpec], budget: Budget, spin: bool, workdir: Path) -> Launch:
+    repo = workdir / f"repo-{budget.layout}-{'spin' if spin else 'nospin'}"
+    for m in models:
+        (repo / m.name / "1").mkdir(parents=True, exist_ok=True)
+        config = triton_config(m, budget) + \
+            f'parameters {{ key: "slipway.spin" value: {{ string_value: "{str(spin).lower()}" }} }}\n'
+        (repo / m.name / "config.pbtxt").write_text(config)
+        shutil.copyfile(m.path, repo / m.name / "1" / "model.onnx")
+    http, grpc = free_port(), free_port()
+    cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", "slipway", "serve", str(repo), "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", "-1"]
+    launch = Launch("slipway", cmd, {"PYTHONPATH": str(ROOT)}, http, grpc, workdir=workdir,
+                    layout=f"{budget.layout} spin {'on' if spin else 'off'}")
+    why = launch.start(models)
+    if why:
+        raise SystemExit(f"slipway serve did not start: {why}")
+    return launch
+
+
+def perf(launch: Launch, model: str, protocol: str, shm: str, settings: Settings) -> dict[str, Any]:
+    port = launch.http_port if protocol == "http" else launch.grpc_port
+    result = profile(f"127.0.0.1:{port}", model, protocol=protocol, concurrency=[CONCURRENCY], settings=settings,
+                     shared_memory=shm)
+    row = result.rows[0]
+    return {"rows_per_s": row["inferences_per_s"], "p50_ms": row["p50_us"] / 1e3, "p99_ms": row["p99_us"] / 1e3,
+            "errors": row["errors"], "stable": row["stable"], "client_cpu": row["client_cpu"],
+            "server_queue_ms": row.get("server_queue_us", 0) / 1e3,
+            "server_infer_ms": row.get("server_compute_infer_us", 0) / 1e3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--window", type=float, default=2.0, help="slipway perf's window, seconds")
+    ap.add_argument("--raw-seconds", type=float, default=1.0)
+    ap.add_argument("--models", default="mobilenetv2,tiny")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    host, found = machine(), versions()
+    settings = Settings(window_s=args.window, stability=0.1, max_trials=8, warmup_s=1.0)
+    work = Path(tempfile.mkdtemp(prefix="slipway-serve-limit-"))
+    specs = [prepare(name, work, 2) for name in args.models.split(",")]
+    models = [s for s, _ in specs]
+
+    def engine() -> dict[str, dict[str, Any]]:
+        return {s.name: raw.measure(s.path, pool, list(LAYOUTS), BATCHES, args.raw_seconds) for s, pool in specs}
+
+    print("raw onnxruntime...", flush=True)
+    before = engine()
+    launches = {(n, t, spin): server(models, Budget(threads=t, instances=n, max_batch_size=32), spin, work)
+                for n, t in LAYOUTS for spin in (True, False)}
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    cross: dict[str, Any] = {}
+    try:
+        keys = list(launches)
+        for r in range(args.rounds):
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                for spec in models:
+                    for protocol, shm in POINTS:
+                        got = perf(launches[key], spec.name, protocol, shm, settings)
+                        cells.setdefault((spec.name, *key, protocol, shm), []).append(got)
+                        print(f"round {r} {spec.name} {key} {protocol} shm={shm}: {got['rows_per_s']:.1f} rows/s",
+                              flush=True)
+        # cross-check at one point: the old generator and slipway perf, back to back on the same server
+        spec, pool = specs[0]
+        key = (1, 2, False)
+        old_args = argparse.Namespace(client="aio", duration=args.window * 3, warmup=1.0)
+        old = old_load(launches[key], spec.name, pool, "grpc", CONCURRENCY, old_args, work)
+        new = perf(launches[key], spec.name, "grpc", "none", settings)
+        cross = {"model": spec.name, "layout": "1x2 spin off", "protocol": "grpc", "old_rps": old.get("rps"),
+                 "old_failed": old.get("failed"), "old_wrong": old.get("wrong"), "perf_rps": new["rows_per_s"]}
+    finally:
+        for launch in launches.values():
+            launch.stop()
+    after = engine()
+    limits = {m: raw.overall(raw.best_of(before[m], after[m])) for m in before}
+    rows = []
+    for (model, n, t, spin, protocol, shm), runs in cells.items():
+        best = max(runs, key=lambda x: x["rows_per_s"])
+        top = limits[model]["rows_per_s"]
+        rows.append([model, f"{n}x{t}", "on" if spin else "off", protocol, shm, fmt(best["rows_per_s"]),
+                     fmt(best["p50_ms"]), fmt(best["p99_ms"]), str(sum(x["errors"] for x in runs)),
+                     f"{best['rows_per_s'] / top:.2f}x"])
+    raw_rows = [[m, v["layout"], str(v["batch"]), fmt(v["rows_per_s"])] for m, v in limits.items()]
+    sections = [(f"slipway serve, concurrency {CONCURRENCY} (best of {args.rounds} rounds)",
+                 ["model", "layout", "ort spinning", "protocol", "shared memory", "rows/s", "p50 ms", "p99 ms",
+                  "errors", "vs raw best"], rows),
+                ("onnxruntime alone, best over layouts and batches", ["model", "layout", "batch", "rows/s"], raw_rows)]
+    if cross:
+        ratio = cross["perf_rps"] / cross["old_rps"] if cross.get("old_rps") else float("nan")
+        sections.append(("cross-check: old generator vs slipway perf", ["model", "server", "protocol",
+                         "old req/s", "slipway perf req/s", "ratio"],
+                         [[cross["model"], cross["layout"], cross["protocol"], fmt(cross["old_rps"] or 0),
+                           fmt(cross["perf_rps"]), f"{ratio:.3f}"]]))
+    notes = ("\nLoad: `slipway perf` closed loop, windows of "
+             f"{args.window:g} s until the last three agree within 10 % (at most 8), 1 s warm-up, random inputs; "
+             "shared memory: one input and one output region per concurrent request (Triton's system shared "
+             "memory extension). ort spinning: the served sessions' `session.intra_op.allow_spinning` "
+             "(`slipway.spin` config parameter). The raw limit spins (onnxruntime's default).\n")
+    publish("serve_limit", "slipway serve at the engine's limit", host, found, sections, notes,
+            time.perf_counter() - t0, {"cells": {" ".join(map(str, k)): v for k, v in cells.items()},
+                                       "raw": {"before": before, "after": after, "limits": limits},
+                                       "cross_check": cross})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
