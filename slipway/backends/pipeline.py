@@ -23,6 +23,10 @@ under ``backend: "slipway_pipeline"``. Every instance is its own :class:`~slipwa
   pipeline runs registered ops and models only, so it needs no ``--allow-python-models``.
 * A step that fails on the request's data (a one-line ``UserError``) is a 400 naming the step; one
   that crashes is a 500.
+* State: a pipeline with stateful ops (``track``) keeps their state per sequence when its config has
+  ``sequence_batching``: the server hands ``run`` the sequence's ``state`` (:mod:`slipway.serve.sequence`,
+  made at ``sequence_start``, freed at the end or idle timeout); :attr:`PipelineSession.stateful` names
+  those steps (the server refuses to serve them without sequence batching).
 """
 
 from __future__ import annotations
@@ -175,12 +179,20 @@ class PipelineSession(ConfigDeclared):
         self.pipeline = pipeline
         self.options = options
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    @property
+    def stateful(self) -> list[str]:
+        """The steps that keep state between runs (stateful ops), in run order."""
+        return self.pipeline.stateful_steps
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, *,
+            state: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """One pipeline run; ``state``: the stateful ops' state for this request's sequence (None: the
+        pipeline's own)."""
         from slipway.pipeline import PipelineError
 
         values = {name: decode_input(name, a) for name, a in feeds.items()}
         try:
-            result = self.pipeline.run(values)
+            result = self.pipeline.run(values, state=state)
         except PipelineError as e:
             cause = e.__cause__
             if cause is not None and not isinstance(cause, UserError):

@@ -11,6 +11,13 @@ steps as they are (no copies), creates each model's engine session once (lazily,
 The op registry lives here (:data:`OPS`, :func:`register_op`) so that task modules
 (``slipway.pipeline.ocr``, ``.detect``) can register ops while the package is still importing;
 ``slipway.pipeline.ops`` re-exports it next to the generic ops.
+
+State: an op registered ``stateful=True`` (the tracker, :mod:`slipway.pipeline.track`) keeps state
+between runs. It is called with ``state=``: a dict of its own (one per step), taken from the ``state``
+given to :meth:`Pipeline.run` (a dict of step name -> that step's dict: the server keeps one per
+sequence, :mod:`slipway.serve.sequence`), else from the pipeline's own (one per running pipeline,
+emptied by :meth:`Pipeline.reset_state` or a new pipeline). Runs that share a state must come in
+order: ``map(workers > 1)`` refuses a pipeline with stateful steps.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ class OpSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     paths: tuple[str, ...] | None = None  # params that name files (None: the naming rule, see path_params)
+    stateful: bool = False  # called with state= (a dict kept between runs; see the module docstring)
 
     @property
     def doc(self) -> str:
@@ -84,7 +92,7 @@ OPS: dict[str, OpSpec] = {}
 
 
 def register_op(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...],
-                paths: tuple[str, ...] | None = None) -> Callable:
+                paths: tuple[str, ...] | None = None, stateful: bool = False) -> Callable:
     """Decorator: register ``fn`` as the pipeline op ``name`` with the given input / output names.
 
     The function takes the inputs (and the step's params) as keyword arguments and returns a dict
@@ -92,7 +100,8 @@ def register_op(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...],
     (a model, a dictionary): pipeline files store them relative to the file, like model steps;
     without it, the naming rule of :func:`path_params` applies. Registering a second, different
     function under a taken name is a programming error (``ValueError``); re-registering the same
-    function (a module reload) is allowed.
+    function (a module reload) is allowed. ``stateful``: the op keeps state between runs and takes
+    it as the keyword ``state`` (see the module docstring).
     """
     inputs, outputs = tuple(inputs), tuple(outputs)
     if paths is not None:
@@ -109,7 +118,7 @@ def register_op(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...],
             raise ValueError(
                 f"register_op: op {name!r} is already registered by {old.fn.__module__}.{old.fn.__qualname__}"
             )
-        OPS[name] = OpSpec(name, fn, inputs, outputs, paths)
+        OPS[name] = OpSpec(name, fn, inputs, outputs, paths, bool(stateful))
         return fn
 
     return wrap
@@ -137,6 +146,7 @@ def path_params(step: Step) -> list[str]:
 def _ensure_ops() -> None:
     """Import the generic and task ops (core is importable alone; the registry fills on first use)."""
     importlib.import_module("slipway.pipeline.ops")
+    importlib.import_module("slipway.pipeline.track")  # the stateful tracker op
 
 
 # ---------------------------------------------------------------------------------- steps
@@ -244,6 +254,7 @@ class Pipeline:
         self._fns: dict[str, Callable] = {}
         self._order: list[Step] = []
         self._last_use: dict[str, int] = {}
+        self._state: dict[str, dict[str, Any]] = {}  # stateful ops' state when run() is given none
         self._check()
 
     # ------------------------------------------------------------------ checks
@@ -349,6 +360,9 @@ class Pipeline:
         for key in step.params:
             if key in step.inputs:
                 raise PipelineError(f"{where} params: {key!r} is also connected as an input")
+        if spec.stateful and ("state" in step.params or "state" in step.inputs):
+            raise PipelineError(f"{where}: 'state' of op {spec.name!r} is kept by the pipeline; it is no param "
+                                "or input")
         _check_params(where, spec.fn, step.params, step.inputs)
 
     def _check_model(self, step: Step, where: str) -> None:
@@ -400,8 +414,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, inputs: Mapping[str, Any], *, trace: bool = False) -> PipelineResult:
-        """Run every step in topological order on ``inputs`` (pipeline input name -> value)."""
+    def run(self, inputs: Mapping[str, Any], *, trace: bool = False,
+            state: dict[str, Any] | None = None) -> PipelineResult:
+        """Run every step in topological order on ``inputs`` (pipeline input name -> value).
+
+        ``state``: where stateful ops keep their state for this run (step name -> the step's dict, filled
+        on first use: one such dict per stream / sequence); None: the pipeline's own."""
         if not isinstance(inputs, Mapping):
             raise PipelineError(f"pipeline inputs: expected a mapping of names to values, got {type(inputs).__name__}")
         for n in self.inputs:
@@ -410,9 +428,11 @@ class Pipeline:
         for n in inputs:
             if n not in self.inputs:
                 raise PipelineError(f"unknown pipeline input {n!r} (inputs: {', '.join(self.inputs)})")
+        if state is not None and not isinstance(state, dict):
+            raise PipelineError(f"state: expected a dict, got {type(state).__name__}")
         token = _RUNNING.set(self)  # ops that run a model file get this pipeline's sessions (model_session)
         try:
-            return self._run(inputs, trace)
+            return self._run(inputs, trace, self._state if state is None else state)
         finally:
             _RUNNING.reset(token)
 
@@ -426,6 +446,9 @@ class Pipeline:
         items = list(inputs)
         if not isinstance(workers, int) or workers < 1:
             raise PipelineError(f"workers: expected a positive integer, got {workers!r}")
+        if workers > 1 and self.stateful_steps:
+            raise PipelineError(f"workers: step {self.stateful_steps[0]!r} keeps state between runs, so the "
+                                "inputs must run in order; use workers=1")
 
         def one(i: int) -> PipelineResult:
             try:
@@ -446,7 +469,7 @@ class Pipeline:
                     f.cancel()
                 raise
 
-    def _run(self, inputs: Mapping[str, Any], trace: bool) -> PipelineResult:
+    def _run(self, inputs: Mapping[str, Any], trace: bool, state: dict[str, Any]) -> PipelineResult:
         values: dict[str, Any] = dict(inputs)
         kept: dict[str, Any] | None = dict(inputs) if trace else None
         keep = set(self.outputs)
@@ -455,7 +478,7 @@ class Pipeline:
         for i, step in enumerate(self._order):
             t0 = time.perf_counter()
             try:
-                produced = self._run_step(step, {k: values[t] for k, t in step.inputs.items()})
+                produced = self._run_step(step, {k: values[t] for k, t in step.inputs.items()}, state)
             except Exception as e:  # noqa: BLE001 - every failure is named by its step
                 typed = not isinstance(e, UserError)
                 raise PipelineError(f"step {step.name!r} ({step.describe()}) failed: {one_line(e, typed=typed)}") from e
@@ -470,13 +493,15 @@ class Pipeline:
         timings["total"] = (time.perf_counter() - start) * 1e3
         return PipelineResult({n: values[n] for n in self.outputs}, timings, kept)
 
-    def _run_step(self, step: Step, feeds: dict[str, Any]) -> dict[str, Any]:
+    def _run_step(self, step: Step, feeds: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         if step.kind == "model":
             session = self.session(step.name)
             got = session.run(feeds, list(step.outputs))
             return got
         if step.kind == "op":
             spec = OPS[step.target]
+            if spec.stateful:
+                feeds["state"] = state.setdefault(step.name, {})
             got = spec.fn(**feeds, **self._params[step.name])
             _check_returned(got, spec.outputs, exact=True)
             return got
@@ -509,6 +534,15 @@ class Pipeline:
                 s = load(str(self._paths[step_name]), params["backend"], Options(threads=int(params["threads"])))
                 self._sessions[step_name] = s
         return s
+
+    @property
+    def stateful_steps(self) -> list[str]:
+        """The op steps that keep state between runs (stateful ops), in run order."""
+        return [s.name for s in self._order if s.kind == "op" and OPS[s.target].stateful]
+
+    def reset_state(self) -> None:
+        """Forget the state the stateful ops kept in this pipeline (runs given no ``state``): a new stream."""
+        self._state.clear()
 
     def close(self) -> None:
         """Close the engine sessions, its model steps' and its ops' (they are created again on the next run)."""

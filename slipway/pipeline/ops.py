@@ -190,7 +190,7 @@ def classify_pipeline(
 
 
 # The task modules register their ops on import (written separately; a missing one is skipped).
-for _m in ("ocr", "detect", "segment", "pose"):
+for _m in ("ocr", "detect", "segment", "pose", "track"):
     try:
         importlib.import_module(f"slipway.pipeline.{_m}")
     except ModuleNotFoundError as _e:

@@ -97,10 +97,14 @@ def to_repository(pipeline: Pipeline | str | os.PathLike, output: str | os.PathL
             else:
                 sub = Pipeline(part, inputs=reads, outputs=writes, name=model, base=pipeline.base)
                 bundle(sub, tmp / model / "1")
+                # a stateful op (the tracker) keeps its state per sequence: the ensemble is then called with
+                # sequence_id / sequence_start / sequence_end, Triton's sequence batching
+                stateful = "sequence_batching { max_sequence_idle_microseconds: 60000000 }\n" \
+                    if sub.stateful_steps else ""
                 (tmp / model / "config.pbtxt").write_text(
                     _config(model, 'backend: "slipway_pipeline"', 0, [(t, types[t]) for t in reads],
                             [(t, types[t]) for t in writes])
-                    + f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n", encoding="utf-8")
+                    + f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n" + stateful, encoding="utf-8")
                 steps.append((model, {t: t for t in reads}, {t: t for t in writes}))
         ensemble = _config(name, 'platform: "ensemble"', 0, [(t, types[t]) for t in pipeline.inputs],
                            [(t, types[t]) for t in pipeline.outputs])

@@ -21,6 +21,12 @@ ready and serves the others; a failed reload of a served model keeps the old ver
 the ones still serving; a model folder removed in poll mode is unloaded and leaves the index.
 
 No message a client sees holds an absolute path: :meth:`Repository.relative` rewrites them.
+
+Sequences (Triton's sequence batching, :mod:`slipway.serve.sequence`): a sequence-batched model checks
+and orders its requests itself; a request with sequence parameters entering an ensemble reserves its
+place in every sequence-batched composing model there and then, and its composing requests carry its
+flags (as Triton's ensemble passes the correlation ID on). :meth:`DataPlane.sequences` counts a model's
+live sequences. A model without sequence batching ignores the (type-checked) parameters, as Triton.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from slipway.errors import ServeError, one_line
 from slipway.serve.ensemble import MAX_DEPTH, Ensemble, composing_models, is_ensemble
 from slipway.serve.model import ModelVersion, load_version
 from slipway.serve.repository import Repository
+from slipway.serve.sequence import Sequences, reserve, unreserve
 from slipway.serve.shm import SharedMemory, cuda_refused
 from slipway.serve.types import InferRequest, InferResponse
 
@@ -363,7 +370,9 @@ class DataPlane:
             mv = self._version(request.model, request.version)
             try:
                 checked = mv.check(request)  # THE request check (slipway.serve.request), for every transport
-                return await mv.run(checked, request.id)
+                if checked.sequence is None or not isinstance(mv, Ensemble):
+                    return await mv.run(checked, request.id)
+                return await self._run_ensemble_sequence(mv, checked, request.id)
             except ServeError as e:
                 # swapped out between choosing the version and queueing: ask the new one
                 if e.status == 503 and mv.closing and not request.version and not self.stopping:
@@ -376,6 +385,44 @@ class DataPlane:
                         raise ServeError(message, e.status) from None
                 raise
         raise ServeError(f"model {request.model!r} is being reloaded; try again", 503)
+
+    async def _run_ensemble_sequence(self, ensemble: Ensemble, checked, request_id: str) -> InferResponse:
+        """An ensemble request with sequence parameters: its place in each sequence-batched composing model
+        taken now (arrival order), its flags passed to the composing requests (serve/sequence.py)."""
+        registries = self._sequence_models(ensemble, 0)
+        if not registries:
+            return await ensemble.run(checked, request_id)
+        try:
+            reservation, token = reserve(checked.sequence, registries)
+        except ServeError:
+            ensemble.stats.request_done(False, 0, reason="OTHER")
+            raise
+        try:
+            return await ensemble.run(checked, request_id)
+        finally:
+            unreserve(reservation, token)
+
+    def _sequence_models(self, ensemble: Ensemble, depth: int) -> list[Sequences]:
+        """The sequences of the sequence-batched models an ensemble calls (through nested ensembles too)."""
+        out: list[Sequences] = []
+        for model, version in ensemble.composing():
+            try:
+                mv = self._version(model, version)
+            except ServeError:
+                continue  # the step will say so
+            if isinstance(mv, Ensemble):
+                if depth < MAX_DEPTH:
+                    out += self._sequence_models(mv, depth + 1)
+            elif mv.sequences is not None:
+                out.append(mv.sequences)
+        return out
+
+    def sequences(self, name: str, version: str = "") -> dict[str, int]:
+        """A sequence-batched model's sequence counts (live, started, restarted, ended, timed_out); {} for
+        other models."""
+        mv = self._version(name, version)
+        registry = getattr(mv, "sequences", None)
+        return registry.statistics() if registry is not None else {}
 
     def _entry(self, name: str) -> Entry:
         entry = self.entries.get(name)

@@ -376,7 +376,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests run concurrently as they arrive; each answer (result or error_message) carries its id."""
+        """Requests run concurrently as they arrive; each answer (result or error_message) carries its id.
+        Requests with a ``sequence_id`` reach the data plane in the order they came (a large one decoded in
+        a worker thread does not let the next overtake it), which is their order in their sequence."""
         if self._token is not None:
             await self._authorize(context)
         responses: asyncio.Queue = asyncio.Queue()
@@ -397,14 +399,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], responses: asyncio.Queue, slots: asyncio.Semaphore
     ) -> None:
         tasks: set[asyncio.Task] = set()
+        last: asyncio.Future | None = None  # the previous sequence request reached the data plane
 
-        async def one(request: pb.ModelInferRequest) -> None:
-            responses.put_nowait(await self._stream_one(request))
+        async def one(request: pb.ModelInferRequest, order: tuple | None) -> None:
+            responses.put_nowait(await self._stream_one(request, order))
 
         try:
             async for request in request_iterator:
                 await slots.acquire()
-                task = asyncio.create_task(one(request))
+                order = None
+                if "sequence_id" in request.parameters:
+                    order = (last, asyncio.get_running_loop().create_future())
+                    last = order[1]
+                task = asyncio.create_task(one(request, order))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             while tasks:
@@ -414,14 +421,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
             responses.put_nowait(None)
 
-    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    async def _stream_one(self, request: pb.ModelInferRequest,
+                          order: tuple[asyncio.Future | None, asyncio.Future] | None = None
+                          ) -> pb.ModelStreamInferResponse:
         try:
-            response = await self._plane.infer(await decode(request, self._limits))
+            decoded = await decode(request, self._limits)
+            if order is not None:  # enter the plane after the sequence request before this one
+                before, entered = order
+                if before is not None:
+                    await before
+                entered.set_result(None)  # the next one wakes after this one has taken its place (sync)
+            response = await self._plane.infer(decoded)
             return pb.ModelStreamInferResponse(infer_response=encode_response(response))
         except ServeError as exc:
             message = public_message(one_line(exc))
         except Exception as exc:  # noqa: BLE001 - a bug in one request must not end the stream
             message = _internal(exc, "ModelStreamInfer")
+        finally:
+            if order is not None and not order[1].done():
+                order[1].set_result(None)
         echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
         return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
 

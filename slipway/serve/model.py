@@ -10,12 +10,19 @@ otherwise. The Triton parameter names an engine registers are understood (onnxru
 ``inter_op_thread_count``, ``execution_mode``, ``enable_mem_arena``, ``enable_mem_pattern``), and
 slipway's own (``threads`` / ``intra_op_thread_count``, ``precision``, ``backend``, any engine
 setting as ``slipway.<name>``).
+
+A config with ``sequence_batching`` (a pipeline with a stateful op) gets a
+:class:`~slipway.serve.sequence.Sequences`: each request takes its place in its sequence, waits for
+the one before it, and runs with the sequence's state (:class:`SequenceFeeds` carries it through the
+batcher to the engine session's ``run(feeds, state=...)``). A pipeline with a stateful op but no
+``sequence_batching`` is refused at load: its state would be shared by every client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +34,24 @@ from slipway.backends import ENGINES, choose, get, served_by
 from slipway.cpus import usable_cpus
 from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.batcher import Batcher, batch_policy
-from slipway.serve.request import Checked, Checking, Signature, TensorSpec, specs
+from slipway.serve.request import Checked, Checking, RequestError, Signature, TensorSpec, specs
+from slipway.serve.sequence import Sequences, idle_microseconds
 from slipway.serve.stats import ModelStats
 from slipway.serve.types import InferResponse, InferTensor
 from slipway.verify.inputs import random_array
 
-__all__ = ["TensorSpec", "ModelVersion", "load_version", "engine_options"]  # TensorSpec: from serve.request
+__all__ = ["TensorSpec", "ModelVersion", "load_version", "engine_options", "SequenceFeeds"]  # TensorSpec: request's
+
+
+class SequenceFeeds(dict):
+    """A sequence request's feeds with its sequence's ``state`` (the batcher hands a request's feeds to the
+    engine as they are when it does not merge requests, which a sequence-batched model never does)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, feeds: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        super().__init__(feeds)
+        self.state = state
 
 log = logging.getLogger("slipway.serve")
 
@@ -56,6 +75,8 @@ class ModelVersion(Checking):
         self.outputs = list(self.signature.outputs)
         self.stats = ModelStats(name, str(version))
         self.batcher = Batcher(run, instances, batch_policy(config), self.stats, max_pending=max_pending, name=name)
+        # per-sequence state and order (serve/sequence.py), for a config with sequence_batching
+        self.sequences = Sequences(name, idle_microseconds(config)) if config.HasField("sequence_batching") else None
         self._closer = closer
         self.closing = False
 
@@ -68,7 +89,10 @@ class ModelVersion(Checking):
 
     async def run(self, checked: Checked, request_id: str = "") -> InferResponse:
         """Queue a checked request, wait for its batch, and shape its outputs as the config says."""
-        results = await self.batcher.submit(checked.feeds, checked.rows, checked.level, checked.timeout_us)
+        if self.sequences is None:
+            results = await self.batcher.submit(checked.feeds, checked.rows, checked.level, checked.timeout_us)
+        else:
+            results = await self._run_in_sequence(checked)
         outputs = []
         for spec, params in checked.outputs:
             arr = results.get(spec.name)
@@ -81,11 +105,32 @@ class ModelVersion(Checking):
             outputs.append(InferTensor(spec.name, spec.datatype, list(arr.shape), np.ascontiguousarray(arr), params))
         return InferResponse(self.name, str(self.version), request_id, outputs)
 
+    async def _run_in_sequence(self, checked: Checked) -> dict[str, np.ndarray]:
+        """Take the request's place in its sequence now (before any await: arrival order), wait for the
+        requests before it, run it with the sequence's state."""
+        start = time.monotonic_ns()
+        try:
+            if checked.rows != 1 and self.max_batch_size > 0:
+                raise RequestError(f"inference request to model '{self.name}' must specify batch-size 1 due to "
+                                   "requirements of sequence batcher")
+            ticket = self.sequences.enter(checked.sequence)
+        except ServeError:
+            self.stats.request_done(False, time.monotonic_ns() - start, reason="OTHER")
+            raise
+        try:
+            await ticket.wait()
+            feeds = SequenceFeeds(checked.feeds, ticket.state)
+            return await self.batcher.submit(feeds, checked.rows, checked.level, checked.timeout_us, start)
+        finally:
+            ticket.release()
+
     # -- life cycle -----------------------------------------------------------------------------
 
     async def close(self, drain: bool = True) -> None:
         self.closing = True
         await self.batcher.close(drain=drain)
+        if self.sequences is not None:
+            self.sequences.close()
         if self._closer is not None:
             self._closer()
             self._closer = None
@@ -181,12 +226,20 @@ def _engine(name: str, version: int, config, model_file: Path, threads: int):
         raise ServeError(f"model {name!r} version {version}: {e}", 400) from None
 
     def run(i: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(feeds, SequenceFeeds):  # a sequence's request: the engine runs it with its state
+            return sessions[i].run(feeds, state=feeds.state)
         return sessions[i].run(feeds)
 
     def closer() -> None:
         for s in sessions:
             s.close()
 
+    stateful = list(getattr(sessions[0], "stateful", None) or ()) if sessions else []
+    if stateful and not config.HasField("sequence_batching"):
+        closer()
+        raise ServeError(f"model {name!r} version {version}: step {stateful[0]!r} keeps state per stream; add "
+                         "sequence_batching { max_sequence_idle_microseconds: ... } to its config and send "
+                         "sequence_id / sequence_start / sequence_end with each request", 400)
     try:
         warmup(config, run, instances)
     except Exception as e:

@@ -7,6 +7,9 @@ plus ``dynamic_batching`` for a model whose every tensor has a dynamic first dim
 What the config does declare is checked against the model. Model names never leave the root (and
 are at most 255 bytes, without control characters), and nothing executable (Python, pickles, shared
 libraries) is loaded unless the server allows it, not even through a ``backend`` parameter.
+``sequence_batching`` is accepted for pipelines only (:data:`SEQUENCE_BACKENDS`: their stateful ops keep a
+state per sequence, :mod:`slipway.serve.sequence`); implicit state, control inputs and iterative sequences
+are refused.
 
 A config (config.pbtxt or the ``config`` parameter of a load request) is bounded: ``max_batch_size``
 at most :data:`MAX_BATCH_SIZE`, instances at most :func:`max_instances` in all, thread counts at most
@@ -142,7 +145,7 @@ class Repository:
         if not self.allow_python_models:
             _refuse_executables(name, path, config)
         if config.HasField("sequence_batching"):
-            raise ServeError(f"model {name!r}: sequence_batching is not supported", 400)
+            _check_sequence_batching(name, config)
         if config.max_batch_size < 0:
             raise ServeError(f"model {name!r}: max_batch_size {config.max_batch_size} is negative", 400)
         _check_filename(name, config)
@@ -464,6 +467,29 @@ def _itemsize(data_type: int) -> int:
         return tensors.DATATYPES[tensors.datatype_from_config(mc.DataType.Name(data_type))].itemsize or 1
     except (ServeError, ValueError, KeyError):
         return 1
+
+
+SEQUENCE_BACKENDS = ("slipway_pipeline",)  # engines that keep a state per sequence (serve/sequence.py)
+
+
+def _check_sequence_batching(name: str, config: mc.ModelConfig) -> None:
+    """``sequence_batching`` for a model that keeps its own state per sequence: the pipeline engine (its
+    stateful ops). Triton's implicit state and control inputs (what a plain ONNX model would need) and
+    iterative sequences are refused, each by name; direct and oldest strategies run alike."""
+    where = f"model {name!r}: sequence_batching"
+    if (config.backend or "") not in SEQUENCE_BACKENDS:
+        raise ServeError(f"{where} is not supported for backend {config.backend or config.platform!r} models "
+                         "(they would need Triton's implicit state or control inputs); pipelines (backend "
+                         "\"slipway_pipeline\") keep their state per sequence", 400)
+    seq = config.sequence_batching
+    for field, label in (("control_input", "control_input"), ("state", "state (implicit state)")):
+        if len(getattr(seq, field)):
+            raise ServeError(f"{where}: {label} is not supported; the pipeline keeps its state itself", 400)
+    if seq.iterative_sequence:
+        raise ServeError(f"{where}: iterative_sequence is not supported", 400)
+    if seq.max_sequence_idle_microseconds > 24 * 3600 * 10**6:
+        raise ServeError(f"{where}: max_sequence_idle_microseconds {seq.max_sequence_idle_microseconds} is over "
+                         "a day", 400)
 
 
 def _check_batching(name: str, config: mc.ModelConfig) -> None:

@@ -4,7 +4,10 @@ The adapters only decode (``http.decode_infer``, ``grpc.decode_request``: syntax
 everything the protocol and the model decide is checked here, once, by the data plane:
 
 * the request parameters: ``priority`` (an integer in the model's priority levels), ``timeout``
-  (a non-negative integer, µs), ``binary_data_output`` (true/false), every other value a scalar;
+  (a non-negative integer, µs), ``binary_data_output`` (true/false), the sequence parameters
+  (``sequence_id``: an unsigned 64-bit integer or a string; ``sequence_start`` / ``sequence_end``:
+  true/false; typed for every model as Triton's frontends do, used only by a model with
+  ``sequence_batching``, :mod:`slipway.serve.sequence`), every other value a scalar;
 * the inputs against the model's :class:`Signature`: names, datatypes, shapes, reshape, the batch
   size (``1..max_batch_size``, the same in every input), BYTES as text for engines that want it;
 * the requested outputs: known names, no classification parameters.
@@ -32,8 +35,10 @@ from slipway.serve.types import InferRequest, InferResponse
 
 __all__ = [
     "RequestError", "TensorSpec", "Signature", "Checked", "check", "check_parameters", "specs",
-    "priority_level", "batch_rows", "Checking",
+    "priority_level", "batch_rows", "Checking", "SequenceFlags", "sequence_flags",
 ]
+
+UINT64_MAX = (1 << 64) - 1
 
 
 class RequestError(ServeError):
@@ -98,6 +103,15 @@ class Signature:
                    levels, max(default - 1, 0), bytes_as_text)
 
 
+@dataclass(frozen=True)
+class SequenceFlags:
+    """A request's sequence parameters (Triton's correlation ID and flags), types checked."""
+
+    id: int | str | None  # None: not sent; 0 and "" are kept as sent (a sequence model refuses them)
+    start: bool = False
+    end: bool = False
+
+
 @dataclass
 class Checked:
     """A request that passed :func:`check`: engine feeds and what the batcher and the response need."""
@@ -107,6 +121,7 @@ class Checked:
     level: int  # 0-based queue level
     timeout_us: int  # the request's own timeout (0: the queue policy's)
     outputs: list[tuple[TensorSpec, dict[str, Any]]]  # (output, its request parameters), in answer order
+    sequence: SequenceFlags | None = None  # the sequence parameters, when any was sent
 
 
 class Checking:
@@ -147,7 +162,7 @@ def check(request: InferRequest, sig: Signature) -> Checked:
     params = check_parameters(request)
     level = priority_level(params.get("priority", 0), sig.priority_levels, sig.default_level, sig.model)
     feeds, rows = _feeds(request, sig)
-    return Checked(feeds, rows, level, params.get("timeout", 0), _outputs(request, sig))
+    return Checked(feeds, rows, level, params.get("timeout", 0), _outputs(request, sig), sequence_flags(params))
 
 
 def check_parameters(request: InferRequest) -> dict[str, Any]:
@@ -162,6 +177,7 @@ def check_parameters(request: InferRequest) -> dict[str, Any]:
             raise RequestError(f"request parameter {key!r} must be a non-negative integer, got {value!r}")
     if not isinstance(p.get("binary_data_output", False), bool):
         raise RequestError("request parameter 'binary_data_output' must be true or false")
+    sequence_flags(p)
     for t in request.inputs:
         if "shared_memory_region" in t.parameters:
             raise RequestError(f"input {t.name!r}: the shared memory extension is not supported")
@@ -173,6 +189,24 @@ def check_parameters(request: InferRequest) -> dict[str, Any]:
         if not isinstance(o.parameters.get("binary_data", False), bool):
             raise RequestError(f"output {o.name!r}: binary_data must be true or false")
     return p
+
+
+def sequence_flags(p: Mapping[str, Any]) -> SequenceFlags | None:
+    """The sequence parameters of request parameters ``p`` (None when none is sent); RequestError for a
+    ``sequence_id`` that is no unsigned 64-bit integer or string, or flags that are not true / false."""
+    if "sequence_id" not in p and "sequence_start" not in p and "sequence_end" not in p:
+        return None
+    sid = p.get("sequence_id")
+    if sid is not None and (isinstance(sid, bool) or not isinstance(sid, (int, str))
+                            or (isinstance(sid, int) and not 0 <= sid <= UINT64_MAX)):
+        raise RequestError(f"request parameter 'sequence_id' must be an unsigned integer or a string, got {sid!r}")
+    flags = []
+    for key in ("sequence_start", "sequence_end"):
+        value = p.get(key, False)
+        if not isinstance(value, bool):
+            raise RequestError(f"request parameter {key!r} must be true or false, got {value!r}")
+        flags.append(value)
+    return SequenceFlags(sid, *flags)
 
 
 def priority_level(priority: int, levels: int, default_level: int, model: str) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import slipway.serve
 
 SERVE = Path(slipway.serve.__file__).parent
-LOWER = {"limits", "tensors", "types", "request", "shm", "batcher", "stats", "ensemble"}
+LOWER = {"limits", "tensors", "types", "request", "shm", "batcher", "sequence", "stats", "ensemble"}
 HIGHER = {"model", "repository", "dataplane", "http", "grpc", "metrics", "server"}
 
 
