@@ -202,7 +202,7 @@ def convert(converter: Converter, model: Any, options: Mapping[str, Any] | None 
             base.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create the {converter.name} cache {base}: {one_line(e)}") from None
-        with _locked(base / f".{key}.lock"):
+        with locked(base / f".{key}.lock"):
             found = valid(entry, converter.name, version, sha, opts)  # built by another process meanwhile
             if found is not None:
                 return found
@@ -233,7 +233,8 @@ def valid(entry: Path, engine: str, version: str, sha: str, opts: dict) -> Conve
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` while the block runs (one builder per cache entry, across processes)."""
     with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -284,7 +285,7 @@ def _build(converter: Converter, model: Any, source: bytes | str, entry: Path, k
                     "verification": report.to_dict(), "conversion_s": round(seconds, 3),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _replace_dir(out, entry)
+        replace_dir(out, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Converted(entry, manifest)
@@ -347,7 +348,7 @@ def node_of(model: ir.Model, op_type: str) -> str:
     return "?"
 
 
-def _replace_dir(new: Path, entry: Path) -> None:
+def replace_dir(new: Path, entry: Path) -> None:
     """Rename ``new`` to ``entry``, an older (stale) entry there moved aside first and removed after."""
     old = None
     if entry.exists():

@@ -12,6 +12,11 @@ precision "normal" or "high" (setting ``precision_mode``), fp16 its precision "l
 CPU computes in FP16 (ARMv8.2 ``asimdhp``; on x86 MNN's "low" runs FP32). Setting ``power``: normal | high
 (MNN's power mode: high keeps its threads spinning).
 
+``precision="int8"`` (settings ``calib`` = calibration data, ``calib_method`` admm | kl | ema, ``calib_samples``;
+:mod:`slipway.backends.edge_int8`): the FP32 .mnn quantized by MNN's own tool (``_tools.mnnquant``, never the
+``mnnquant`` script: telemetry) fed with slipway's calibration data through the tool's "sequence" input (see
+:meth:`MNNQuantizer.quantize`), verified against onnxruntime FP32 and cached.
+
 Inputs reach MNN as float32 / int32 / uint8 / int8 (int64 and bool as int32, other floats as float32, as
 MNN's converter types them); outputs come back in the ONNX model's own dtypes. Instances each load their
 own module and runtime (MNN's runtime is not shared between threads).
@@ -20,6 +25,7 @@ own module and runtime (MNN's runtime is not shared between threads).
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,10 +36,11 @@ import onnx_ir as ir
 
 from slipway.backends.base import FeedCheck, Options, SessionBase, TensorInfo
 from slipway.backends.edge import Converted, EdgeBackend, convert, cpu_has_fp16, package_version, quiet_stdout
+from slipway.backends.edge_int8 import Int8Backend
 from slipway.cpus import usable_cpus
 from slipway.errors import MissingDependencyError, UserError, one_line
 
-__all__ = ["MNNBackend", "MNNSession", "CPU", "CONVERTER"]
+__all__ = ["MNNBackend", "MNNSession", "MNNQuantizer", "CPU", "CONVERTER", "QUANTIZER"]
 
 SETTINGS: dict[str, tuple[Any, ...]] = {
     "precision_mode": ("normal", "high"),
@@ -89,7 +96,97 @@ class MNNConverter:
 CONVERTER = MNNConverter()
 
 
-class MNNBackend(EdgeBackend):
+class MNNQuantizer:
+    """INT8 by MNN's post-training quantization tool (``_tools.mnnquant``, in the child process of
+    :mod:`slipway.backends.edge_int8`), fed slipway's calibration feeds as the tool's "sequence" input.
+
+    That input (MNN's tools/quantization/calibration.cpp ``getModuleInputs``, 3.6.1) is a folder of sample
+    folders, taken in sorted order; each holds ``input.json`` (``{"inputs": [{"name": N, "shape": [...]}]}``, the
+    shape every input is created at: without it the tool has no tensor to fill) and ``<input name>.txt`` per input:
+    the values in row-major order as whitespace-separated decimal numbers, read as doubles and cast to the input's
+    type, so any dtype, rank, batch and several inputs pass. The config sets ``"input_type": "sequence"`` and
+    ``"batch_size": 1`` (with a larger one, EMA overwrites all but the last sample folder of each batch). Methods:
+
+    * ``admm`` (default): ADMM search of each tensor's scale on ONE forward pass of the LAST sample folder, so
+      slipway writes one folder holding every sample as one batch (``calib_samples``, default 16: the search
+      costs about 10 s per MobileNetV2 sample on one x86 core);
+    * ``kl``: KL histograms streamed over every folder (one per feed of 8 samples). MNN 3.6.1's KL crashes
+      (SIGSEGV in ``_collectFeatureMapsDistribution``) on any model with a Raster or Pooling op whose inputs
+      have no tensor index (Flatten, pooling: most CNNs); fixed upstream after 3.6.1 (MNN PR #4711);
+    * ``ema``: moving averages of min/max over the folders in MNN's training mode (less accurate here).
+    """
+
+    name = "mnn"
+    target = "slipway.backends.mnn:QUANTIZER"
+    methods = ("admm", "kl", "ema")
+
+    def samples(self, method: str) -> int:
+        return 16 if method == "admm" else 128
+
+    def version(self) -> str:
+        return package_version("MNN")
+
+    def quantize(self, fp32: Path, out: Path, work: Path, feeds: list[dict[str, np.ndarray]], method: str) -> None:
+        import _tools
+
+        folder = work / "mnn-calibration"
+        batches = [_one_batch(feeds)] if method == "admm" else feeds
+        for i, batch in enumerate(batches):
+            _write_sample(folder / f"{i:06d}", batch)
+        config = {"path": str(folder), "used_sample_num": 0, "feature_quantize_method": method.upper(),
+                  "weight_quantize_method": "MAX_ABS", "feature_clamp_value": 127, "weight_clamp_value": 127,
+                  "batch_size": 1, "quant_bits": 8, "input_type": "sequence", "debug": False}
+        (work / "mnn-quant.json").write_text(json.dumps(config))
+        target = out / FILE
+        _tools.mnnquant(["mnnquant", str(fp32 / FILE), str(target), str(work / "mnn-quant.json")])
+        if not target.is_file():
+            raise UserError("MNN's quantization tool wrote no model")
+
+    def run_files(self, out: Path, inputs: list[TensorInfo],
+                  outputs: list[TensorInfo]) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        return CONVERTER.run_files(out, {}, inputs, outputs)
+
+    def crashed(self, method: str, signal: int, log: str) -> str:
+        why = (" (MNN 3.6.1's KL calibration crashes on models with Flatten or pooling; use calib_method=admm)"
+               if method == "kl" else "")
+        return f"MNN's quantization tool crashed (signal {signal}) on this model with method {method}{why}"
+
+
+def _one_batch(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every feed as one batch (concatenated on dim 0), for a method that runs one forward pass."""
+    if len(feeds) == 1:
+        return feeds[0]
+    first = feeds[0]
+    for f in feeds[1:]:
+        for name, a in f.items():
+            if a.ndim == 0 or a.shape[1:] != first[name].shape[1:]:
+                raise UserError(f"MNN's admm calibration runs one batch: input {name!r} has samples of shapes "
+                                f"{list(first[name].shape)} and {list(a.shape)}; give samples of one shape or "
+                                f"calib_method=ema")
+    return {name: np.concatenate([f[name] for f in feeds]) for name in first}
+
+
+def _write_sample(folder: Path, feeds: Mapping[str, np.ndarray]) -> None:
+    """One sample folder of MNN's "sequence" calibration input: input.json + <input name>.txt per input."""
+    folder.mkdir(parents=True)
+    for name, a in feeds.items():
+        if not name or "/" in name or name.startswith("."):
+            raise UserError(f"MNN's calibration reads input {name!r} from a file named after it; rename the input")
+        a = np.ascontiguousarray(a)
+        if a.dtype.kind == "f":
+            a.astype(np.float32).tofile(folder / f"{name}.txt", sep=" ", format="%.9g")
+        else:
+            a.astype(np.int64).tofile(folder / f"{name}.txt", sep=" ", format="%d")
+    (folder / "input.json").write_text(json.dumps({"inputs": [{"name": n, "shape": list(a.shape)}
+                                                              for n, a in feeds.items()]}))
+
+
+QUANTIZER = MNNQuantizer()
+
+
+class MNNBackend(Int8Backend, EdgeBackend):
+    quantizer = QUANTIZER
+
     def imports(self) -> None:
         _mnn()
 

@@ -16,6 +16,11 @@ FP16 paths off (its default is on), fp16 stores weights and activations in FP16 
 where the CPU can (ARMv8.2). Settings: ``packing`` (``use_packing_layout``: SIMD-packed channels),
 ``winograd`` (``use_winograd_convolution``), ``sgemm`` (``use_sgemm_convolution``).
 
+``precision="int8"`` (settings ``calib`` = calibration data, ``calib_method`` entropy | minmax | percentile | mse,
+``calib_samples``; :mod:`slipway.backends.edge_int8`): Convolution, ConvolutionDepthWise and InnerProduct layers
+in int8 from the calibration table slipway writes and ncnn2int8's rewrite (:mod:`slipway.backends.ncnn_int8`),
+verified against onnxruntime FP32 and cached.
+
 Instances share one ``Net`` (ncnn runs several extractors of one net at once); each run has its own
 extractor.
 """
@@ -36,6 +41,8 @@ import onnx_ir as ir
 
 from slipway.backends.base import FeedCheck, Options, SessionBase, TensorInfo
 from slipway.backends.edge import Converted, EdgeBackend, convert, cpu_flags, io_specs, package_version
+from slipway.backends.edge_int8 import Int8Backend
+from slipway.backends.ncnn_int8 import QUANTIZER
 from slipway.cpus import usable_cpus
 from slipway.errors import MissingDependencyError, UserError
 
@@ -136,7 +143,9 @@ def fp16_storage() -> bool:
     return platform.machine().lower() in ("aarch64", "arm64") or "f16c" in cpu_flags()
 
 
-class NcnnBackend(EdgeBackend):
+class NcnnBackend(Int8Backend, EdgeBackend):
+    quantizer = QUANTIZER
+
     def imports(self) -> None:
         _ncnn()
         _pnnx()
@@ -164,6 +173,7 @@ def _net(param: Path, weights: Path, opts: Options) -> Any:
     opt.use_fp16_storage = opt.use_fp16_packed = fp16
     opt.use_fp16_arithmetic = fp16 and bool(s.get("fp16_arithmetic", True))
     opt.use_bf16_storage = False
+    opt.use_int8_inference = True  # the layers an INT8 entry gave int8 scales run in int8 (others are FP32)
     opt.use_packing_layout = bool(s.get("packing", True))
     opt.use_winograd_convolution = bool(s.get("winograd", True))
     opt.use_sgemm_convolution = bool(s.get("sgemm", True))
