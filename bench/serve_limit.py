@@ -14,23 +14,28 @@ Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.serve_limit [--
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import fmt, machine, publish, versions
-from bench.serve import load as old_load
 from bench.serve import prepare
 from bench.serve_peers import raw
 from bench.serve_peers.launch import Budget, Launch, ModelSpec, triton_config
 from bench.serve_peers.tables import BATCHES
+from slipway.cpus import usable_cpus
 from slipway.loadgen import Settings, profile
 from slipway.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 16
+CPUS = usable_cpus()
 LAYOUTS = ((1, 2), (2, 1))
 POINTS = (("http", "none"), ("grpc", "none"), ("http", "system"), ("grpc", "system"))
 
@@ -54,12 +59,28 @@ def server(models: list[ModelSpec], budget: Budget, spin: bool, workdir: Path) -
     return launch
 
 
+def old_generator(launch: Launch, model: str, pool: Path, seconds: float, workdir: Path) -> dict[str, Any]:
+    """The old load generator (bench/serve_loadgen.py: asyncio tritonclient clients in their own process,
+    every reply checked against onnxruntime's) over gRPC at concurrency 16: its JSON summary."""
+    cmd = [sys.executable, "-m", "bench.serve_loadgen", "--url", f"127.0.0.1:{launch.grpc_port}", "--protocol",
+           "grpc", "--model", model, "--data", str(pool), "--concurrency", str(CONCURRENCY), "--client", "aio",
+           "--duration", str(seconds), "--warmup", "1", "--latencies", str(workdir / "old-latencies.npy")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=seconds + 300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if done.returncode != 0:
+        return {"failed_run": done.stderr.strip().splitlines()[-1:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def perf(launch: Launch, model: str, protocol: str, shm: str, settings: Settings) -> dict[str, Any]:
     port = launch.http_port if protocol == "http" else launch.grpc_port
     result = profile(f"127.0.0.1:{port}", model, protocol=protocol, concurrency=[CONCURRENCY], settings=settings,
-                     shared_memory=shm)
+                     shared_memory=shm, server_pid=launch.proc.pid)
     row = result.rows[0]
-    return {"rows_per_s": row["inferences_per_s"], "p50_ms": row["p50_us"] / 1e3, "p99_ms": row["p99_us"] / 1e3,
+    rows = row["inferences_per_s"]
+    return {"rows_per_s": rows, "p50_ms": row["p50_us"] / 1e3, "p99_ms": row["p99_us"] / 1e3,
+            "server_cpu": row.get("server_cpu"),  # cores the server process used
+            "server_cpu_ms_per_row": 1e3 * row["server_cpu"] / rows if row.get("server_cpu") and rows else None,
             "errors": row["errors"], "stable": row["stable"], "client_cpu": row["client_cpu"],
             "server_queue_ms": row.get("server_queue_us", 0) / 1e3,
             "server_infer_ms": row.get("server_compute_infer_us", 0) / 1e3}
@@ -101,8 +122,7 @@ def main() -> None:
         # cross-check at one point: the old generator and slipway perf, back to back on the same server
         spec, pool = specs[0]
         key = (1, 2, False)
-        old_args = argparse.Namespace(client="aio", duration=args.window * 3, warmup=1.0)
-        old = old_load(launches[key], spec.name, pool, "grpc", CONCURRENCY, old_args, work)
+        old = old_generator(launches[key], spec.name, pool, args.window * 3, work)
         new = perf(launches[key], spec.name, "grpc", "none", settings)
         cross = {"model": spec.name, "layout": "1x2 spin off", "protocol": "grpc", "old_rps": old.get("rps"),
                  "old_failed": old.get("failed"), "old_wrong": old.get("wrong"), "perf_rps": new["rows_per_s"]}
@@ -115,14 +135,20 @@ def main() -> None:
     for (model, n, t, spin, protocol, shm), runs in cells.items():
         best = max(runs, key=lambda x: x["rows_per_s"])
         top = limits[model]["rows_per_s"]
+        raw_cpu = 1e3 * CPUS / top  # CPU ms a row costs onnxruntime alone at its best (every core busy)
+        served = best.get("server_cpu_ms_per_row")
         rows.append([model, f"{n}x{t}", "on" if spin else "off", protocol, shm, fmt(best["rows_per_s"]),
                      fmt(best["p50_ms"]), fmt(best["p99_ms"]), str(sum(x["errors"] for x in runs)),
-                     f"{best['rows_per_s'] / top:.2f}x"])
-    raw_rows = [[m, v["layout"], str(v["batch"]), fmt(v["rows_per_s"])] for m, v in limits.items()]
+                     f"{best['rows_per_s'] / top:.2f}x", fmt(best.get("server_cpu")), fmt(best.get("client_cpu")),
+                     fmt(served), f"{raw_cpu / served:.2f}x" if served else "-"])
+    raw_rows = [[m, v["layout"], str(v["batch"]), fmt(v["rows_per_s"]), fmt(1e3 * CPUS / v["rows_per_s"])]
+                for m, v in limits.items()]
     sections = [(f"slipway serve, concurrency {CONCURRENCY} (best of {args.rounds} rounds)",
                  ["model", "layout", "ort spinning", "protocol", "shared memory", "rows/s", "p50 ms", "p99 ms",
-                  "errors", "vs raw best"], rows),
-                ("onnxruntime alone, best over layouts and batches", ["model", "layout", "batch", "rows/s"], raw_rows)]
+                  "errors", "vs raw best", "server cores", "client cores", "server CPU ms / row",
+                  "raw CPU / server CPU per row"], rows),
+                ("onnxruntime alone, best over layouts and batches",
+                 ["model", "layout", "batch", "rows/s", "CPU ms / row"], raw_rows)]
     if cross:
         ratio = cross["perf_rps"] / cross["old_rps"] if cross.get("old_rps") else float("nan")
         sections.append(("cross-check: old generator vs slipway perf", ["model", "server", "protocol",
@@ -133,7 +159,12 @@ def main() -> None:
              f"{args.window:g} s until the last three agree within 10 % (at most 8), 1 s warm-up, random inputs; "
              "shared memory: one input and one output region per concurrent request (Triton's system shared "
              "memory extension). ort spinning: the served sessions' `session.intra_op.allow_spinning` "
-             "(`slipway.spin` config parameter). The raw limit spins (onnxruntime's default).\n")
+             "(`slipway.spin` config parameter). The raw limit spins (onnxruntime's default). Server and client "
+             "cores: CPU seconds per second of the server process (/proc) and of the load generator; the load "
+             "generator runs on the same cores as the server, which onnxruntime alone does not share with "
+             "anyone. 'raw CPU / server CPU per row': the CPU a row costs onnxruntime alone at its best (all "
+             "cores busy) over what it costs the server process (engine + serving); 1.00x would be a server "
+             "that adds nothing.\n")
     publish("serve_limit", "slipway serve at the engine's limit", host, found, sections, notes,
             time.perf_counter() - t0, {"cells": {" ".join(map(str, k)): v for k, v in cells.items()},
                                        "raw": {"before": before, "after": after, "limits": limits},
