@@ -43,19 +43,19 @@ def load_table(rows: list[dict[str, Any]], missing: dict[str, str], raw: dict[st
     for r in rows:
         head = [r["model"], r["protocol"], str(r["concurrency"]), LABELS[r["server"]], r["layout"]]
         if "reason" in r:
-            body.append(head + [f"failed: {r['reason']}"] + ["-"] * 9)
+            body.append(head + [f"failed: {r['reason']}"] + ["-"] * 10)
             continue
         triton = cell_of(rows, r, "triton", r["layout"])
         errors = r["failed"] + r["wrong"]
-        body.append(head + [fmt(r["rps"]), fmt(r["p50_ms"]), fmt(r["p90_ms"]), fmt(r["p99_ms"]),
-                            f"{errors}" + (f" ({r['wrong']} wrong)" if r["wrong"] else ""),
-                            f"{r['client_cpu_pct']:.0f}%", xfmt(ratio(r["rps"], triton.get("rps"))),
+        unstable = "*" if r.get("unstable_runs") else ""
+        body.append(head + [fmt(r["rps"]) + unstable, fmt(r["p50_ms"]), fmt(r["p90_ms"]), fmt(r["p99_ms"]),
+                            str(errors), str(r["wrong"]), f"{r['client_cpu_pct']:.0f}%", xfmt(ratio(r["rps"], triton.get("rps"))),
                             xfmt(ratio(r["rps"], cell_of(rows, r, "mlserver").get("rps"))),
                             xfmt(ratio(r["p99_ms"], triton.get("p99_ms"))),
                             xfmt(ratio(r["rps"], raw_best(raw, r["model"])))])
     for key, why in missing.items():
         name, _, layout = key.partition(" ")
-        body.append(["all", "all", "-", LABELS[name], layout, f"not available: {why}"] + ["-"] * 9)
+        body.append(["all", "all", "-", LABELS[name], layout, f"not available: {why}"] + ["-"] * 10)
     return body
 
 
@@ -69,7 +69,21 @@ def raw_table(raw: dict[str, Any]) -> list[list[str]]:
     return body
 
 
-def targets(rows: list[dict[str, Any]], raw: dict[str, Any]) -> list[list[str]]:
+def cross_table(cross: dict[str, Any] | None) -> list[list[str]]:
+    """The cross-check point: the old generator's and slipway perf's numbers, and their req/s ratio."""
+    if not cross:
+        return [["-", "-", "-", "-", "not measured"] + ["-"] * 8]
+
+    def side(r: dict[str, Any]) -> list[str]:
+        if "reason" in r:
+            return [f"failed: {r['reason']}", "-", "-", "-"]
+        return [fmt(r["rps"]), fmt(r["p50_ms"]), fmt(r["p99_ms"]), f"{r['failed'] + r['wrong']} ({r['wrong']} wrong)"]
+
+    return [[cross["model"], cross["protocol"], str(cross["concurrency"]), cross["server"], *side(cross["old"]),
+             *side(cross["perf"]), "-" if cross["ratio"] is None else f"{cross['ratio']:.3f}"]]
+
+
+def targets(rows: list[dict[str, Any]], raw: dict[str, Any], cross: dict[str, Any] | None = None) -> list[list[str]]:
     def get(model: str, protocol: str, server: str) -> dict[str, Any]:
         return cell_of(rows, {"model": model, "protocol": protocol, "concurrency": 16}, server)
 
@@ -97,6 +111,12 @@ def targets(rows: list[dict[str, Any]], raw: dict[str, Any]) -> list[list[str]]:
             s, t = get(model, p, "slipway"), get(model, p, "triton")
             add(f"{model} {p} c16: slipway ({lay(s)}) p99 / Triton ({lay(t)}) p99",
                 ratio(s.get("p99_ms"), t.get("p99_ms")), 1.0, False)
+    if cross:
+        r = cross["ratio"]
+        ok = "-" if r is None else ("pass" if abs(r - 1) <= 0.05 else "FAIL")
+        out.append([f"cross-check {cross['model']} {cross['protocol']} c{cross['concurrency']} ({cross['server']}): "
+                    "slipway perf req/s / old generator req/s", xfmt(r) if r is None else f"{r:.3f}x",
+                    "1 ± 0.05", ok])
     return out
 
 

@@ -29,7 +29,7 @@ def perf(
     request_count: int = typer.Option(50, "--measurement-request-count", help="requests per count window"),
     stability: float = typer.Option(10, "-s", "--stability-percentage", help="last 3 windows agree within this %"),
     max_trials: int = typer.Option(10, "-r", "--max-trials", help="windows per level at most"),
-    warmup: float = typer.Option(0.5, "--warmup", help="unmeasured seconds of load before each level"),
+    warmup: float = typer.Option(0.5, "--warmup", help="unmeasured seconds of load before each level (closed loop: and until every client had a reply)"),
     percentile: int | None = typer.Option(None, "--percentile", help="judge stability and report this latency percentile"),
     max_inflight: int = typer.Option(512, "--max-inflight", help="open loop: outstanding requests at most"),
     json_tensors: bool = typer.Option(False, "--json-tensors", help="HTTP JSON tensors instead of binary (MLServer)"),
@@ -37,6 +37,13 @@ def perf(
     output_shm_size: int = typer.Option(102400, "--output-shared-memory-size", help="bytes per output region when the output's size is not fixed (BYTES, dynamic dims)"),
     header: list[str] = typer.Option(None, "-H", "--header", help="NAME:VALUE sent with every call (HTTP header, "
                                      "gRPC metadata), e.g. an access token (repeatable)"),
+    validate: bool = typer.Option(False, "--validate", help="decode every reply and check it against the expected "
+                                  "outputs in --input-data (.npz out:NAME arrays, JSON validation_data); a mismatch "
+                                  "is a 'wrong output' error; the decode time is Client Recv"),
+    rtol: float = typer.Option(1e-3, "--rtol", help="--validate: relative tolerance"),
+    atol: float = typer.Option(1e-4, "--atol", help="--validate: absolute tolerance (|got - want| <= atol + rtol*|want|)"),
+    latencies_file: Path | None = typer.Option(None, "--latencies-file", help="write every latency (s) of each level's "
+                                               "reported windows to this .npz (one array per level, e.g. concurrency=16)"),
     metrics_url: str | None = typer.Option(None, "--metrics-url", help="HOST:PORT of the server's Prometheus metrics (server CPU / RSS)"),
     server_pid: int | None = typer.Option(None, "--server-pid", help="a local server's pid (server CPU / RSS from /proc)"),
     csv_file: Path | None = typer.Option(None, "-f", help="write perf_analyzer's CSV here"),
@@ -65,10 +72,15 @@ def perf(
     result = profile(url, model, protocol=protocol, settings=settings, batch=batch, shapes=parse_shape(shape or []),
                      data=input_data, binary=not json_tensors, string_length=string_length, metrics_url=metrics_url,
                      server_pid=server_pid, on_window=on_window, shared_memory=shared_memory,
-                     output_shm_size=output_shm_size, headers=_headers(header or []), **levels)
+                     output_shm_size=output_shm_size, headers=_headers(header or []), validate=validate, rtol=rtol,
+                     atol=atol, **levels)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if result.probe_error:
+        err_console.print(f"[red]the first reply failed validation:[/] {result.probe_error}", highlight=False)
     written = []
+    if latencies_file is not None:
+        written.append(_save_latencies(latencies_file, result))
     if csv_file is not None:
         from slipway.model import atomic_write_text
 
@@ -83,6 +95,21 @@ def perf(
         print_json(result.to_dict())
         return
     print_table(result)
+
+
+def _save_latencies(path: Path, result: Any) -> Path:
+    import io
+
+    import numpy as np
+
+    from slipway.model import atomic_write_bytes
+
+    arrays = {f"{lv.mode}={lv.value:g}": np.concatenate([np.asarray(w.latencies, dtype=np.float64)
+                                                          for w in lv.windows[-3:]] or [np.zeros(0)])
+              for lv in result.levels}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _headers(specs: list[str]) -> dict[str, str]:
@@ -104,14 +131,16 @@ def print_table(result: Any) -> None:
     cols += ["client cpu", "server cpu", "rss MB"] if server else ["client cpu"]
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, caption_justify="left",
                   caption=f"{result.model.name} over {result.protocol} at {result.url}, batch {result.batch}; "
-                          "latencies ms (from the intended send time); queue / infer: server ms per request")
+                          "latencies ms (from the intended send time); queue / infer: server ms per request"
+                          + ("; every reply validated" if result.validated else ""))
     for c in cols:
         table.add_column(c, justify="right")
     for r in rows:
         cells = [f"{r['value']:g}", f"{r.get('inferences_per_s', 0):,.1f}"]
         cells += [_ms(r.get(k)) for k in ("p50_us", "p90_us", "p99_us", "avg_us", "server_queue_us",
                                           "server_compute_infer_us")]
-        cells.append(f"[red]{r['errors']}[/]" if r["errors"] else "0")
+        wrong = f" ({r['wrong']} wrong)" if r.get("wrong") else ""
+        cells.append(f"[red]{r['errors']}{wrong}[/]" if r["errors"] else "0")
         if open_loop:
             cells += [f"{r.get('lag_mean_ms', 0):.2f}", f"{100 * r.get('late_share', 0):.0f}%"]
         cells.append(_share(r.get("client_cpu")))

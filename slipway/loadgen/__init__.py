@@ -13,6 +13,12 @@ With ``shared_memory="system"`` the inputs are written once into system shared-m
 input and one output region per concurrent slot, :class:`~slipway.loadgen.client.ShmSlots`) and the
 requests only name them, as perf_analyzer's ``--shared-memory system``.
 
+With ``validate=True`` every reply is decoded and checked against the expected outputs given with the
+input data (an .npz's ``out:NAME`` arrays, perf_analyzer JSON's ``validation_data``; see
+:func:`~slipway.loadgen.inputs.expected_outputs`), the probe's included: a mismatch is an error of kind
+"wrong output" (the level's ``wrong`` count), and the decode time is reported as "Client Recv". With
+shared memory the outputs are read from the slot's output region.
+
 * :mod:`slipway.loadgen.client`   the wire: prebuilt HTTP / gRPC requests, control calls as dicts
 * :mod:`slipway.loadgen.inputs`   model info from the server, input pools (random, .npz, JSON, images)
 * :mod:`slipway.loadgen.window`   one window: latencies, errors, lag, server counters diffed
@@ -31,8 +37,8 @@ from typing import Any
 
 from slipway.errors import UserError
 from slipway.loadgen.client import Endpoint, RequestFailed, ShmSlots
-from slipway.loadgen.inputs import ModelInfo, make_pool, parse_shape
-from slipway.loadgen.measure import Level, Probe, Settings, run_level
+from slipway.loadgen.inputs import ModelInfo, expected_outputs, make_pool, parse_shape
+from slipway.loadgen.measure import Level, Probe, Settings, Validator, run_level
 from slipway.loadgen.results import summarize, to_csv
 
 __all__ = ["profile", "Profile", "Settings", "parse_shape", "parse_range", "to_csv", "SHARED_MEMORY",
@@ -54,12 +60,14 @@ class Profile:
     client_sent: int = 0  # every request sent (probe, warm-up and windows included)
     server_counted: int | None = None  # the server's success + fail count over the same span
     notes: list[str] = field(default_factory=list)  # what the server did not offer (config, statistics)
+    validated: bool = False  # every reply decoded and checked against the expected outputs
+    probe_error: str | None = None  # the probe's reply failed validation: its message
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.name, "platform": self.model.platform, "url": self.url,
                 "protocol": self.protocol, "batch": self.batch, "composing_models": list(self.model.steps),
                 "client_sent": self.client_sent, "server_counted": self.server_counted, "notes": self.notes,
-                "levels": self.rows}
+                "validated": self.validated, "probe_error": self.probe_error, "levels": self.rows}
 
 
 def parse_range(text: str, option: str, integer: bool) -> list[float]:
@@ -87,13 +95,15 @@ def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequen
             binary: bool = True, string_length: int = 16, metrics_url: str | None = None,
             server_pid: int | None = None, on_window: Callable[[str, float, Any], None] | None = None,
             shared_memory: str = "none", output_shm_size: int = OUTPUT_SHM_SIZE,
-            headers: Mapping[str, str] | None = None) -> Profile:
+            headers: Mapping[str, str] | None = None, validate: bool = False, rtol: float = 1e-3,
+            atol: float = 1e-4) -> Profile:
     """Measure ``model`` at ``url`` at each concurrency (closed loop) or request rate (open loop).
 
     ``shared_memory="system"``: inputs and outputs in system shared memory (the server must offer
     Triton's extension and run on this machine); ``output_shm_size``: the bytes of each output's
     region when its size cannot be known from the model's metadata (BYTES, dynamic dims). ``headers``: sent
-    with every call (HTTP headers, gRPC metadata), e.g. an access token.
+    with every call (HTTP headers, gRPC metadata), e.g. an access token. ``validate``: check every reply
+    against the expected outputs in ``data`` within ``atol + rtol * |expected|``.
     """
     if (concurrency is None) == (rates is None):
         raise UserError("give either concurrency levels or request rates")
@@ -105,7 +115,7 @@ def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequen
     settings = settings or Settings()
     coro = _profile(url, model, protocol, list(concurrency or []), list(rates or []), settings, batch, shapes,
                     data, binary, string_length, metrics_url, server_pid, on_window, shared_memory, output_shm_size,
-                    headers)
+                    headers, (rtol, atol) if validate else None)
     try:
         import uvloop
 
@@ -116,7 +126,7 @@ def profile(url: str, model: str, *, protocol: str = "http", concurrency: Sequen
 
 async def _profile(url, model, protocol, concurrency, rates, settings, batch, shapes, data, binary, string_length,
                    metrics_url, server_pid, on_window, shared_memory="none", output_shm_size=OUTPUT_SHM_SIZE,
-                   headers=None) -> Profile:
+                   headers=None, tolerance=None) -> Profile:
     inflight = max(concurrency) if concurrency else settings.max_inflight
     async with Endpoint(url, protocol, binary=binary, connections=inflight, headers=headers) as endpoint, \
             contextlib.AsyncExitStack() as stack:
@@ -125,10 +135,18 @@ async def _profile(url, model, protocol, concurrency, rates, settings, batch, sh
         info = ModelInfo.from_server(model, metadata, config if config is not None else _guess_config(metadata))
         pool = make_pool(info, batch=batch, shapes=shapes or {}, data=data, string_length=string_length,
                          seed=settings.seed)
+        expected = expected_outputs(info, data, batch=batch, rtol=tolerance[0], atol=tolerance[1]) \
+            if tolerance is not None else None
+        if expected is not None and len(expected) != len(pool):
+            raise UserError(f"input data {Path(data).name}: {len(expected)} expected output sets for {len(pool)} "
+                            "input sets")
+        validators = None
         if shared_memory == "system":
             sizes = [_output_bytes(t, info.max_batch_size, batch, output_shm_size) for t in metadata.get("outputs", [])]
-            # one slot per concurrent request (open loop: up to 64 slots, shared round-robin beyond)
-            slots = max(concurrency) if concurrency else min(settings.max_inflight, 64)
+            # one slot per concurrent request (open loop: up to 64 slots, shared round-robin beyond; when validating,
+            # one per request that may be in flight, so that no reply is read from a region another one overwrote)
+            slots = max(concurrency) if concurrency else \
+                settings.max_inflight if expected is not None else min(settings.max_inflight, 64)
             try:
                 shm = await stack.enter_async_context(
                     ShmSlots(endpoint, model, pool, list(info.outputs), sizes, slots))
@@ -136,15 +154,21 @@ async def _profile(url, model, protocol, concurrency, rates, settings, batch, sh
                 raise UserError(f"cannot use system shared memory with the server at {url} (it must offer Triton's "
                                 f"system shared memory extension and run on this machine): {e}") from None
             requests = shm.requests
+            if expected is not None:  # slot s holds pool entry s % len(pool)
+                validators = [Validator(expected[s % len(pool)], at) for s, at in enumerate(shm.outputs_at)]
         else:
             requests = [endpoint.encode(model, tensors, list(info.outputs)) for tensors in pool]
+            if expected is not None:
+                validators = [Validator(e) for e in expected]
         probe = Probe(endpoint, [model, *info.steps], metrics_url=metrics_url, pid=server_pid)
         before = await probe.stats()
         try:
-            await endpoint.infer(requests[0])
+            reply = await endpoint.infer(requests[0], reply=validators is not None)
         except RequestFailed as e:
             raise UserError(f"{model!r} refused the first request ({_describe(pool[0])}): {e}") from None
-        result = Profile(info, url, protocol, batch, client_sent=1)
+        result = Profile(info, url, protocol, batch, client_sent=1, validated=validators is not None)
+        if validators is not None:
+            result.probe_error = validators[0](endpoint, reply)[0]
         if metrics_url:
             import aiohttp
 
@@ -156,7 +180,7 @@ async def _profile(url, model, protocol, concurrency, rates, settings, batch, sh
                         if on_window is not None:
                             on_window(mode, value, w)
 
-                    level = await run_level(endpoint, requests, probe, settings, mode, value, report)
+                    level = await run_level(endpoint, requests, probe, settings, mode, value, report, validators)
                     result.levels.append(level)
                     result.client_sent += level.sent
                     result.rows.append(summarize(level, model, info.steps, batch))

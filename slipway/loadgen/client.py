@@ -6,6 +6,8 @@ bytes: HTTP bodies with the binary tensor extension (or JSON tensors, ``binary=F
 that speak only JSON), gRPC ``ModelInferRequest`` messages serialized once and passed through
 grpc.aio untouched, replies read but not decoded. So a request costs the client one socket write
 and one read, and the client stays far from being the bottleneck (its CPU is measured anyway).
+Only ``--validate`` decodes replies (:meth:`Endpoint.decode`: HTTP binary or JSON tensors, gRPC
+``raw_output_contents`` or typed contents, outputs in shared memory read from their regions).
 
 With system shared memory (:class:`ShmSlots`, ``--shared-memory system``), each concurrent slot gets
 one input region (its inputs written once, back to back) and one output region (every output at its
@@ -213,26 +215,122 @@ class Endpoint:
             return _grpc_request(model, tensors, outputs)
         return _http_request(model, tensors, outputs, self.binary)
 
-    async def infer(self, request: Any) -> int:
-        """Send one encoded request; the reply's size in bytes, or :class:`RequestFailed`."""
+    async def infer(self, request: Any, reply: bool = False) -> Any:
+        """Send one encoded request; the reply's size in bytes (``reply``: the reply itself, for :meth:`decode`),
+        or :class:`RequestFailed`."""
         if self.protocol == "grpc":
             import grpc
 
             try:
-                return len(await self._infer(request, timeout=self.timeout_s, metadata=self._metadata))
+                data = await self._infer(request, timeout=self.timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as e:
                 raise RequestFailed(f"{e.code().name}: {one_line(e.details() or e)}") from None
+            return data if reply else len(data)
         path, body, headers = request
         try:
             async with self._session.post(f"http://{self.url}{path}", data=body, headers=headers) as r:
                 data = await r.read()
                 if r.status != 200:
                     raise RequestFailed(f"HTTP {r.status}: {_message(data.decode(errors='replace'))}")
-                return len(data)
+                return (data, r.headers.get("Inference-Header-Content-Length")) if reply else len(data)
         except RequestFailed:
             raise
         except Exception as e:  # the connection broke, the server went away, a timeout
             raise RequestFailed(f"{type(e).__name__}: {one_line(e)}") from None
+
+    def decode(self, reply: Any, shm: Mapping[str, tuple[Any, int, int]] | None = None) -> dict[str, np.ndarray]:
+        """A reply from :meth:`infer` (``reply=True``) as arrays by output name: HTTP binary tensors or JSON
+        ``data``, gRPC ``raw_output_contents`` or typed ``contents``; with ``shm`` (output name -> (shared
+        memory buffer, offset, byte size)) the named outputs are read from their regions, copied."""
+        out = {}
+        if self.protocol == "grpc":
+            from tritonclient.grpc import service_pb2 as pb
+
+            r = pb.ModelInferResponse.FromString(reply)
+            raw = r.raw_output_contents
+            for i, o in enumerate(r.outputs):
+                shape = tuple(o.shape)
+                if shm and o.name in shm:
+                    out[o.name] = _from_region(o.datatype, shape, *shm[o.name])
+                elif i < len(raw):
+                    out[o.name] = _from_bytes(o.datatype, shape, raw[i])
+                else:
+                    out[o.name] = _from_contents(o.datatype, shape, o.contents)
+            return out
+        data, header_length = reply
+        size = int(header_length) if header_length else len(data)
+        header, pos = json.loads(data[:size]), size
+        for o in header.get("outputs", []):
+            name, datatype, shape = o["name"], o["datatype"], tuple(int(d) for d in o.get("shape", []))
+            blob = (o.get("parameters") or {}).get("binary_data_size")
+            if blob is not None:
+                out[name] = _from_bytes(datatype, shape, data[pos : pos + int(blob)])
+                pos += int(blob)
+            elif "data" in o:
+                values = o["data"]
+                if datatype == "BYTES":
+                    a = np.array([v.encode() if isinstance(v, str) else v for v in np.ravel(values)], dtype=object)
+                else:
+                    a = np.asarray(values, dtype=_np_dtype(datatype))
+                out[name] = a.reshape(shape)
+            elif shm and name in shm:
+                out[name] = _from_region(datatype, shape, *shm[name])
+        return out
+
+
+def _np_dtype(datatype: str) -> np.dtype:
+    from tritonclient.utils import triton_to_np_dtype
+
+    dtype = triton_to_np_dtype(datatype)
+    if dtype is None:
+        raise ValueError(f"cannot decode datatype {datatype}")
+    return np.dtype(dtype)
+
+
+def _from_bytes(datatype: str, shape: tuple[int, ...], blob: bytes | memoryview) -> np.ndarray:
+    if datatype == "BYTES":
+        return _bytes_elements(blob, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    return np.frombuffer(blob, dtype=_np_dtype(datatype)).reshape(shape)
+
+
+def _from_region(datatype: str, shape: tuple[int, ...], buf: Any, offset: int, size: int) -> np.ndarray:
+    view = memoryview(buf)[offset : offset + size]
+    try:
+        if datatype == "BYTES":
+            return _bytes_elements(view, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+        n = int(np.prod(shape, dtype=np.int64)) * _np_dtype(datatype).itemsize
+        if n > size:
+            raise ValueError(f"an output of shape {list(shape)} does not fit its {size}-byte region")
+        return np.frombuffer(view[:n], dtype=_np_dtype(datatype)).reshape(shape).copy()
+    finally:
+        view.release()
+
+
+def _bytes_elements(blob: bytes | memoryview, count: int) -> np.ndarray:
+    """Triton's BYTES serialization (a 4-byte little-endian length before each element), ``count`` elements."""
+    out, pos = [], 0
+    for _ in range(count):
+        n = int.from_bytes(blob[pos : pos + 4], "little")
+        out.append(bytes(blob[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    if pos > len(blob):
+        raise ValueError("a BYTES output is shorter than its elements' lengths say")
+    return np.array(out, dtype=object)
+
+
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+
+def _from_contents(datatype: str, shape: tuple[int, ...], contents: Any) -> np.ndarray:
+    if datatype not in _CONTENTS:
+        raise ValueError(f"cannot decode datatype {datatype} from gRPC contents")
+    values = getattr(contents, _CONTENTS[datatype])
+    if datatype == "BYTES":
+        return np.array(list(values), dtype=object).reshape(shape)
+    return np.asarray(values, dtype=_np_dtype(datatype)).reshape(shape)
 
 
 def absent(e: Exception) -> bool:
@@ -317,6 +415,7 @@ class ShmSlots:
         self._memory: list[Any] = []  # multiprocessing.shared_memory.SharedMemory objects
         self._registered: list[str] = []
         self.requests: list[Any] = []
+        self.outputs_at: list[dict[str, tuple[Any, int, int]]] = []  # per slot: output -> (buffer, offset, size)
 
     async def __aenter__(self) -> ShmSlots:
         try:
@@ -340,11 +439,13 @@ class ShmSlots:
             memory.buf[pos : pos + len(blob)] = blob
             inputs.append((name, datatype, list(a.shape), name_in, pos, len(blob)))
             pos += len(blob)
-        self._create(name_out, sizes[name_out])
-        outputs, pos = [], 0
+        region = self._create(name_out, sizes[name_out])
+        outputs, pos, at = [], 0, {}
         for name, size in zip(self.outputs, self.output_sizes, strict=True):
             outputs.append((name, name_out, pos, size))
+            at[name] = (region.buf, pos, size)
             pos += size
+        self.outputs_at.append(at)
         for name in (name_in, name_out):
             await self.endpoint.shm_register(name, "/" + name, sizes[name])
             self._registered.append(name)
@@ -365,6 +466,7 @@ class ShmSlots:
             except Exception:  # noqa: BLE001 - the objects are unlinked below whatever the server says
                 pass
         self._registered.clear()
+        self.outputs_at.clear()
         for memory in self._memory:
             memory.close()
             memory.unlink()

@@ -6,11 +6,18 @@ Inputs (a pool of different sets, cycled by the requests):
 
 * random: floats uniform in [0, 1), 8-bit integers over their whole range, wider integers in
   [0, 100), booleans a fair coin, BYTES random ASCII strings of ``string_length``;
-* ``.npz``: arrays by input name, axis 0 a pool of samples (each request takes ``batch`` of them);
+* ``.npz``: arrays by input name (``NAME``, or ``in:NAME``), axis 0 a pool of samples (each request
+  takes ``batch`` of them);
 * JSON (perf_analyzer's form): ``{"data": [{"NAME": [flat values] | {"content": [...], "shape": [...]}}, ...]}``,
   one entry per request;
 * image files (a file or a folder of .jpg / .png / ...): for a model with one BYTES input, each
   file's bytes are one element (the encoded image a pipeline decodes).
+
+Expected outputs (``--validate``, :func:`expected_outputs`), one :class:`Expected` per pool entry: the
+.npz's ``out:NAME`` arrays (the same rows as the inputs), or the JSON's ``validation_data`` (perf_analyzer's
+form, the same structure and length as ``data``). A reply matches when every expected output is in it with
+the expected element count (and shape, where known) and ``|got - want| <= atol + rtol * |want|``
+elementwise (the bound computed once per entry); BYTES compare equal.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 
 from slipway.errors import UserError
 
-__all__ = ["ModelInfo", "TensorSpec", "make_pool", "parse_shape"]
+__all__ = ["Expected", "ModelInfo", "TensorSpec", "expected_outputs", "make_pool", "parse_shape"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -139,28 +146,43 @@ def _from_data(model: ModelInfo, path: Path, lead: tuple[int, ...], batch: int,
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         return _images(model, path, lead)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        missing = [s.name for s in model.inputs if s.name not in arrays]
-        if missing:
-            raise UserError(f"{path.name} has no array for input(s) {', '.join(missing)} of {model.name!r}")
-        samples = min(len(arrays[s.name]) for s in model.inputs)
-        if samples == 0:
-            raise UserError(f"{path.name} holds no samples (axis 0 is empty)")
+        inputs, _ = _npz(model, path)
+        samples = min(len(inputs[s.name]) for s in model.inputs)
         sets = []
-        for start in range(0, max(samples, batch), batch):
-            rows = [(start + i) % samples for i in range(batch)]
+        for rows in _rows(samples, batch):
             one = []
             for s in model.inputs:
-                a = arrays[s.name][rows] if lead else arrays[s.name][rows[0]]
+                a = inputs[s.name][rows] if lead else inputs[s.name][rows[0]]
                 one.append((s.name, s.datatype, _typed(model, s, a, path)))
             sets.append(one)
-            if start + batch >= samples:
-                break
         return sets
     if path.suffix == ".json":
         return _json(model, path, lead, shapes)
     raise UserError(f"input data {path.name}: expected an .npz, a .json, an image file or a folder of images")
+
+
+def _npz(model: ModelInfo, path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """An .npz's inputs (``NAME`` or ``in:NAME``) and expected outputs (``out:NAME``), each with axis 0 the samples."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    inputs = {s.name: arrays[s.name] if s.name in arrays else arrays.get("in:" + s.name) for s in model.inputs}
+    missing = [n for n, a in inputs.items() if a is None]
+    if missing:
+        raise UserError(f"{path.name} has no array for input(s) {', '.join(missing)} of {model.name!r} "
+                        "(name them NAME or in:NAME)")
+    if min(len(a) for a in inputs.values()) == 0:
+        raise UserError(f"{path.name} holds no samples (axis 0 is empty)")
+    return inputs, {k[4:]: a for k, a in arrays.items() if k.startswith("out:")}
+
+
+def _rows(samples: int, batch: int) -> list[list[int]]:
+    """The sample rows of each request: ``batch`` at a time, wrapping around, until every sample was sent once."""
+    out = []
+    for start in range(0, max(samples, batch), batch):
+        out.append([(start + i) % samples for i in range(batch)])
+        if start + batch >= samples:
+            break
+    return out
 
 
 def _typed(model: ModelInfo, spec: TensorSpec, a: np.ndarray, path: Path) -> np.ndarray:
@@ -217,3 +239,118 @@ def _images(model: ModelInfo, path: Path, lead: tuple[int, ...]):
         a = np.full(lead + dims, f.read_bytes(), dtype=object)
         sets.append([(s.name, s.datatype, a)])
     return sets
+
+
+# -- expected outputs (--validate) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Want:
+    flat: np.ndarray  # expected values, flattened (object array of bytes for BYTES)
+    raw: bytes  # their bytes (numeric): an exact match is accepted without arithmetic
+    bound: np.ndarray | None  # allowed |got - want| per element; None for BYTES (equality)
+    shape: tuple[int, ...] | None  # the expected shape where the data gives it
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One request's expected outputs; :meth:`check` answers '' for a matching reply, else what is wrong."""
+
+    outputs: dict[str, _Want]
+
+    def check(self, got: Mapping[str, np.ndarray]) -> str:
+        for name, w in self.outputs.items():
+            a = got.get(name)
+            if a is None:
+                return f"output {name!r} missing from the reply"
+            if w.shape is not None and a.shape != w.shape:
+                return f"output {name!r} has shape {list(a.shape)}, expected {list(w.shape)}"
+            if a.size != w.flat.size:
+                return f"output {name!r} has {a.size} elements, expected {w.flat.size}"
+            if w.bound is None:
+                flat = [v if isinstance(v, bytes) else str(v).encode() for v in a.ravel()]
+                bad = [i for i, (x, y) in enumerate(zip(flat, w.flat, strict=True)) if x != y]
+                if bad:
+                    return (f"output {name!r} differs at {len(bad)} of {a.size} elements (first at {bad[0]}: "
+                            f"got {flat[bad[0]][:40]!r}, expected {w.flat[bad[0]][:40]!r})")
+                continue
+            if a.dtype == w.flat.dtype and a.tobytes() == w.raw:
+                continue
+            diff = np.abs(a.reshape(-1).astype(w.flat.dtype, copy=False) - w.flat)
+            bad = ~(diff <= w.bound)  # NaN fails
+            if bad.any():
+                i = int(np.argmax(bad))
+                return (f"output {name!r} differs at {int(bad.sum())} of {a.size} elements (max abs difference "
+                        f"{np.nanmax(diff):.3g}; first at {i}: got {a.reshape(-1)[i]:.6g}, expected {w.flat[i]:.6g})")
+        return ""
+
+
+def _want(a: np.ndarray, shape_known: bool, rtol: float, atol: float) -> _Want:
+    shape = tuple(a.shape) if shape_known else None
+    if a.dtype == object or a.dtype.kind in "SU":
+        flat = np.array([v if isinstance(v, bytes) else str(v).encode() for v in a.ravel()], dtype=object)
+        return _Want(flat, b"", None, shape)
+    flat = np.ascontiguousarray(a).reshape(-1)
+    if flat.dtype.kind not in "fc":  # integers and booleans: compared as float64 (exact for the usual tolerances)
+        flat = flat.astype(np.float64)
+    return _Want(flat, flat.tobytes(), (atol + rtol * np.abs(flat)).astype(flat.dtype), shape)
+
+
+def expected_outputs(model: ModelInfo, data: str | Path | None, *, batch: int = 1, rtol: float = 1e-3,
+                     atol: float = 1e-4) -> list[Expected]:
+    """One :class:`Expected` per entry of ``make_pool(model, data=data, batch=batch)``, in the same order."""
+    if rtol < 0 or atol < 0:
+        raise UserError(f"--rtol and --atol must be 0 or more, got {rtol:g} and {atol:g}")
+    if data is None:
+        raise UserError("--validate needs --input-data with expected outputs: an .npz with out:NAME arrays or "
+                        "perf_analyzer JSON with \"validation_data\"")
+    path = Path(data)
+    lead = batch if model.max_batch_size > 0 else 0
+    if path.suffix == ".npz" and path.is_file():
+        inputs, outputs = _npz(model, path)
+        _known(model, path, outputs, "out:NAME arrays")
+        samples = min(len(a) for a in inputs.values())
+        short = [n for n, a in outputs.items() if len(a) < samples]
+        if short:
+            raise UserError(f"{path.name}: out:{short[0]} has fewer samples than the inputs ({samples})")
+        return [Expected({n: _want(a[rows] if lead else a[rows[0]], True, rtol, atol) for n, a in outputs.items()})
+                for rows in _rows(samples, batch)]
+    if path.suffix == ".json" and path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+            entries, wanted = doc["data"], doc["validation_data"]
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise UserError(f"{path.name} has no perf_analyzer \"validation_data\" (expected outputs): {e}") from None
+        if not isinstance(wanted, list) or not isinstance(entries, list) or len(wanted) != len(entries):
+            raise UserError(f"{path.name}: \"validation_data\" must be a list as long as \"data\" ({len(entries)})")
+        out = []
+        for i, entry in enumerate(wanted):
+            if not isinstance(entry, dict) or not entry:
+                raise UserError(f"{path.name}: validation_data entry {i} names no output")
+            _known(model, path, entry, "validation_data")
+            one = {}
+            for name, value in entry.items():
+                content, shape = (value.get("content"), value.get("shape")) if isinstance(value, dict) else (value, None)
+                a = np.array(content, dtype=object if _is_text(content) else None).ravel()
+                a = a.reshape(shape) if shape is not None else a
+                a = np.repeat(a[None], lead, axis=0) if lead else a
+                one[name] = _want(a, shape is not None, rtol, atol)
+            out.append(Expected(one))
+        return out
+    raise UserError(f"--validate: input data {path.name} holds no expected outputs (an .npz with out:NAME arrays "
+                    "or perf_analyzer JSON with \"validation_data\")")
+
+
+def _known(model: ModelInfo, path: Path, names: Mapping[str, Any], what: str) -> None:
+    if not names:
+        raise UserError(f"--validate: {path.name} holds no expected outputs ({what})")
+    unknown = [n for n in names if n not in model.outputs]
+    if unknown:
+        raise UserError(f"{path.name}: {unknown[0]!r} is not an output of {model.name!r} "
+                        f"(outputs: {', '.join(model.outputs)})")
+
+
+def _is_text(content: Any) -> bool:
+    while isinstance(content, list) and content:
+        content = content[0]
+    return isinstance(content, str | bytes)

@@ -3,10 +3,16 @@ open loop (requests at a constant or Poisson rate, latency from the *intended* s
 
 One load level runs continuously while windows follow one another (by time, or by a count of
 finished requests) until the last three agree — throughput and latency (mean, or ``percentile``)
-each within ``stability`` of their mean — or ``max_trials`` windows have passed. The server's
+each within ``stability`` of their mean — or ``max_trials`` windows have passed. The first window
+opens after ``warmup_s`` of unmeasured load and, in a closed loop, once every client has had a
+reply (a slow model's first replies are not a start-up transient in the measurement). The server's
 statistics (and process CPU / RSS) are snapshotted at every window boundary. An open loop keeps at
 most ``max_inflight`` requests outstanding; when the server cannot keep up, sends fall behind the
 schedule, and that lag is both reported and counted in the latency (no coordinated omission).
+
+With validation (a :class:`Validator` per request), each reply is decoded (the time taken is the
+request's "Client Recv", and part of its latency) and checked against its expected outputs; a
+reply that does not match is an error of kind "wrong output", never a latency.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +30,10 @@ from slipway.errors import UserError, one_line
 from slipway.loadgen.client import Endpoint, RequestFailed, absent, scrape_metrics
 from slipway.loadgen.window import Window, process_sample, totals
 
-__all__ = ["Settings", "Level", "Probe", "run_level"]
+__all__ = ["Settings", "Level", "Probe", "Validator", "run_level", "WRONG"]
+
+WARM_LIMIT_S = 120.0
+WRONG = "wrong output: "  # the start of a validation failure's message
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,8 @@ class Settings:
     window_requests: int = 0  # > 0: count windows of this many finished requests instead
     stability: float = 0.10
     max_trials: int = 10
-    warmup_s: float = 0.5  # unmeasured load before each level's first window
+    warmup_s: float = 0.5  # unmeasured load before each level's first window (closed loop: and until every
+    # client had a reply, at most WARM_LIMIT_S more, so that the first window is not a start-up transient)
     percentile: int | None = None  # judge stability (and report latency) on this percentile, else the mean
     distribution: str = "constant"  # open loop: constant | poisson
     max_inflight: int = 512  # open loop: outstanding requests at most
@@ -93,6 +103,25 @@ class Probe:
         return {}
 
 
+@dataclass(frozen=True)
+class Validator:
+    """How one request's reply is checked: its expected outputs, and where its outputs lie in shared memory."""
+
+    expected: Any  # slipway.loadgen.inputs.Expected
+    shm: Mapping[str, tuple[Any, int, int]] | None = None  # output -> (buffer, offset, byte size)
+
+    def __call__(self, endpoint: Endpoint, reply: Any) -> tuple[str | None, float]:
+        """(None, or the "wrong output" message; seconds spent decoding)."""
+        t0 = time.perf_counter()
+        try:
+            outputs = endpoint.decode(reply, self.shm)
+        except Exception as e:  # noqa: BLE001 - a reply that cannot be read is a wrong one
+            return f"{WRONG}the reply cannot be decoded: {one_line(e)}", time.perf_counter() - t0
+        recv = time.perf_counter() - t0
+        problem = self.expected.check(outputs)
+        return (WRONG + problem if problem else None), recv
+
+
 @dataclass
 class Level:
     mode: str  # "concurrency" | "request_rate"
@@ -124,45 +153,61 @@ class _Run:
         self.full = asyncio.Event()
         self.stop = asyncio.Event()
         self.sent = 0
+        self.replied: set[int] = set()  # closed loop: the clients that had a reply (or an error)
 
-    def done(self, intended: float, sent: float, error: str | None) -> None:
+    def done(self, intended: float, sent: float, error: str | None, finished: float | None = None,
+             recv: float | None = None) -> None:
         w = self.current
         if w is None:
             return
-        w.done(intended, sent, time.perf_counter(), error)
+        w.done(intended, sent, time.perf_counter() if finished is None else finished, error, recv)
         if self.settings.window_requests and w.finished >= self.settings.window_requests:
             self.full.set()
 
-    async def send(self, endpoint: Endpoint, request: Any, intended: float) -> None:
+    async def send(self, endpoint: Endpoint, request: Any, intended: float, validator: Validator | None = None
+                   ) -> None:
         self.sent += 1
         sent = time.perf_counter()
+        if validator is None:
+            try:
+                await endpoint.infer(request)
+                error = None
+            except RequestFailed as e:
+                error = str(e)
+            self.done(intended, sent, error)
+            return
         try:
-            await endpoint.infer(request)
-            error = None
+            reply = await endpoint.infer(request, reply=True)
         except RequestFailed as e:
-            error = str(e)
-        self.done(intended, sent, error)
+            self.done(intended, sent, str(e))
+            return
+        finished = time.perf_counter()
+        error, recv = validator(endpoint, reply)
+        self.done(intended, sent, error, finished + recv, recv)
 
 
-async def _closed(run: _Run, endpoint: Endpoint, requests: Sequence[Any], concurrency: int) -> None:
+async def _closed(run: _Run, endpoint: Endpoint, requests: Sequence[Any], concurrency: int,
+                  validators: Sequence[Validator] | None) -> None:
     async def client(me: int) -> None:
         k = me
         while not run.stop.is_set():
-            request = requests[k % len(requests)]
+            i = k % len(requests)
             k += concurrency
-            await run.send(endpoint, request, time.perf_counter())
+            await run.send(endpoint, requests[i], time.perf_counter(), validators[i] if validators else None)
+            run.replied.add(me)
 
     await asyncio.gather(*(client(c) for c in range(concurrency)))
 
 
-async def _open(run: _Run, endpoint: Endpoint, requests: Sequence[Any], rate: float, settings: Settings) -> None:
+async def _open(run: _Run, endpoint: Endpoint, requests: Sequence[Any], rate: float, settings: Settings,
+                validators: Sequence[Validator] | None) -> None:
     rng = np.random.default_rng(settings.seed)
     slots = asyncio.Semaphore(settings.max_inflight)
     tasks: set[asyncio.Task] = set()
 
-    async def one(request: Any, intended: float) -> None:
+    async def one(i: int, intended: float) -> None:
         try:
-            await run.send(endpoint, request, intended)
+            await run.send(endpoint, requests[i], intended, validators[i] if validators else None)
         finally:
             slots.release()
 
@@ -176,7 +221,7 @@ async def _open(run: _Run, endpoint: Endpoint, requests: Sequence[Any], rate: fl
         if run.stop.is_set():
             slots.release()
             break
-        task = asyncio.create_task(one(requests[k % len(requests)], intended))
+        task = asyncio.create_task(one(k % len(requests), intended))
         k += 1
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -185,16 +230,22 @@ async def _open(run: _Run, endpoint: Endpoint, requests: Sequence[Any], rate: fl
 
 
 async def run_level(endpoint: Endpoint, requests: Sequence[Any], probe: Probe, settings: Settings, mode: str,
-                    value: float, on_window: Callable[[Window], None] | None = None) -> Level:
-    """Load at one level (a concurrency or a request rate) until stable or ``max_trials`` windows."""
+                    value: float, on_window: Callable[[Window], None] | None = None,
+                    validators: Sequence[Validator] | None = None) -> Level:
+    """Load at one level (a concurrency or a request rate) until stable or ``max_trials`` windows;
+    ``validators``: one per request (the same order), to decode and check every reply."""
     run = _Run(settings)
     if mode == "concurrency":
-        load = asyncio.create_task(_closed(run, endpoint, requests, int(value)))
+        load = asyncio.create_task(_closed(run, endpoint, requests, int(value), validators))
     else:
-        load = asyncio.create_task(_open(run, endpoint, requests, float(value), settings))
+        load = asyncio.create_task(_open(run, endpoint, requests, float(value), settings, validators))
     windows: list[Window] = []
     try:
         await _wait(load, settings.warmup_s)
+        deadline = time.perf_counter() + WARM_LIMIT_S
+        while mode == "concurrency" and len(run.replied) < int(value) and time.perf_counter() < deadline \
+                and not load.done():
+            await _wait(load, 0.01)
         stats, server = await probe.stats(), await probe.server()
         while len(windows) < settings.max_trials and not load.done():
             w = run.current = Window()

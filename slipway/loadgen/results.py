@@ -1,10 +1,15 @@
 """A level's numbers from its last three windows, and the forms they are written in: perf_analyzer's
 CSV (its column names, microseconds as it writes them) and plain dicts for ``--json``.
 
-Requests are encoded once before the load and replies are read without decoding, so "Client
-Send" and "Client Recv" (perf_analyzer's per-request encode / decode time) are 0 here; the wire
-time is in "Network+Server Send/Recv" (the client's latency less the server's queue and compute,
-never below 0). Errors are counted over every window of the level, not only the reported ones.
+Requests are encoded once before the load (an amortized cost of ~0 per request) and sent as prebuilt
+bytes whose write aiohttp / grpc.aio do not time apart from the wait for the reply, so "Client Send"
+(perf_analyzer's per-request encode + write time) is 0 here. Replies are read without decoding, so
+"Client Recv" is 0 too, except with ``--validate``: then every reply is decoded into arrays and that
+decode time (mean µs per successful request) is "Client Recv" (the check against the expected
+outputs that follows is not). The wire time is in "Network+Server Send/Recv" (the client's latency
+less the server's queue and compute and the client's recv, never below 0). Errors (and, within them,
+``wrong`` replies that failed validation) are counted over every window of the level, not only the
+reported ones.
 """
 
 from __future__ import annotations
@@ -36,13 +41,16 @@ def summarize(level: Level, model: str, steps: Sequence[str] = (), batch: int = 
     out: dict[str, Any] = {"mode": level.mode, "value": level.value, "stable": level.stable,
                            "windows": len(level.windows), "sent": level.sent}
     if not used:
-        return out | {"requests": 0, "errors": 0, "error_messages": {}}
+        return out | {"requests": 0, "errors": 0, "wrong": 0, "error_messages": {}}
     seconds = sum(w.seconds for w in used)
     lat = np.concatenate([np.asarray(w.latencies, dtype=np.float64) for w in used]) * 1e6
     messages = Counter()
     for w in level.windows:
         messages.update(w.messages)
+    recvs = [x for w in used for x in w.recvs]
     out.update(requests=int(lat.size), errors=sum(w.errors for w in level.windows),
+               wrong=sum(w.wrong for w in level.windows), client_recv_us=1e6 * float(np.mean(recvs)) if recvs else 0.0,
+               client_send_us=0.0,
                errors_reported=sum(w.errors for w in used), error_messages=dict(messages),
                seconds=seconds, throughput_rps=lat.size / seconds, inferences_per_s=lat.size * batch / seconds,
                client_cpu=sum(w.cpu1 - w.cpu0 for w in used) / seconds)
@@ -81,7 +89,8 @@ def breakdown_us(row: dict[str, Any]) -> dict[str, float]:
     """perf_analyzer's latency split (µs): client send, network + server send/recv, server phases, client recv."""
     server = {p: row.get(f"server_{p}_us") or 0.0 for p in PHASES}
     avg = row.get("avg_us") or 0.0
-    return {"send": 0.0, "network": max(0.0, avg - sum(server.values())), **server, "recv": 0.0}
+    send, recv = row.get("client_send_us") or 0.0, row.get("client_recv_us") or 0.0
+    return {"send": send, "network": max(0.0, avg - sum(server.values()) - send - recv), **server, "recv": recv}
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:

@@ -2,7 +2,8 @@
 
 A :class:`Window` collects every request that *finished* inside it (latency from the request's
 intended send time; in a closed loop that is when it was sent), the failures with their first
-messages, the schedule lag of an open loop, the client's CPU time, and snapshots of the server's
+messages (replies that failed validation counted apart as ``wrong``), the reply decode times of a
+validating run ("Client Recv"), the schedule lag of an open loop, the client's CPU time, and snapshots of the server's
 statistics (and process CPU / RSS) at both ends, diffed into per-request server times.
 """
 
@@ -56,7 +57,9 @@ class Window:
     end: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests
     lags: list[float] = field(default_factory=list)  # open loop: actual send - intended send, seconds
-    errors: int = 0
+    errors: int = 0  # failed requests and wrong replies
+    wrong: int = 0  # replies that failed validation (also in errors)
+    recvs: list[float] = field(default_factory=list)  # seconds decoding each successful reply (--validate)
     messages: Counter = field(default_factory=Counter)
     cpu0: float = field(default_factory=lambda: _cpu())
     cpu1: float = 0.0
@@ -65,11 +68,15 @@ class Window:
     server0: dict[str, float] = field(default_factory=dict)  # process cpu / rss at the start
     server1: dict[str, float] = field(default_factory=dict)
 
-    def done(self, intended: float, sent: float, finished: float, error: str | None) -> None:
+    def done(self, intended: float, sent: float, finished: float, error: str | None,
+             recv: float | None = None) -> None:
         if error is None:
             self.latencies.append(finished - intended)
+            if recv is not None:
+                self.recvs.append(recv)
         else:
             self.errors += 1
+            self.wrong += error.startswith("wrong output: ")
             if error in self.messages or len(self.messages) < _MESSAGES:
                 self.messages[error] += 1
         if sent > intended:

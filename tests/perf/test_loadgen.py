@@ -276,3 +276,128 @@ def test_a_server_without_config_and_statistics_is_measured_with_notes():
     assert any("no model config" in n and "batching assumed" in n for n in result.notes)
     assert any(n.startswith("no server statistics") and "404" in n for n in result.notes)
     assert tokens and set(tokens) == {"secret"}
+
+
+# -- --validate: replies decoded and checked against the expected outputs -----------------------------------
+
+
+def _gemm_pool(tmp_path: Path, name: str, shift: float = 0.0, prefix: str = "in:") -> Path:
+    """An .npz in bench/serve.py's form: inputs ``in:x`` (or ``x``), expected outputs ``out:y`` (+ ``shift``)."""
+    from tests.serve.conftest import B, W
+
+    x = np.random.default_rng(3).standard_normal((4, 16)).astype(np.float32)
+    path = tmp_path / name
+    np.savez(path, **{prefix + "x": x, "out:y": x @ W + B + shift})
+    return path
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_validate_passes_on_a_correct_server(server, tmp_path, protocol) -> None:
+    pool = _gemm_pool(tmp_path, "pool.npz")
+    p = profile(_url(server, protocol), "gemm", protocol=protocol, concurrency=[2], settings=QUICK, data=pool,
+                validate=True)
+    (r,) = p.rows
+    assert p.validated and p.probe_error is None
+    assert r["requests"] > 20 and r["errors"] == 0 and r["wrong"] == 0
+    assert 0 < r["client_recv_us"] < r["avg_us"]  # the decode is timed, and part of the latency
+    # JSON tensors over HTTP (MLServer's form) decode too; a plain NAME input array works as in:NAME does
+    if protocol == "http":
+        p = profile(_url(server, protocol), "gemm", concurrency=[1], settings=QUICK, binary=False, batch=2,
+                    data=_gemm_pool(tmp_path, "plain.npz", prefix=""), validate=True)
+        assert p.rows[0]["requests"] > 0 and p.rows[0]["errors"] == 0 and p.rows[0]["client_recv_us"] > 0
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_validate_catches_a_wrong_model(server, tmp_path, protocol) -> None:
+    """A model whose outputs differ from the expected ones: every reply is a "wrong output" error, counted once
+    each, none of them in the latencies; the server counted them as successes."""
+    pool = _gemm_pool(tmp_path, "off.npz", shift=0.5)
+    settings = Settings(window_s=0.3, max_trials=3, warmup_s=0.05)
+    p = profile(_url(server, protocol), "gemm", protocol=protocol, concurrency=[2], settings=settings, data=pool,
+                validate=True)
+    (r,) = p.rows
+    (w,) = p.levels[0].windows  # every request now fails: nothing more to learn at this level
+    assert "differs" in p.probe_error and p.probe_error.startswith("wrong output: ")
+    assert r["wrong"] == r["errors"] == w.finished == w.wrong > 10
+    assert r["requests"] == 0 and r["p50_us"] is None and not w.latencies
+    assert all(m.startswith("wrong output: output 'y' differs at 16 of 16 elements") for m in r["error_messages"])
+    assert 1 <= len(r["error_messages"]) <= 3 and r["server_failures"] == 0
+
+
+def test_validate_counts_only_the_wrong_replies(server, tmp_path) -> None:
+    """One pool entry of four expected wrong; one client per entry (concurrency 4 cycles entry k on client k):
+    exactly that client's replies are wrong."""
+    pool = _gemm_pool(tmp_path, "one.npz")
+    with np.load(pool) as f:
+        arrays = dict(f)
+    arrays["out:y"][2, 5] += 1.0
+    np.savez(pool, **arrays)
+    p = profile(_url(server, "grpc"), "gemm", protocol="grpc", concurrency=[4], settings=QUICK, data=pool,
+                validate=True)
+    (r,) = p.rows
+    finished = sum(w.finished for w in p.levels[0].windows)
+    assert 0 < r["wrong"] == r["errors"] and abs(r["wrong"] - finished / 4) <= 4 + 0.1 * finished / 4
+    (message,) = r["error_messages"]  # the same message every time
+    assert message.startswith("wrong output: output 'y' differs at 1 of 16 elements (max abs difference 1; first at 5:")
+
+
+def test_validate_with_json_validation_data(server, tmp_path) -> None:
+    from tests.serve.conftest import B, W
+
+    x = np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)
+    doc = {"data": [{"x": row.tolist()} for row in x],
+           "validation_data": [{"y": {"content": (row @ W + B).tolist(), "shape": [16]}} for row in x]}
+    (tmp_path / "v.json").write_text(json.dumps(doc))
+    p = profile(_url(server, "grpc"), "gemm", protocol="grpc", concurrency=[1], settings=QUICK,
+                data=tmp_path / "v.json", validate=True)
+    assert p.rows[0]["requests"] > 0 and p.rows[0]["errors"] == 0
+    strings = {"data": [{"text": ["a", "bc", "d"]}], "validation_data": [{"same": ["a", "bc", "d"]}]}
+    (tmp_path / "s.json").write_text(json.dumps(strings))
+    p = profile(_url(server, "http"), "strings", concurrency=[1], settings=QUICK, data=tmp_path / "s.json",
+                validate=True)
+    assert p.rows[0]["requests"] > 0 and p.rows[0]["errors"] == 0
+    strings["validation_data"] = [{"same": ["a", "bc", "e"]}]
+    (tmp_path / "s.json").write_text(json.dumps(strings))
+    p = profile(_url(server, "grpc"), "strings", protocol="grpc", concurrency=[1], settings=QUICK,
+                data=tmp_path / "s.json", validate=True)
+    assert p.rows[0]["wrong"] > 0 and "differs at 1 of 3 elements (first at 2: got b'd', expected b'e')" in p.probe_error
+    with pytest.raises(UserError, match="validation_data"):
+        doc.pop("validation_data")
+        (tmp_path / "v.json").write_text(json.dumps(doc))
+        profile(_url(server, "http"), "gemm", concurrency=[1], settings=QUICK, data=tmp_path / "v.json", validate=True)
+    with pytest.raises(UserError, match="needs --input-data"):
+        profile(_url(server, "http"), "gemm", concurrency=[1], settings=QUICK, validate=True)
+    np.savez(tmp_path / "bad.npz", x=x, **{"out:z": x})
+    with pytest.raises(UserError, match="'z' is not an output"):
+        profile(_url(server, "http"), "gemm", concurrency=[1], settings=QUICK, data=tmp_path / "bad.npz", validate=True)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_validate_with_shared_memory_reads_the_output_regions(server, tmp_path, protocol) -> None:
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal((6, 16)).astype(np.float32) for _ in range(2))
+    np.savez(tmp_path / "ok.npz", INPUT0=a, INPUT1=b, **{"out:OUTPUT0": a + b, "out:OUTPUT1": a - b})
+    np.savez(tmp_path / "swapped.npz", INPUT0=a, INPUT1=b, **{"out:OUTPUT0": a - b, "out:OUTPUT1": a + b})
+    ok = profile(_url(server, protocol), "add_sub", protocol=protocol, concurrency=[3], settings=QUICK,
+                 data=tmp_path / "ok.npz", shared_memory="system", validate=True)
+    assert ok.rows[0]["requests"] > 20 and ok.rows[0]["errors"] == 0 and ok.rows[0]["client_recv_us"] > 0
+    swapped = profile(_url(server, protocol), "add_sub", protocol=protocol, concurrency=[3], settings=QUICK,
+                      data=tmp_path / "swapped.npz", shared_memory="system", validate=True)
+    assert swapped.rows[0]["wrong"] == swapped.rows[0]["errors"] > 0
+    assert "output 'OUTPUT0' differs" in swapped.probe_error
+
+
+def test_cli_validate_fills_the_client_recv_column(server, tmp_path) -> None:
+    pool = _gemm_pool(tmp_path, "pool.npz")
+    for validate in (True, False):
+        out = tmp_path / f"{validate}.csv"
+        args = ["-m", "gemm", "-u", _url(server, "grpc"), "-i", "grpc", "--concurrency-range", 2, "-p", 250, "-r", 3,
+                "--warmup", 0.1, "--input-data", pool, "-f", out, "--json", "--latencies-file", tmp_path / "lat.npz"]
+        r = _invoke(*args, *(["--validate", "--rtol", 1e-4, "--atol", 1e-5] if validate else []))
+        assert r.exit_code == 0, r.output
+        (level,) = json.loads(r.stdout)["levels"]
+        rows = list(csv.DictReader(io.StringIO(out.read_text())))
+        assert (int(rows[0]["Client Recv"]) > 0) == validate and (level["client_recv_us"] > 0) == validate
+        assert level["errors"] == 0 and int(rows[0]["Client Send"]) == 0
+        with np.load(tmp_path / "lat.npz") as f:
+            assert f["concurrency=2"].size == level["requests"]
