@@ -13,13 +13,17 @@ All four are timed in alternating blocks (median of ``--repeats`` calls); ratios
 fastest baseline and against PyTorch eager. A second table measures what slipway's ``Session``
 wrapper costs over a raw ``InferenceSession.run`` on a tiny MLP at batch 1.
 
-A third table puts the four CPU engines side by side at batch 1, FP32, 1 and 2 threads: onnxruntime,
-OpenVINO, MNN and ncnn (slipway's ``mnn`` / ``ncnn`` engines: converted, verified and cached on first use),
-on ResNet-18 and MobileNetV2 (``slipway.zoo``) and PP-OCRv4 det / rec (shipped in the rapidocr-onnxruntime
-wheel). Latency and peak RSS come from ``slipway.perf.runner.benchmark`` with each configuration in a fresh
-process (peak RSS = that process's VmHWM); conversion time is the first load into an empty cache
-(convert + verify against onnxruntime); SNR is each engine's output against onnxruntime FP32 on the same
-input (FP16 rows: ncnn's FP16 storage, where the CPU has F16C / ARM).
+A third table puts the four CPU engines side by side at batch 1, 1 and 2 threads, FP32, INT8 and FP16 where the
+engine has it: onnxruntime, OpenVINO, MNN and ncnn (slipway's ``mnn`` / ``ncnn`` engines: converted, verified and
+cached on first use), on ResNet-18 and MobileNetV2 (``slipway.zoo``) and PP-OCRv4 det / rec (shipped in the
+rapidocr-onnxruntime wheel). Latency and peak RSS come from ``slipway.perf.runner.benchmark`` with each
+configuration in a fresh process (peak RSS = that process's VmHWM); first-load time is the conversion into an
+empty cache (convert + verify against onnxruntime), for INT8 the quantization; SNR is each engine's output
+against onnxruntime FP32 on held-out inputs. INT8: one calibration set per model (random normal inputs for the
+zoo models, rendered pages / line crops through the OCR pipeline's pre-processing for PP-OCRv4): onnxruntime and
+OpenVINO run slipway quantize's QDQ model made from it, MNN and ncnn quantize their own files from it
+(``Options(precision="int8", settings={"calib": ...})``). A fourth table says where each engine stands per model
+and what ``slipway.tune.tune(objective="latency")`` picks among the four engines.
 
 Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.engines`` (``--edge-only`` for the third
 table alone).
@@ -40,7 +44,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from bench.common import alternating_blocks, fmt, machine, median_time, publish, versions
+from bench.common import alternating_blocks, fmt, machine, publish, versions
 from slipway import backends
 from slipway.analyze.machine import default_threads
 from slipway.convert.torch import quiet
@@ -51,6 +55,13 @@ MODELS = ["resnet18", "mobilenetv2"]
 BATCHES = [1, 8]
 EDGE_ENGINES = ["ort", "openvino", "mnn", "ncnn"]
 EDGE_SHAPES = {"ppocr_det": (1, 3, 480, 480), "ppocr_rec": (1, 3, 48, 320)}  # RapidOCR's det side, one text line
+CALIB_SAMPLES = 16  # calibration samples per model (one .npz: slipway quantize, MNN and ncnn all read it)
+EVAL_SAMPLES = 8  # held-out inputs the SNR is measured on
+# Samples each INT8 engine calibrates on (of CALIB_SAMPLES): MNN's admm searches every tensor's scale on one
+# forward pass of all of them (about 10 s per MobileNetV2 sample on one x86 core; PP-OCRv4 rec took over 6 min
+# for 8 samples), so it gets one or two; 0 = not run (det at 480 x 480 would take the bench's whole budget).
+INT8_SAMPLES = {"mnn": {"resnet18": 2, "mobilenetv2": 2, "ppocr_det": 0, "ppocr_rec": 1},
+                "ncnn": {"resnet18": 16, "mobilenetv2": 16, "ppocr_det": 16, "ppocr_rec": 16}}
 
 
 def export(name: str, path: Path) -> None:
@@ -163,50 +174,130 @@ def snr_db(got: np.ndarray, ref: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
 
 
-def edge(models: dict[str, Path], threads: Sequence[int], seconds: float) -> list[dict[str, Any]]:
-    """Latency, peak RSS, SNR vs onnxruntime FP32 and conversion time per (model, engine, threads), batch 1."""
+def samples(name: str, n: int, seed: int) -> np.ndarray:
+    """``n`` inputs of model ``name`` [n, 3, H, W], deterministic: random normal ones for the zoo models (what
+    slipway's benches feed them everywhere: no real images here); for PP-OCRv4 det, rendered text pages
+    (:func:`slipway.pipeline.pages.render_lines`, 480 x 480) pre-processed by the OCR pipeline's
+    ``ocr.det_preprocess`` (side 480, mean / std 0.5); for rec, rendered line crops
+    (:func:`slipway.pipeline.pages.line_crops`) pre-processed by its ``crop_tensor`` (48 x 320, zero-padded)."""
+    from slipway.pipeline.ocr import crop_tensor, det_preprocess
+    from slipway.pipeline.pages import line_crops, render_lines, text_lines
+
+    if name == "ppocr_det":
+        rng = np.random.default_rng(seed)
+        pages = [render_lines(text_lines(5, seed=seed + i), [int(v) for v in rng.integers(16, 25, 5)],
+                              size=(480, 480), seed=seed + i).image for i in range(n)]
+        return np.concatenate([det_preprocess(p, limit_side_len=480, limit_type="max")["tensor"] for p in pages])
+    if name == "ppocr_rec":
+        return crop_tensor(line_crops(n, seed=seed)[0], EDGE_SHAPES[name][1:])
+    shape = EDGE_SHAPES.get(name, (1, 3, 224, 224))
+    return np.random.default_rng(seed).standard_normal((n, *shape[1:])).astype(np.float32)
+
+
+def int8_models(models: dict[str, Path], d: Path) -> dict[str, dict[str, Any]]:
+    """Per model: the calibration .npz (:data:`CALIB_SAMPLES` samples) and slipway quantize's QDQ model made
+    from it (what onnxruntime and OpenVINO run as INT8), with the seconds it took."""
+    from slipway.quantize import quantize
+
+    out = {}
+    for name, path in models.items():
+        calib = d / f"{name}.calib.npz"
+        np.savez(calib, x=samples(name, CALIB_SAMPLES, seed=100))
+        qdq = d / f"{name}.int8.onnx"
+        print(f"{name}: slipway quantize (QDQ)...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            quantize(path, qdq, calib=str(calib), metric=None, speed_check=False)
+            out[name] = {"calib": calib, "qdq": qdq, "quantize_s": time.perf_counter() - t0}
+        except Exception as e:  # its one line goes into the table
+            out[name] = {"calib": calib, "qdq": None, "error": f"slipway quantize: {str(e)[:140]}"}
+    return out
+
+
+def _variants(name: str, engine: str, path: Path, int8: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(precision, model, settings) rows of one engine: FP32, its reduced float where it has one, INT8."""
+    offered = backends.get(engine).precisions
+    out: list[tuple[str, Any, dict[str, Any]]] = [("fp32", path, {})]
+    out += [("fp16", path, {}) for p in ("fp16",) if p in offered]
+    if engine in ("mnn", "ncnn"):
+        n = INT8_SAMPLES[engine][name]
+        out.append(("int8", path if n else None, {"calib": str(int8["calib"]), "calib_samples": n}))
+    else:
+        out.append(("int8", int8.get("qdq"), {}))
+    return out
+
+
+def edge(models: dict[str, Path], int8: dict[str, dict[str, Any]], threads: Sequence[int],
+         seconds: float) -> list[dict[str, Any]]:
+    """Latency, peak RSS, SNR vs onnxruntime FP32 and first-load time per (model, engine, precision, threads),
+    batch 1."""
     from slipway.perf.runner import benchmark
 
     rows = []
     for name, path in models.items():
-        shape = EDGE_SHAPES.get(name, (1, 3, 224, 224))
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        ref = backends.load(str(path), "ort", backends.Options(threads=1)).run({"x": x})
-        out = next(iter(ref))
+        held_out = samples(name, EVAL_SAMPLES, seed=0)  # never calibrated on
+        ref_session = backends.load(str(path), "ort", backends.Options(threads=1))
+        refs = [ref_session.run({"x": held_out[i:i + 1]}) for i in range(len(held_out))]
+        out = next(iter(refs[0]))
+        ref = np.concatenate([r[out].ravel() for r in refs])
+        x = held_out[:1]
         for engine in EDGE_ENGINES:
-            for precision in ("fp32", "fp16") if engine == "ncnn" else ("fp32",):
-                if precision not in backends.get(engine).precisions:
+            for precision, source, settings in _variants(name, engine, path, int8[name]):
+                base = {"model": name, "engine": engine, "precision": precision}
+                if source is None:
+                    why = (f"not run: {engine}'s admm calibration at this size would take the bench's whole time budget"
+                           if engine in ("mnn", "ncnn") else int8[name].get("error", "no model"))
+                    rows.append({**base, "error": why})
                     continue
                 print(f"{name} {engine} {precision}...", flush=True)
                 t0 = time.perf_counter()
                 try:
-                    session = backends.load(str(path), engine, backends.Options(threads=1, precision=precision))
+                    session = backends.load(str(source), engine,
+                                            backends.Options(threads=1, precision=precision, settings=settings))
                 except Exception as e:  # an engine that cannot take the model: its one line in the table
-                    rows.append({"model": name, "engine": engine, "precision": precision, "error": str(e)[:160]})
+                    rows.append({**base, "error": str(e)[:200]})
                     continue
                 load_s = time.perf_counter() - t0
-                snr = snr_db(session.run({"x": x})[out], ref[out])
+                if precision == "int8" and engine in ("ort", "openvino"):
+                    load_s += int8[name]["quantize_s"]  # the QDQ model's making, shared by both
+                got = np.concatenate([session.run({"x": held_out[i:i + 1]})[out].ravel() for i in range(len(held_out))])
+                snr = snr_db(got, ref)
                 session.close()
-                if precision == "fp32":  # fresh processes: latency and the process's own peak RSS
+                try:  # fresh processes: latency and the process's own peak RSS
                     measured = {r.threads: (r.p50_ms, r.rss_mb) for r in benchmark(
-                        str(path), backends=[engine], batches=[1], threads=list(threads), isolate=True,
-                        inputs={"x": x}, min_time_s=seconds, max_time_s=3 * seconds, warn=lambda m: None)}
-                else:  # the runner has no precision axis: latency measured here, no RSS of its own
-                    measured = {t: (_in_process_ms(path, engine, precision, t, x, seconds), None) for t in threads}
+                        str(source), backends=[engine], precisions=[precision], batches=[1], threads=list(threads),
+                        isolate=True, inputs={"x": x}, min_time_s=seconds, max_time_s=3 * seconds,
+                        calib=settings.get("calib"), settings={f"{engine}:{k}": v for k, v in settings.items()
+                                                               if k != "calib"}, warn=lambda m: None)}
+                except Exception as e:
+                    rows.append({**base, "error": f"bench: {str(e)[:180]}"})
+                    continue
                 for t in threads:
                     p50, rss = measured.get(t, (None, None))
-                    rows.append({"model": name, "engine": engine, "precision": precision, "threads": t,
-                                 "p50_ms": p50, "rss_mb": rss, "snr_db": snr, "load_s": load_s})
+                    rows.append({**base, "threads": t, "p50_ms": p50, "rss_mb": rss, "snr_db": snr, "load_s": load_s,
+                                 **({"calib_samples": settings["calib_samples"]} if "calib_samples" in settings
+                                    else {})})
     return rows
 
 
-def _in_process_ms(path: Path, engine: str, precision: str, threads: int, x: np.ndarray, seconds: float) -> float:
-    session = backends.load(str(path), engine, backends.Options(threads=threads, precision=precision))
-    once = median_time(lambda: session.run({"x": x}), repeats=1, warmup=3)
-    repeats = max(5, int(seconds / max(once.median, 1e-3)))
-    ms = median_time(lambda: session.run({"x": x}), repeats=repeats, warmup=0).median * 1e3
-    session.close()
-    return ms
+def tuned(models: dict[str, Path], seconds: float) -> list[dict[str, Any]]:
+    """What ``slipway tune --objective latency`` picks per model among the four engines (batch 1, the held-out
+    input; its own search of precisions, threads and engine settings; nothing written beside the model)."""
+    out = []
+    for name, path in models.items():
+        print(f"{name}: tune...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            r = tune(path, objective="latency", backends=EDGE_ENGINES, batches=[1],
+                     inputs={"x": samples(name, 1, seed=0)}, time_per_config_s=seconds, write=False)
+        except Exception as e:
+            out.append({"model": name, "error": str(e)[:200]})
+            continue
+        w = r.winner
+        out.append({"model": name, "backend": w.backend, "precision": w.precision, "threads": w.threads,
+                    "settings": w.settings, "p50_ms": w.p50_ms, "configs": len(r.candidates),
+                    "tune_s": time.perf_counter() - t0, "skipped": r.skipped})
+    return out
 
 
 def edge_table(rows: list[dict[str, Any]]):
@@ -215,15 +306,93 @@ def edge_table(rows: list[dict[str, Any]]):
         if "error" in r:
             body.append([r["model"], r["engine"], r["precision"], "-", "-", "-", "-", "-", r["error"]])
             continue
-        body.append([r["model"], r["engine"], r["precision"], str(r["threads"]), fmt(r["p50_ms"]),
-                     f"{r['rss_mb']:.0f}" if r["rss_mb"] else "-", f"{r['snr_db']:.1f}",
+        body.append([r["model"], r["engine"], r["precision"], str(r["threads"]), fmt(r["p50_ms"]) if r["p50_ms"]
+                     else "-", f"{r['rss_mb']:.0f}" if r["rss_mb"] else "-", f"{r['snr_db']:.1f}",
                      f"{r['load_s']:.1f}", ""])
     return ("Edge engines at batch 1 (median ms per request; RSS = the fresh process's peak, MB; SNR dB vs "
-            "onnxruntime FP32 on one random input; first load s = convert + verify into an empty cache for mnn / "
-            "ncnn, session creation for ort / openvino; FP16 rows: latency measured in the bench's own process, "
-            "after the FP32 rows' cache filled, so no RSS and no conversion)",
+            f"onnxruntime FP32 over {EVAL_SAMPLES} held-out inputs; first load s = convert + verify into an empty "
+            "cache for mnn / ncnn FP32; for their INT8 the engine's quantization + verification (FP32 files "
+            "cached); for ort / openvino INT8 slipway quantize's time (one QDQ model for both) + session creation; "
+            "session creation otherwise)",
             ["model", "engine", "precision", "threads", "p50 ms", "peak RSS MB", "SNR dB", "first load s", "error"],
             body)
+
+
+def _best(rows: list[dict[str, Any]], pred) -> dict[str, Any] | None:
+    found = [r for r in rows if pred(r)]
+    return min(found, key=lambda r: r["p50_ms"]) if found else None
+
+
+def standings(rows: list[dict[str, Any]], picks: list[dict[str, Any]]):
+    """Per model: the fastest engine per precision (at its better thread count), MNN's and ncnn's best against
+    onnxruntime's FP32, and tune's pick."""
+    body = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        ok = [r for r in rows if r["model"] == name and "error" not in r and r.get("p50_ms")]
+        ort32 = _best(ok, lambda r: r["engine"] == "ort" and r["precision"] == "fp32")
+        cells = [name]
+        for prec in ("fp32", "int8"):
+            b = _best(ok, lambda r, p=prec: r["precision"] == p)
+            cells.append(f"{b['engine']} t{b['threads']} {fmt(b['p50_ms'])} ms" if b else "-")
+        for engine in ("mnn", "ncnn"):
+            b = _best(ok, lambda r, e=engine: r["engine"] == e)
+            cells.append(f"{ort32['p50_ms'] / b['p50_ms']:.2f}x ({b['precision']} t{b['threads']}, "
+                         f"{b['snr_db']:.0f} dB)" if b and ort32 else "-")
+        pick = next((p for p in picks if p["model"] == name), None)
+        if pick is None or "error" in pick:
+            cells.append(pick["error"] if pick else "-")
+        else:
+            cells.append(f"{pick['backend']} {pick['precision']} t{pick['threads'] or 'auto'} "
+                         + " ".join(f"{k}={v}" for k, v in pick["settings"].items())
+                         + f" ({fmt(pick['p50_ms'])} ms; {pick['configs']} configs, {pick['tune_s']:.0f} s)")
+        body.append(cells)
+    return ("Where each engine stands per model (fastest row of the table above per precision; MNN / ncnn: their "
+            "fastest row of any precision as a speed-up over onnxruntime FP32's fastest, with its SNR), and what "
+            "`slipway tune --objective latency --backend ort,openvino,mnn,ncnn` picks",
+            ["model", "fastest FP32", "fastest INT8", "MNN best vs ort FP32", "ncnn best vs ort FP32",
+             "slipway tune picks"], body)
+
+
+def edge_notes(rows: list[dict[str, Any]], picks: list[dict[str, Any]]) -> str:
+    """How the INT8 rows were made, and where MNN and ncnn stand (ratios computed from the table)."""
+    ok = [r for r in rows if "error" not in r and r.get("p50_ms")]
+    lines = [
+        "\nINT8 (issue 17): every engine calibrates on the same data: for ResNet-18 and MobileNetV2 "
+        f"{CALIB_SAMPLES} deterministic random normal inputs (seed 100; no real images are available here, and "
+        "random normal inputs are what slipway's benches feed these random-weight zoo models everywhere), for "
+        f"PP-OCRv4 det {CALIB_SAMPLES} rendered text pages (slipway.pipeline.pages.render_lines, 480 x 480) through "
+        f"the OCR pipeline's ocr.det_preprocess, for rec {CALIB_SAMPLES} rendered line crops (pages.line_crops) "
+        "through its crop_tensor (48 x 320). onnxruntime INT8 = slipway quantize's QDQ model made from that .npz "
+        "(defaults: method auto, per-channel weights; no speed check); OpenVINO INT8 = the same QDQ model on "
+        "OpenVINO; MNN INT8 = MNN's own quantization tool (admm) on the first "
+        + ", ".join(f"{n} {k}" for n, k in INT8_SAMPLES["mnn"].items())
+        + " samples (admm costs ~10 s per MobileNetV2 sample on one x86 core and took over 6 min for 8 PP-OCRv4 rec "
+        "samples, so it gets few; 0 = not run); ncnn INT8 = "
+        "slipway's ncnn calibration table (entropy) + ncnn2int8's rewrite on "
+        + ", ".join(f"{n} {k}" for n, k in INT8_SAMPLES["ncnn"].items())
+        + " samples. Each INT8 model of MNN / ncnn is verified at load (output SNR >= 15 dB against onnxruntime "
+        f"FP32 on calibration samples) or refused. SNR in the table: {EVAL_SAMPLES} held-out inputs (seed 0 / "
+        "other pages and crops), the first output. ncnn FP16 = FP16 storage (x86 with F16C has no FP16 "
+        "arithmetic); MNN offers no FP16 on x86; OpenVINO's reduced precision on this CPU is bf16 (not measured "
+        "here).\n"]
+    ort32 = {m: min(r["p50_ms"] for r in ok if r["model"] == m and r["engine"] == "ort" and r["precision"] == "fp32")
+             for m in dict.fromkeys(r["model"] for r in ok if r["engine"] == "ort" and r["precision"] == "fp32")}
+    for engine in ("mnn", "ncnn", "openvino"):
+        for prec in ("fp32", "int8"):
+            ratios = [ort32[m] / min(r["p50_ms"] for r in ok if r["model"] == m and r["engine"] == engine
+                                     and r["precision"] == prec)
+                      for m in ort32 if any(r["model"] == m and r["engine"] == engine and r["precision"] == prec
+                                            for r in ok)]
+            if ratios:
+                lines.append(f"- {engine} {prec.upper()} (its better thread count) vs onnxruntime FP32: "
+                             f"{min(ratios):.2f}x to {max(ratios):.2f}x the speed over {len(ratios)} models.")
+    wins = [p for p in picks if "error" not in p]
+    if wins:
+        lines.append("- slipway tune (latency, batch 1, ort / openvino / mnn / ncnn; it searches FP32 and the "
+                     "engines' own reduced float precisions within 1% max relative error - INT8 needs a quantized "
+                     "model or calibration data, outside its search) picks: "
+                     + "; ".join(f"{p['model']} -> {p['backend']} {p['precision']}" for p in wins) + ".")
+    return "\n".join(lines) + "\n"
 
 
 def _previous() -> dict[str, Any]:
@@ -244,6 +413,8 @@ def main() -> None:
     parser.add_argument("--tune-time", type=float, default=0.4, help="seconds per configuration while tuning")
     parser.add_argument("--edge-only", action="store_true", help="only the onnxruntime / OpenVINO / MNN / ncnn table")
     parser.add_argument("--edge-time", type=float, default=3.0, help="seconds per edge configuration")
+    parser.add_argument("--edge-tune-time", type=float, default=0.15,
+                        help="seconds per configuration of the edge table's tune runs")
     args = parser.parse_args()
     import torch
 
@@ -268,7 +439,10 @@ def main() -> None:
             tiny_mlp(tiny)
             ovh = overhead(tiny, 20000)
         os.environ["SLIPWAY_CACHE"] = str(Path(d) / "cache")  # an empty conversion cache: first loads convert
-        edge_rows = edge(edge_models(Path(d)), (1, 2), args.edge_time)
+        models = edge_models(Path(d))
+        int8 = int8_models(models, Path(d))
+        edge_rows = edge(models, int8, (1, 2), args.edge_time)
+        picks = tuned(models, args.edge_tune_time)
     notes = (f"\nPyTorch runs with {default_threads()} threads; the plain sessions use their engines' defaults. "
              "slipway's tuned choice is what `slipway tune --objective latency` picked for that batch, loaded "
              "through the settings file it wrote. Targets (issue 4): tuned >= 1.0x the fastest baseline; >= 4x "
@@ -279,8 +453,7 @@ def main() -> None:
              "(2 cores, other jobs running): latencies are noisy, compare within one row group only; a 2-thread row "
              "slower than its 1-thread row is a second thread waiting for a busy core (worst for ncnn, whose "
              "OpenMP threads spin), not the engine's scaling. ncnn runs "
-             "one sample at a time (batch 1 here). INT8 (MNN's quantization tool, ncnn's calibration table) is "
-             "not measured yet.\n")
+             "one sample at a time (batch 1 here).\n" + edge_notes(edge_rows, picks))
     full_run = host["date"]
     if args.edge_only:  # the first two tables as the last full run measured them
         previous = _previous()
@@ -289,11 +462,12 @@ def main() -> None:
         if rows:
             notes += (f"\nThe first two tables are from the last full run ({full_run}, same kind of machine); "
                       "this run (--edge-only) measured the edge table.\n")
-    tabs = (tables(rows, ovh) if rows and ovh else []) + [edge_table(edge_rows)]
+    tabs = (tables(rows, ovh) if rows and ovh else []) + [edge_table(edge_rows), standings(edge_rows, picks)]
     publish("engines", "Engines: PyTorch eager vs onnxruntime vs OpenVINO vs MNN vs ncnn vs slipway tuned", host,
             found, tabs, notes, time.perf_counter() - t0,
             {"machine": host, "versions": found, "rows": rows, "overhead": ovh, "full_run_date": full_run,
-             "edge": edge_rows})
+             "edge": edge_rows, "tune": picks,
+             "int8": {"calib_samples": CALIB_SAMPLES, "engine_samples": INT8_SAMPLES, "eval_samples": EVAL_SAMPLES}})
 
 
 if __name__ == "__main__":

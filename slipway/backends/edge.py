@@ -314,18 +314,24 @@ def _child_source(m: ir.Model, source: bytes | str, work: Path) -> Path:
     return path
 
 
-def _child(converter: Converter, m: ir.Model, out: Path, work: Path) -> None:
-    """Run the child; its failure as a one-line UserError naming the engine (and the op and node it could
-    not take)."""
+def run_child(module: str, work: Path, what: str, timeout_s: float = TIMEOUT_S) -> tuple[int, str]:
+    """``python -m module WORK`` with this slipway importable (an engine that crashes takes only the child
+    down): its return code and output; a one-line UserError naming ``what`` past ``timeout_s``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parents[2]),
                                                                     os.environ.get("PYTHONPATH")) if p)}
     try:
-        done = subprocess.run([sys.executable, "-m", "slipway.backends.edge", str(work)], capture_output=True,
-                              text=True, errors="replace", timeout=TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", module, str(work)], capture_output=True,
+                              text=True, errors="replace", timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise UserError(f"{converter.name}: converting and verifying the model took over {TIMEOUT_S} s") from None
-    log = done.stdout + done.stderr
-    if done.returncode == 0 and (work / "outputs.npz").is_file():
+        raise UserError(f"{what} took over {timeout_s:g} s") from None
+    return done.returncode, done.stdout + done.stderr
+
+
+def _child(converter: Converter, m: ir.Model, out: Path, work: Path) -> None:
+    """Run the child; its failure as a one-line UserError naming the engine (and the op and node it could
+    not take)."""
+    code, log = run_child("slipway.backends.edge", work, f"{converter.name}: converting and verifying the model")
+    if code == 0 and (work / "outputs.npz").is_file():
         return
     ops = converter.unsupported(out, log)
     if ops:
@@ -334,8 +340,8 @@ def _child(converter: Converter, m: ir.Model, out: Path, work: Path) -> None:
     error = work / "error.txt"
     if error.is_file():
         raise UserError(f"{converter.name}: {error.read_text().strip()}")
-    if done.returncode < 0:
-        raise UserError(f"{converter.name} crashed (signal {-done.returncode}) converting or running the model")
+    if code < 0:
+        raise UserError(f"{converter.name} crashed (signal {-code}) converting or running the model")
     tail = [ln.strip() for ln in log.splitlines() if ln.strip()]
     raise UserError(f"{converter.name} could not convert the model: {tail[-1][:300] if tail else 'no output'}")
 

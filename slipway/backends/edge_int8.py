@@ -33,7 +33,6 @@ import importlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from slipway.backends.edge import (
     digest,
     locked,
     replace_dir,
+    run_child,
     tensor_info,
 )
 from slipway.backends.edge import valid as valid_entry
@@ -151,20 +151,43 @@ class Int8Backend:
         return (*super().precisions, "int8")  # type: ignore[misc]
 
     def load(self, model: Any, options: Options | None = None, *, instances: int = 1) -> list[Any]:
+        from slipway.backends.edge import convert
+        from slipway.backends.export import is_export
+
+        if is_export(model):
+            return self._exported(model, options, instances)
         opts, request = split_options(self.name, options, self.quantizer)
         if request is None:
             return super().load(model, opts, instances=instances)  # type: ignore[misc]
-        from slipway.backends.edge import convert
-        from slipway.backends.export import is_export
+        why = self.available()  # type: ignore[attr-defined]
+        if why:
+            raise UserError(f"backend {self.name!r} is not available: {why}")
+        opts = check_options(self.name, opts, self.precisions, self.settings, instances)  # type: ignore[attr-defined]
+        entry = quantized(self.quantizer, convert(self.converter, model), model, request)  # type: ignore[attr-defined]
+        return self.sessions(entry, opts, instances)  # type: ignore[attr-defined]
+
+    def _exported(self, model: Any, options: Options | None, instances: int) -> list[Any]:
+        """Files ``slipway export`` wrote: FP32 ones (any precision the engine offers but int8) or INT8 ones
+        (``--precision int8``: run as they are, at precision int8 or the default fp32)."""
+        from slipway.backends.export import exported
 
         why = self.available()  # type: ignore[attr-defined]
         if why:
             raise UserError(f"backend {self.name!r} is not available: {why}")
-        if is_export(model):
-            raise UserError(f"{self.name}: precision int8 quantizes the ONNX model: give the .onnx file, not the "
+        entry = exported(self.converter, model)  # type: ignore[attr-defined]
+        int8 = entry.manifest["engine"] == f"{self.name}-int8"
+        opts = options or Options()
+        given = next((k for k in INT8_SETTINGS if k in opts.settings), None)
+        if given:
+            raise UserError(f"{self.name}: setting {given} quantizes the ONNX model: give the .onnx file, not the "
                             f"exported files")
+        if opts.precision == "int8" and not int8:
+            raise UserError(f"{self.name}: {Path(model).parent} holds FP32 files: export them with --precision int8 "
+                            f"--calib DATA, or give the .onnx file with setting calib")
+        if int8 and opts.precision not in ("fp32", "int8"):
+            raise UserError(f"{self.name}: {Path(model).parent} holds INT8 files: they run in int8 only")
+        opts = Options(opts.threads, "fp32" if opts.precision == "int8" else opts.precision, dict(opts.settings))
         opts = check_options(self.name, opts, self.precisions, self.settings, instances)  # type: ignore[attr-defined]
-        entry = quantized(self.quantizer, convert(self.converter, model), model, request)  # type: ignore[attr-defined]
         return self.sessions(entry, opts, instances)  # type: ignore[attr-defined]
 
 
@@ -318,21 +341,15 @@ def _load(path: Path, count: int, names: list[str]) -> list[dict[str, np.ndarray
 
 
 def _child(quantizer: Quantizer, method: str, work: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parents[2]),
-                                                                    os.environ.get("PYTHONPATH")) if p)}
-    try:
-        done = subprocess.run([sys.executable, "-m", "slipway.backends.edge_int8", str(work)], capture_output=True,
-                              text=True, errors="replace", timeout=TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"{quantizer.name}: quantizing and verifying the model took over {TIMEOUT_S} s") from None
-    log = done.stdout + done.stderr
-    if done.returncode == 0 and (work / "outputs.npz").is_file():
+    code, log = run_child("slipway.backends.edge_int8", work, f"{quantizer.name}: quantizing and verifying the model",
+                          TIMEOUT_S)
+    if code == 0 and (work / "outputs.npz").is_file():
         return
     error = work / "error.txt"
     if error.is_file():
         raise UserError(f"{quantizer.name} int8: {error.read_text().strip()}")
-    if done.returncode < 0:
-        raise UserError(quantizer.crashed(method, -done.returncode, log))
+    if code < 0:
+        raise UserError(quantizer.crashed(method, -code, log))
     tail = [ln.strip() for ln in log.splitlines() if ln.strip()]
     raise UserError(f"{quantizer.name} could not quantize the model: {tail[-1][:300] if tail else 'no output'}")
 

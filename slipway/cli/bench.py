@@ -29,6 +29,8 @@ def bench(
     warmup: int = typer.Option(5, "--warmup", help="warm-up runs per instance, not timed"),
     min_runs: int = typer.Option(10, "--min-runs", help="timed requests per configuration at least"),
     setting: list[str] = typer.Option(None, "--setting", help="engine setting KEY=VALUE or BACKEND:KEY=VALUE (repeatable)"),
+    precision: str = typer.Option("fp32", "--precision", help="precisions, comma-separated (fp32,fp16,bf16,int8); int8: a QDQ model as it is on ort / openvino, the engine's own INT8 from --calib on mnn / ncnn"),
+    calib: Path | None = typer.Option(None, "--calib", help="calibration data for --precision int8 on mnn / ncnn (as slipway quantize --calib: .npz / .npy / a folder of them or of images)"),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="run each configuration in a fresh process (exact peak memory)"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON (nothing else on stdout)"),
     report: Path | None = typer.Option(None, "--report", help="write a self-contained HTML report here"),
@@ -47,6 +49,7 @@ def bench(
         concurrency=parse_ints(concurrency, "--concurrency", 1),
         inputs=data if data is not None else inputs, shapes=parse_shapes(shape) or None, warmup=warmup, min_time_s=min_time,
         max_time_s=max_time, min_runs=min_runs, settings=parse_settings(setting), isolate=isolate,
+        precisions=parse_names(precision, "--precision"), calib=calib,
     )
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
@@ -71,10 +74,10 @@ def bench(
     print_results(results)
 
 
-def parse_names(text: str) -> list[str]:
+def parse_names(text: str, option: str = "--backend") -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise UserError("--backend needs at least one backend name")
+        raise UserError(f"{option} needs at least one {option[2:]} name")
     return names
 
 
@@ -120,16 +123,21 @@ def run_notes(options: dict[str, Any], inputs: Path | None) -> dict[str, str]:
                    f"requests, until the median of the last half is within {100 * b.tolerance:g}% of the whole's; "
                    f"at most {b.time_limit_s:g} s"),
         "Memory": memory,
+        **({"Calibration": f"{options['calib']} (INT8 of mnn / ncnn, built and verified before timing)"}
+           if options.get("calib") else {}),
     }
 
 
 def print_results(results: list) -> None:
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, caption="ms per request; inf/s = batch x requests / s; "
                   "rss = peak resident MB", caption_justify="left")
-    for col in ("backend", "batch", "threads", "conc", "p50", "p90", "p99", "mean", "inf/s", "rss", "runs"):
-        table.add_column(col, justify="left" if col == "backend" else "right", min_width=len(col))
+    precisions = any(r.precision != "fp32" for r in results)
+    for col in ("backend", "precision" if precisions else "", "batch", "threads", "conc", "p50", "p90", "p99", "mean",
+                "inf/s", "rss", "runs"):
+        if col:
+            table.add_column(col, justify="left" if col in ("backend", "precision") else "right", min_width=len(col))
     for r in results:
-        table.add_row(r.backend, str(r.batch), str(r.threads or "auto"), str(r.concurrency), _ms(r.p50_ms),
+        table.add_row(r.backend, *([r.precision] if precisions else []), str(r.batch), str(r.threads or "auto"), str(r.concurrency), _ms(r.p50_ms),
                       _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.mean_ms), f"{r.throughput:,.0f}" if r.throughput >= 100
                       else f"{r.throughput:.3g}", "-" if r.rss_mb is None else f"{r.rss_mb:.0f}",
                       f"{r.runs}{'' if r.stable else '*'}")

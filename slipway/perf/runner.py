@@ -7,6 +7,14 @@ same inputs until :class:`~slipway.perf.stats.Budget` says stop. Latency is per 
 (``Session.run`` as a caller sees it: input checks, engine, output arrays); throughput is
 ``batch x requests / wall clock`` from the common start to the last request's end.
 
+Precision is an axis too (``precisions``): "fp32" by default; "fp16" / "bf16" where the engine converts
+itself; "int8" keeps each engine's meaning: onnxruntime and OpenVINO run an already quantized (Q/DQ) model
+as it is (a float model is skipped with a warning: ``slipway quantize`` makes the QDQ model), while the
+engines that quantize their own files (mnn, ncnn: :mod:`slipway.backends.edge_int8`) need ``calib``, the
+calibration data (anything ``slipway quantize --calib`` reads). Their INT8 files are built and verified (or
+found in the conversion cache) before any configuration is measured, so neither the quantization's time nor
+its memory is charged to a configuration.
+
 Peak memory (``rss_mb``) is honest in one of two ways:
 
 * ``isolate=True`` (the CLI's default): each configuration runs in a fresh Python process and
@@ -37,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from slipway import backends as engines
+from slipway.backends.base import PRECISIONS
 from slipway.errors import SlipwayError, UserError
 from slipway.model import ModelLike, as_model, save
 from slipway.perf.feeds import make_feeds
@@ -54,11 +63,14 @@ class Config:
     batch: int
     threads: int
     concurrency: int
+    precision: str = "fp32"
 
     @property
     def label(self) -> str:
-        """``b8 t2 c1`` (batch, threads, concurrency); no ``t`` part for the engine's default threads."""
-        return f"b{self.batch}{f' t{self.threads}' if self.threads else ''} c{self.concurrency}"
+        """``b8 t2 c1`` (batch, threads, concurrency); no ``t`` part for the engine's default threads; the
+        precision last when it is not fp32 (``b1 c1 int8``)."""
+        return (f"b{self.batch}{f' t{self.threads}' if self.threads else ''} c{self.concurrency}"
+                f"{f' {self.precision}' if self.precision != 'fp32' else ''}")
 
 
 @dataclass
@@ -78,10 +90,11 @@ class BenchResult:
     min_ms: float = 0.0
     max_ms: float = 0.0
     wall_s: float = 0.0
+    precision: str = "fp32"  # Options.precision the engine ran in
 
     @property
     def config(self) -> Config:
-        return Config(self.backend, self.batch, self.threads, self.concurrency)
+        return Config(self.backend, self.batch, self.threads, self.concurrency, self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,13 +172,15 @@ def _watch(samples: list[list[float]], budget: Budget, stop: threading.Event, st
 
 def run_config(model: Any, config: Config, feeds: Feeds, budget: Budget,
                settings: Mapping[str, Any] | None = None, *, peak: str = "sampled",
-               precision: str = "fp32") -> BenchResult:
+               precision: str | None = None) -> BenchResult:
     """Load ``config.concurrency`` weight-sharing sessions, measure them, close them.
 
     ``peak="sampled"``: rss_mb is the sampled VmRSS peak during this call; ``"process"``: the
-    process's high-water mark (for a process that runs this configuration only).
+    process's high-water mark (for a process that runs this configuration only). ``precision``
+    (default: ``config.precision``) is the engine's ``Options.precision``.
     """
     engine = engines.get(config.backend)
+    precision = precision or config.precision
     options = engines.Options(threads=config.threads, precision=precision, settings=dict(settings or {}))
     with RssSampler() as rss:
         sessions = engine.load(model, options, instances=config.concurrency)
@@ -181,7 +196,8 @@ def run_config(model: Any, config: Config, feeds: Feeds, budget: Budget,
     throughput = config.batch * s.runs / m.wall_s if m.wall_s > 0 else 0.0
     rss_mb = peak_rss_mb() if peak == "process" else rss.peak_mb
     return BenchResult(config.backend, config.batch, config.threads, config.concurrency, s.p50_ms, s.p90_ms,
-                       s.p99_ms, s.mean_ms, throughput, rss_mb, s.runs, m.stable, s.min_ms, s.max_ms, m.wall_s)
+                       s.p99_ms, s.mean_ms, throughput, rss_mb, s.runs, m.stable, s.min_ms, s.max_ms, m.wall_s,
+                       precision)
 
 
 def usable_backends(names: Iterable[str]) -> tuple[list[str], dict[str, str]]:
@@ -246,22 +262,31 @@ def benchmark(
     seed: int = 0,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
+    precisions: Sequence[str] = ("fp32",),
+    calib: str | os.PathLike | None = None,
 ) -> list[BenchResult]:
-    """Measure every (backend, batch, threads, concurrency) combination; see the module docstring.
+    """Measure every (backend, precision, batch, threads, concurrency) combination; see the module docstring.
 
     ``batches`` defaults to the data's batch, else 1 (or the model's static batch). ``inputs`` is a dict of arrays or an
     ``.npz`` path (see :mod:`slipway.perf.feeds`); without it inputs are random, and ``shapes``
     sizes the dynamic dims other than the batch. Backends not available here are skipped with
     a warning (``warn``, default :func:`warnings.warn`); if none is left it is a UserError.
+    A (backend, precision) pair the backend does not run is skipped the same way; ``calib`` is the
+    calibration data of precision int8 on the engines that quantize their own files (mnn, ncnn).
     """
     budget = Budget(warmup, min_time_s, max_time_s, min_runs, max_runs)
     thread_list = _unique(threads, "threads", 0)
     conc_list = _unique(concurrency, "concurrency", 1)
-    names = _pick_backends(backends, settings, warn or _warn)
+    say = warn or _warn
+    names = _pick_backends(backends, settings, say)
     with tempfile.TemporaryDirectory(prefix="slipway-bench-") as tmp:
         source, feeds = _prepare(model, batches, inputs, shapes, seed, Path(tmp) if isolate else None)
-        configs = [Config(*c) for c in itertools.product(names, feeds, thread_list, conc_list)]
-        runner = _Isolated(source, feeds, budget, settings, Path(tmp)) if isolate else None
+        pairs = _pick_precisions(source, names, precisions, calib, settings, say)
+        config_settings = {bp: _settings(settings, *bp, calib) for bp in pairs}
+        _build_int8(source, pairs, config_settings, progress)
+        configs = [Config(b, batch, t, c, p) for (b, p), batch, t, c in
+                   itertools.product(pairs, feeds, thread_list, conc_list)]
+        runner = _Isolated(source, feeds, budget, config_settings, Path(tmp)) if isolate else None
         results = []
         for k, c in enumerate(configs):
             if progress:
@@ -269,7 +294,8 @@ def benchmark(
             if runner is not None:
                 results.append(runner(c))
             else:
-                results.append(run_config(source, c, feeds[c.batch], budget, backend_settings(settings, c.backend)))
+                results.append(run_config(source, c, feeds[c.batch], budget,
+                                          config_settings[(c.backend, c.precision)]))
         if progress:
             progress(len(configs), len(configs), "done")
     return results
@@ -285,6 +311,86 @@ def _pick_backends(requested: Sequence[str], settings: Mapping[str, Any] | None,
     for name, why in skipped.items():
         warn(f"skipping backend {name!r}: {why}")
     return names
+
+
+def _quantizes_itself(backend: str) -> bool:
+    """Does this engine make its own INT8 files from calibration data (mnn, ncnn: edge_int8.Int8Backend)?"""
+    return getattr(engines.get(backend), "quantizer", None) is not None
+
+
+def _has_qdq(source: Any) -> bool:
+    import onnx_ir as ir
+
+    from slipway.tune import QUANTIZED_OPS
+
+    m = as_model(source)
+    return any(n.op_type in QUANTIZED_OPS for n in ir.traversal.RecursiveGraphIterator(m.graph))
+
+
+def _pick_precisions(source: Any, names: Sequence[str], precisions: Sequence[str], calib: str | os.PathLike | None,
+                     settings: Mapping[str, Any] | None, warn: Callable[[str], None]) -> list[tuple[str, str]]:
+    """The (backend, precision) pairs to measure, in order; pairs a backend does not run are skipped with a
+    warning, int8 without calibration data on an engine that needs it is an error."""
+    wanted = list(dict.fromkeys(precisions))
+    if not wanted:
+        raise UserError("give at least one precision")
+    for p in wanted:
+        if p not in PRECISIONS:
+            raise UserError(f"unknown precision {p!r} (choose from {', '.join(PRECISIONS)})")
+    qdq = _has_qdq(source) if "int8" in wanted and not all(_quantizes_itself(b) for b in names) else False
+    pairs, skipped = [], []
+    for b in names:
+        offered = engines.get(b).precisions
+        for p in wanted:
+            if p not in offered:
+                skipped.append(f"{b} {p}: {b} runs {', '.join(offered)} here")
+            elif p == "int8" and _quantizes_itself(b):
+                if calib is None and "calib" not in backend_settings(settings, b):
+                    raise UserError(f"--precision int8 on {b} needs calibration data: give --calib DATA (an .npz of "
+                                    f"the inputs by name, a .npy, or a folder of them or of images, as slipway "
+                                    f"quantize --calib takes)")
+                pairs.append((b, p))
+            elif p == "int8" and not qdq:
+                skipped.append(f"{b} int8: {b} runs an already quantized (Q/DQ) model in int8 and this model has "
+                               f"no Q/DQ nodes (make one with slipway quantize)")
+            else:
+                pairs.append((b, p))
+    if calib is not None and not any(p == "int8" and _quantizes_itself(b) for b, p in pairs):
+        raise UserError("--calib is calibration data for --precision int8 on mnn / ncnn; no such configuration "
+                        "is measured")
+    if not pairs:
+        raise UserError("no requested backend runs the requested precision here: " + "; ".join(skipped))
+    for why in skipped:
+        warn(f"skipping {why}")
+    return pairs
+
+
+def _settings(settings: Mapping[str, Any] | None, backend: str, precision: str,
+              calib: str | os.PathLike | None) -> dict[str, Any]:
+    """One (backend, precision)'s engine settings: the INT8 settings (calib, calib_method, calib_samples)
+    only where an engine quantizes itself to int8, calib from ``calib``."""
+    from slipway.backends.edge_int8 import INT8_SETTINGS
+
+    out = backend_settings(settings, backend)
+    if precision == "int8" and _quantizes_itself(backend):
+        if calib is not None:
+            out["calib"] = str(Path(calib).resolve())
+    else:
+        for key in INT8_SETTINGS:
+            out.pop(key, None)
+    return out
+
+
+def _build_int8(source: Any, pairs: Sequence[tuple[str, str]], settings: Mapping[tuple[str, str], dict[str, Any]],
+                progress: Progress | None) -> None:
+    """Build (or find in the cache) and verify the INT8 files of the engines that quantize themselves,
+    before anything is measured: every error first, no quantization inside a timed or RSS-sampled run."""
+    for b, p in pairs:
+        if p == "int8" and _quantizes_itself(b):
+            if progress:
+                progress(0, 0, f"{b} int8: quantizing (once, cached)")
+            for s in engines.get(b).load(source, engines.Options(threads=1, precision=p, settings=settings[(b, p)])):
+                s.close()
 
 
 def _prepare(model: ModelLike, batches: Sequence[int] | None, inputs: InputsLike | None,
@@ -309,8 +415,8 @@ def _warn(message: str) -> None:
 class _Isolated:
     """Runs each configuration in a fresh process (``python -m slipway.perf._worker``)."""
 
-    def __init__(self, source: str, feeds: dict[int, Feeds], budget: Budget, settings: Mapping[str, Any] | None,
-                 tmp: Path) -> None:
+    def __init__(self, source: str, feeds: dict[int, Feeds], budget: Budget,
+                 settings: Mapping[tuple[str, str], dict[str, Any]], tmp: Path) -> None:
         self.source, self.budget, self.settings, self.tmp = source, budget, settings, tmp
         self.feed_files: dict[int, str] = {}
         self.names = list(next(iter(feeds.values()), {}))
@@ -323,7 +429,7 @@ class _Isolated:
         spec_path, result_path = self.tmp / "spec.json", self.tmp / "result.json"
         result_path.unlink(missing_ok=True)
         spec = {"model": self.source, "config": asdict(c), "feeds": self.feed_files[c.batch], "names": self.names,
-                "budget": asdict(self.budget), "settings": backend_settings(self.settings, c.backend),
+                "budget": asdict(self.budget), "settings": self.settings[(c.backend, c.precision)],
                 "result": str(result_path)}
         spec_path.write_text(json.dumps(spec))
         proc = subprocess.run([sys.executable, "-m", "slipway.perf._worker", str(spec_path)],

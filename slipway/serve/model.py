@@ -9,7 +9,8 @@ choose its options (:func:`slipway.backends.choose`) unless the config's ``param
 otherwise. The Triton parameter names an engine registers are understood (onnxruntime:
 ``inter_op_thread_count``, ``execution_mode``, ``enable_mem_arena``, ``enable_mem_pattern``), and
 slipway's own (``threads`` / ``intra_op_thread_count``, ``precision``, ``backend``, any engine
-setting as ``slipway.<name>``).
+setting as ``slipway.<name>``). A setting that names a file (``slipway.calib``: the calibration data of
+precision int8 on mnn / ncnn) is a path relative to the model's folder and must stay inside it.
 
 A config with ``sequence_batching`` (a pipeline with a stateful op) gets a
 :class:`~slipway.serve.sequence.Sequences`: each request takes its place in its sequence, waits for
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -175,7 +177,35 @@ def engine_options(config, model_file: Path, threads: int = 0) -> tuple[str, Any
             options.settings[setting] = conv(value)
         elif key.startswith("slipway."):
             options.settings[key[len("slipway."):]] = _setting_value(value)
+    for setting in PATH_SETTINGS:
+        if setting in options.settings:
+            options.settings[setting] = _model_folder_path(config, model_file, setting, options.settings[setting])
     return backend, options
+
+
+PATH_SETTINGS = ("calib",)  # engine settings that name a file or folder (mnn / ncnn int8's calibration data)
+
+
+def _model_folder_path(config, model_file: Path, setting: str, value: Any) -> str:
+    """A config's path setting, relative to the model's folder (REPO/MODEL) and confined to it: no absolute
+    path, no ``..``, no hidden part, nothing that resolves (through a link) outside the folder."""
+    folder = model_file.parent.parent
+    text = str(value)
+    where = f"model {config.name!r}: config parameter slipway.{setting}={text!r}"
+    parts = text.split("/")
+    if (not text or os.path.isabs(text) or "\\" in text or "\0" in text
+            or any(not part or part.startswith(".") for part in parts)):
+        raise ServeError(f"{where} must be a path relative to the model's folder, without '..' or hidden parts",
+                         400)
+    try:
+        real, root = (folder / text).resolve(), folder.resolve()
+    except (OSError, RuntimeError):
+        raise ServeError(f"{where} cannot be resolved", 400) from None
+    if not real.is_relative_to(root) or real == root:
+        raise ServeError(f"{where} leads outside the model's folder", 400)
+    if not real.exists():
+        raise ServeError(f"{where}: no such file or folder in the model's folder", 400)
+    return str(real)
 
 
 def _served_by(config):
