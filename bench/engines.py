@@ -194,6 +194,39 @@ def samples(name: str, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *shape[1:])).astype(np.float32)
 
 
+GPU_ENGINES = ("ort-cuda", "ort-tensorrt", "openvino-gpu")
+GPU_MODELS = ("resnet18", "mobilenetv2")
+
+
+def gpu(models: dict[str, Path], int8: dict[str, dict[str, Any]], seconds: float) -> tuple[list[list[str]], str]:
+    """ResNet-18 and MobileNetV2 at batch 1 on the GPU engines present, FP32 / FP16 / INT8 (the QDQ model), through
+    slipway.perf.runner; without any: one row per engine saying why (the gpu-marked tests skip the same way)."""
+    from slipway import backends
+    from slipway.perf.runner import benchmark
+
+    why = {name: reason for name, reason in backends.available().items() if name in GPU_ENGINES}
+    present = [name for name, reason in why.items() if reason is None]
+    if not present:
+        return [[name, "-", "-", "-", f"not available: {reason}"] for name, reason in why.items()], \
+            "\nGPU engines: no NVIDIA (or OpenVINO) GPU on this machine, so no GPU row was measured; " \
+            "tests/backends/test_gpu.py (marked gpu) skipped.\n"
+    rows = []
+    for name in GPU_MODELS:
+        for engine in present:
+            for precision in ("fp32", "fp16", "int8"):
+                path = int8[name].get("qdq") if precision == "int8" else models[name]
+                if path is None:
+                    continue
+                try:
+                    r = benchmark(path, backends=[engine], batches=[1], precisions=[precision], min_time_s=seconds,
+                                  warn=lambda _m: None)
+                    rows.append([name, engine, precision, f"{r[0].p50_ms:.3g}", ""] if r else
+                                [name, engine, precision, "-", "skipped: the engine does not run this precision"])
+                except Exception as e:  # one line into the table
+                    rows.append([name, engine, precision, "-", str(e)[:160]])
+    return rows, "\nGPU engines: " + ", ".join(present) + " measured (p50 ms at batch 1).\n"
+
+
 def int8_models(models: dict[str, Path], d: Path) -> dict[str, dict[str, Any]]:
     """Per model: the calibration .npz (:data:`CALIB_SAMPLES` samples) and slipway quantize's QDQ model made
     from it (what onnxruntime and OpenVINO run as INT8), with the seconds it took."""
@@ -443,6 +476,7 @@ def main() -> None:
         int8 = int8_models(models, Path(d))
         edge_rows = edge(models, int8, (1, 2), args.edge_time)
         picks = tuned(models, args.edge_tune_time)
+        gpu_rows, gpu_note = gpu(models, int8, args.edge_time)
     notes = (f"\nPyTorch runs with {default_threads()} threads; the plain sessions use their engines' defaults. "
              "slipway's tuned choice is what `slipway tune --objective latency` picked for that batch, loaded "
              "through the settings file it wrote. Targets (issue 4): tuned >= 1.0x the fastest baseline; >= 4x "
@@ -453,7 +487,7 @@ def main() -> None:
              "(2 cores, other jobs running): latencies are noisy, compare within one row group only; a 2-thread row "
              "slower than its 1-thread row is a second thread waiting for a busy core (worst for ncnn, whose "
              "OpenMP threads spin), not the engine's scaling. ncnn runs "
-             "one sample at a time (batch 1 here).\n" + edge_notes(edge_rows, picks))
+             "one sample at a time (batch 1 here).\n" + edge_notes(edge_rows, picks) + gpu_note)
     full_run = host["date"]
     if args.edge_only:  # the first two tables as the last full run measured them
         previous = _previous()
@@ -462,11 +496,14 @@ def main() -> None:
         if rows:
             notes += (f"\nThe first two tables are from the last full run ({full_run}, same kind of machine); "
                       "this run (--edge-only) measured the edge table.\n")
-    tabs = (tables(rows, ovh) if rows and ovh else []) + [edge_table(edge_rows), standings(edge_rows, picks)]
+    tabs = (tables(rows, ovh) if rows and ovh else []) + [edge_table(edge_rows), standings(edge_rows, picks),
+                                                            ("GPU engines (issue 17), batch 1",
+                                                             ["model", "engine", "precision", "p50 ms", "note"],
+                                                             gpu_rows)]
     publish("engines", "Engines: PyTorch eager vs onnxruntime vs OpenVINO vs MNN vs ncnn vs slipway tuned", host,
             found, tabs, notes, time.perf_counter() - t0,
             {"machine": host, "versions": found, "rows": rows, "overhead": ovh, "full_run_date": full_run,
-             "edge": edge_rows, "tune": picks,
+             "edge": edge_rows, "tune": picks, "gpu": gpu_rows,
              "int8": {"calib_samples": CALIB_SAMPLES, "engine_samples": INT8_SAMPLES, "eval_samples": EVAL_SAMPLES}})
 
 
