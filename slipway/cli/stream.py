@@ -85,7 +85,7 @@ def stream(
     _summary(stats, summary)
     for path in (mot, video):
         if path is not None:
-            summary.print(f"wrote {path}" + (" (one file per stream)" if len(sources) > 1 else ""))
+            summary.print(f"wrote {path}" + (" (one file per stream)" if len(sources) > 1 else ""), soft_wrap=True)
 
 
 def _pipeline(sources: list[str], pipeline_file: Path | None, bundle: Path | None, model: Path | None, kind: str,
