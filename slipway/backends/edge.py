@@ -190,25 +190,31 @@ def convert(converter: Converter, model: Any, options: Mapping[str, Any] | None 
     ``converter`` with ``options`` (JSON values): read from the cache when its manifest matches, else built."""
     opts = dict(sorted((options or {}).items()))
     with onnx_source(model) as source:
-        sha = digest(source)
-        version = converter.version()
-        key = hashlib.sha256(json.dumps([FORMAT, converter.name, version, sha, opts]).encode()).hexdigest()[:32]
-        base = cache_root() / converter.name
-        entry = base / key
-        found = valid(entry, converter.name, version, sha, opts)
+        return cached(converter.name, converter.version(), digest(source), opts,
+                      lambda entry, key: _build(converter, model, source, entry, key))
+
+
+def cached(engine: str, version: str, sha: str, opts: dict[str, Any],
+           build: Callable[[Path, dict[str, Any]], Converted]) -> Converted:
+    """THE cache lookup of the edge engines (conversions and their INT8): the entry of (engine, version, source
+    SHA-256, options) when its manifest matches, else ``build(entry, manifest key)`` under a per-entry lock
+    (re-checked inside it: another process may have built it meanwhile)."""
+    key = hashlib.sha256(json.dumps([FORMAT, engine, version, sha, opts]).encode()).hexdigest()[:32]
+    base = cache_root() / engine
+    entry = base / key
+    found = valid(entry, engine, version, sha, opts)
+    if found is not None:
+        return found
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the {engine} cache {base}: {one_line(e)}") from None
+    with locked(base / f".{key}.lock"):
+        found = valid(entry, engine, version, sha, opts)
         if found is not None:
             return found
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create the {converter.name} cache {base}: {one_line(e)}") from None
-        with locked(base / f".{key}.lock"):
-            found = valid(entry, converter.name, version, sha, opts)  # built by another process meanwhile
-            if found is not None:
-                return found
-            return _build(converter, model, source, entry, {"format": FORMAT, "engine": converter.name,
-                                                             "engine_version": version, "source_sha256": sha,
-                                                             "options": opts})
+        return build(entry, {"format": FORMAT, "engine": engine, "engine_version": version, "source_sha256": sha,
+                             "options": opts})
 
 
 def valid(entry: Path, engine: str, version: str, sha: str, opts: dict) -> Converted | None:

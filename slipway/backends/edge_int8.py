@@ -47,19 +47,16 @@ import onnx_ir as ir
 
 from slipway.backends.base import Options, TensorInfo, check_options
 from slipway.backends.edge import (
-    FORMAT,
     MANIFEST,
     ConversionMismatch,
     Converted,
-    cache_root,
+    cached,
     digest,
-    locked,
     replace_dir,
     run_child,
     tensor_info,
 )
-from slipway.backends.edge import valid as valid_entry
-from slipway.errors import UserError, one_line
+from slipway.errors import UserError
 
 __all__ = ["Quantizer", "Int8Backend", "Int8Request", "INT8_SETTINGS", "split_options", "quantized", "data_sha256", "MIN_SNR_DB",
            "VERIFY_SAMPLES"]
@@ -210,23 +207,7 @@ def quantized(quantizer: Quantizer, fp32: Converted, model: Any, request: Int8Re
     opts = {"calibration_sha256": data_sha256(request.calib), "method": request.method, "samples": request.samples,
             "fp32_files": {n: f["sha256"] for n, f in sorted(fp32.manifest["files"].items())},
             "min_snr_db": MIN_SNR_DB}
-    key = hashlib.sha256(json.dumps([FORMAT, engine, version, sha, opts]).encode()).hexdigest()[:32]
-    base = cache_root() / engine
-    entry = base / key
-    found = valid_entry(entry, engine, version, sha, opts)
-    if found is not None:
-        return found
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the {engine} cache {base}: {one_line(e)}") from None
-    with locked(base / f".{key}.lock"):
-        found = valid_entry(entry, engine, version, sha, opts)
-        if found is not None:
-            return found
-        return _build(quantizer, fp32, model, request, entry, {"format": FORMAT, "engine": engine,
-                                                                "engine_version": version, "source_sha256": sha,
-                                                                "options": opts})
+    return cached(engine, version, sha, opts, lambda entry, key: _build(quantizer, fp32, model, request, entry, key))
 
 
 def _ir(model: Any) -> ir.Model:
