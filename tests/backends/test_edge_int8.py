@@ -24,29 +24,16 @@ pytest.importorskip("ncnn")
 pytest.importorskip("sklearn")
 
 from slipway.backends import edge, edge_int8, ncnn_int8  # noqa: E402
-from tests.prune.digits import cached_digits, data  # noqa: E402
+from tests.backends.conftest import CALIB  # noqa: E402
+from tests.prune.digits import data  # noqa: E402
 
 ENGINES = ("mnn", "ncnn")
 
-CALIB = 256  # training images in the calibration .npz
 
 
 @pytest.fixture(autouse=True)
 def engine_cache(tmp_path_factory, monkeypatch) -> None:
     monkeypatch.setenv("SLIPWAY_CACHE", str(tmp_path_factory.getbasetemp() / "engine-cache"))
-
-
-@pytest.fixture(scope="module")
-def digits() -> str:
-    return str(cached_digits())
-
-
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory) -> Path:
-    (x_train, _), _ = data()
-    path = tmp_path_factory.mktemp("calib") / "digits.npz"
-    np.savez(path, x=x_train[:CALIB])
-    return path
 
 
 def int8(path: Path | str, **settings) -> Options:

@@ -25,26 +25,13 @@ pytest.importorskip("ncnn")
 pytest.importorskip("sklearn")
 
 from slipway.backends import edge, edge_int8  # noqa: E402
-from tests.backends.test_edge_int8 import CALIB, engine_cache, entries, int8  # noqa: E402, F401
-from tests.prune.digits import cached_digits, data  # noqa: E402
+from tests.backends.test_edge_int8 import engine_cache, entries, int8  # noqa: E402, F401
+from tests.prune.digits import data  # noqa: E402
 
 ENGINES = ("mnn", "ncnn")
 FAST = ("--time", "0.05", "--max-time", "0.3", "--warmup", "1", "--min-runs", "3", "--threads", "1")
 WEIGHTS = {"mnn": ["model.mnn"], "ncnn": ["model.ncnn.bin", "model.ncnn.param", "model.ncnn.table"]}
 FILE = {"mnn": "model.mnn", "ncnn": "model.ncnn.param"}
-
-
-@pytest.fixture(scope="module")
-def digits() -> str:
-    return str(cached_digits())
-
-
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory) -> Path:
-    (x_train, _), _ = data()
-    path = tmp_path_factory.mktemp("calib") / "digits.npz"
-    np.savez(path, x=x_train[:CALIB])
-    return path
 
 
 def app(module) -> typer.Typer:
