@@ -11,6 +11,7 @@ Models (built in code with onnx.helper):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -108,3 +109,16 @@ def http_url(server) -> str:
 @pytest.fixture(scope="module")
 def grpc_url(server) -> str:
     return f"127.0.0.1:{server.grpc_port}"
+
+
+def grpc_call(url: str, request: Any) -> tuple[Any, str]:
+    """One ModelInfer over a fresh channel: (status code, details), (OK, "") when it answered."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(url) as channel:
+        try:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=20)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+    return grpc.StatusCode.OK, ""

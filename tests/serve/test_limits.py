@@ -26,6 +26,7 @@ from slipway.errors import ServeError
 from slipway.serve import Server
 from slipway.serve.limits import Limits, LogLimiter
 from slipway.serve.types import bearer_matches, public_message
+from tests.serve.conftest import grpc_call
 from tests.serve.test_grpc import FakePlane as GrpcPlane
 from tests.serve.test_grpc import GrpcServer
 from tests.serve.test_http import FakePlane, add_sub_inputs, raw, serving
@@ -56,15 +57,6 @@ def _closed_within(s: socket.socket, seconds: float) -> bool:
     except TimeoutError:
         return False
     return False
-
-
-def _grpc_call(url: str, request: pb.ModelInferRequest) -> tuple[grpc.StatusCode, str]:
-    with grpc.insecure_channel(url) as channel:
-        try:
-            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=20)
-        except grpc.RpcError as e:
-            return e.code(), e.details()
-    return grpc.StatusCode.OK, ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,11 +93,11 @@ def test_bytes_shape_is_checked_against_the_bytes_sent_http_and_grpc() -> None:
             assert got == status and message.split(" (")[0] in json.loads(body)["error"]
         request = pb.ModelInferRequest(model_name="identity_BYTES", raw_input_contents=[b"\0" * 8])
         request.inputs.add(name="INPUT0", datatype="BYTES", shape=[2**40, 1])
-        code, details = _grpc_call(g.url, request)
+        code, details = grpc_call(g.url, request)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-elements" in details
         request = pb.ModelInferRequest(model_name="identity_FP32")
         request.inputs.add(name="INPUT0", datatype="FP32", shape=[2**40, 1]).contents.fp32_contents.extend([1.0])
-        code, details = _grpc_call(g.url, request)
+        code, details = grpc_call(g.url, request)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-elements" in details
 
 
@@ -194,7 +186,7 @@ def test_too_many_tensors_http_and_grpc() -> None:
         request = pb.ModelInferRequest(model_name="add_sub")
         for i in range(9):
             request.inputs.add(name=f"x{i}", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)
-        assert _grpc_call(g.url, request) == (grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        assert grpc_call(g.url, request) == (grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from tests.serve.conftest import B, W, _save, gemm_model
+from tests.serve.conftest import B, W, _save, gemm_model, grpc_call
 
 CONFIG = """
 max_batch_size: 4
@@ -160,12 +160,7 @@ def grpc_infer(url: str, case: Case) -> tuple[grpc.StatusCode, str]:
     _set(request.parameters, case.parameters)
     for n, p in case.outputs:
         _set(request.outputs.add(name=n).parameters, p)
-    with grpc.insecure_channel(url) as channel:
-        try:
-            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=20)
-        except grpc.RpcError as e:
-            return e.code(), e.details()
-    return grpc.StatusCode.OK, ""
+    return grpc_call(url, request)
 
 
 GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,

@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
-from tests.serve.conftest import build_repository, gemm_model
+from tests.serve.conftest import build_repository, gemm_model, grpc_call
 from tests.serve.test_parity import GRPC_CODE, Case, _post, _set, grpc_infer, http_infer
 from tests.serve.test_parity import urls as parity_urls  # noqa: F401 - its server, for the two cases below
 
@@ -254,12 +254,7 @@ def _infer_grpc(url: str, model: str, inputs: list[dict], outputs: list[dict] | 
             t.contents.fp32_contents.extend(i["data"])
     for o in outputs or []:
         _set(request.outputs.add(name=o["name"]).parameters, o.get("parameters", {}))
-    with grpc.insecure_channel(url) as channel:
-        try:
-            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=20)
-        except grpc.RpcError as e:
-            return e.code(), e.details()
-    return grpc.StatusCode.OK, ""
+    return grpc_call(url, request)
 
 
 def _x(**params: Any) -> dict[str, Any]:
