@@ -29,6 +29,18 @@ class End:
     arrived: float = 0.0
 
 
+def _wait(cond: threading.Condition, abort: threading.Event, deadline: float | None) -> bool:
+    """One step of a consumer's wait on ``cond`` (held): at most ``TICK`` seconds; False when ``abort`` is set or
+    the ``deadline`` (``time.perf_counter()``) has passed, so the caller gives up."""
+    if abort.is_set():
+        return False
+    wait = TICK if deadline is None else min(TICK, deadline - time.perf_counter())
+    if wait <= 0:
+        return False
+    cond.wait(wait)
+    return True
+
+
 class Channel:
     """A bounded FIFO between two stages. ``put`` waits for room and ``get`` for an item, both in ``TICK`` steps
     until ``abort`` is set; ``max_depth`` is the deepest it has been."""
@@ -58,12 +70,8 @@ class Channel:
         deadline = None if timeout is None else time.perf_counter() + timeout
         with self._cond:
             while not self._items:
-                if self._abort.is_set():
+                if not _wait(self._cond, self._abort, deadline):
                     return None
-                wait = TICK if deadline is None else min(TICK, deadline - time.perf_counter())
-                if wait <= 0:
-                    return None
-                self._cond.wait(wait)
             item = self._items.popleft()
             self._cond.notify_all()
             return item
@@ -121,12 +129,8 @@ class Ingress:
                     item = self._queues[min(heads)[1]].popleft()
                     self._cond.notify_all()
                     return item
-                if self._abort.is_set():
+                if not _wait(self._cond, self._abort, deadline):
                     return None
-                wait = TICK if deadline is None else min(TICK, deadline - time.perf_counter())
-                if wait <= 0:
-                    return None
-                self._cond.wait(wait)
 
     def depth(self, stream: int) -> int:
         return len(self._queues[stream])
