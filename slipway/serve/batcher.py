@@ -105,6 +105,14 @@ class Batcher:
         self._running_rows = 0
         self._instances = instances
         self._free = list(range(instances - 1, -1, -1))  # pop() takes instance 0 first
+        self._given = [0] * instances  # batches handed to each instance, not yet finished (running + staged)
+        self._began = [0] * instances  # when each busy instance's running batch was handed over
+        self._staged: list[list[_Request] | None] = [None] * instances  # the batch waiting behind the running one
+        # stage full batches behind running ones (see _schedule), unless a queue order or timeout could still
+        # change what a staged request should see
+        self._ahead = not policy.priority_levels and not any(
+            p.timeout_us or p.allow_timeout_override for p in (policy.default_queue_policy,
+                                                               *policy.priority_queue_policy.values()))
         self._jobs: list[SimpleQueue] = [SimpleQueue() for _ in range(instances)]
         self._threads: list[threading.Thread | None] = [None] * instances
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,7 +168,7 @@ class Batcher:
         timeout = timeout_us if policy.allow_timeout_override and timeout_us > 0 else policy.timeout_us
         if timeout > 0:
             self._add_deadline(r, start + timeout * 1000)
-        if self._free:
+        if self._free or (self._ahead and 1 in self._given):  # a free instance, or a busy one to stage on
             if self._queued == 1:  # nothing to merge with yet: no reason to wait for the next loop turn
                 self._schedule()
             elif not self._soon:  # requests arriving in this loop turn may join the batch
@@ -219,24 +227,40 @@ class Batcher:
     # ---- scheduling (event loop) ----------------------------------------------------------------
 
     def _schedule(self, at: int = 0) -> None:
-        """Hand batches to free instances while there are both (``at``: a timer's due time, as a floor for now)."""
+        """Hand batches to free instances while there are both (``at``: a timer's due time, as a floor for now).
+
+        When every instance is busy and the head of the queue is already a full batch (it reached the largest
+        preferred size, or requests are not merged), that batch is staged behind the running batch of the
+        instance that started first: waiting would not change it, and the instance's thread starts it the
+        moment its batch ends, without a round trip through the event loop (which, busy with reading
+        requests, would leave the engine idle between batches). One staged batch per instance at most; not
+        with priority levels or queue timeouts, which could still reorder or reject a queued request.
+        """
         self._soon = False
-        while self._free and self._queued:
+        while self._queued:
+            free = bool(self._free)
+            if not free and not (self._ahead and 1 in self._given):
+                return
             now = max(monotonic_ns(), at)
             if self._deadlines and self._deadlines[0][0] <= now:
                 self._expire(now)
                 continue
-            count, wait_ns = self._next_batch(now)
-            if count:
-                self._launch(count, now)
-            else:
+            count, wait_ns, rows = self._next_batch(now)
+            if free and count:
+                self._launch(count, now, self._free.pop())
+            elif free:
                 self._wake_at_time(now + wait_ns)
                 return
+            elif count and (rows >= self._max_preferred or not self._merge):
+                busy = [i for i, given in enumerate(self._given) if given == 1]
+                self._launch(count, now, min(busy, key=self._began.__getitem__))
+            else:
+                return
 
-    def _next_batch(self, now: int) -> tuple[int, int]:
-        """(requests at the queue's head to run now, 0) or (0, ns to wait for more)."""
+    def _next_batch(self, now: int) -> tuple[int, int, int]:
+        """(requests at the queue's head to run now, 0, their rows) or (0, ns to wait for more, 0)."""
         if not self._merge:
-            return 1, 0
+            return 1, 0, 0
         count = rows = best = 0
         key = None
         oldest = now
@@ -246,7 +270,7 @@ class Batcher:
             for r in q:
                 if count == 0:
                     if r.key is None:
-                        return 1, 0
+                        return 1, 0, 0
                     key = r.key
                 else:
                     total = rows + r.rows
@@ -266,12 +290,13 @@ class Batcher:
         delay = self._delay_ns
         expired = self._closing or (delay > 0 and now - oldest >= delay)
         if best and not expired:
-            return best, 0
+            return best, 0, sizes[best - 1]
         if delay == 0 and not self._closing and self._instances > 1:
-            return self._balanced(count, sizes), 0
+            count = self._balanced(count, sizes)
+            return count, 0, sizes[count - 1]
         if full or expired or delay == 0 or rows >= self._max_preferred:
-            return count, 0
-        return 0, oldest + delay - now
+            return count, 0, rows
+        return 0, oldest + delay - now, 0
 
     def _balanced(self, count: int, sizes: list[int]) -> int:
         """With several instances and no queue delay, share the rows in the system between them.
@@ -286,8 +311,8 @@ class Batcher:
             count -= 1
         return count
 
-    def _launch(self, count: int, now: int) -> None:
-        """Take ``count`` requests off the head of the queue and give them to a free instance."""
+    def _launch(self, count: int, now: int, instance: int) -> None:
+        """Take ``count`` requests off the head of the queue and give them to ``instance`` (free, or busy: staged)."""
         batch = []
         taken = 0
         for q in self._queues:
@@ -295,7 +320,6 @@ class Batcher:
                 r = q.popleft()
                 taken += 1
                 self._level_queued[r.level] -= 1
-                r.batch_ns = now
                 if r.future.done():  # its caller was cancelled; the cancel handler records it
                     r.state, r.feeds = _DONE, None
                 else:
@@ -305,8 +329,14 @@ class Batcher:
                 break
         self._queued -= taken
         if not batch:
+            if not self._given[instance]:
+                self._free.append(instance)
             return
-        instance = self._free.pop()
+        self._given[instance] += 1
+        if self._given[instance] == 1:
+            self._began[instance] = now
+        else:
+            self._staged[instance] = batch
         self._running += len(batch)
         self._running_rows += sum(r.rows for r in batch)
         if self._threads[instance] is None:
@@ -319,10 +349,15 @@ class Batcher:
     def _finish(self, instance: int, batch: list[_Request], outs: list | None, error: ServeError | None,
                 times: tuple[int, int, int]) -> None:
         """A batch came back from its worker: resolve the callers, record the stats."""
-        self._free.append(instance)
+        now = monotonic_ns()
+        self._given[instance] -= 1
+        if self._given[instance]:
+            self._began[instance] = now  # its staged batch is running now
+            self._staged[instance] = None
+        else:
+            self._free.append(instance)
         self._running -= len(batch)
         self._running_rows -= sum(r.rows for r in batch)
-        now = monotonic_ns()
         stats = self._stats
         if error is None:
             stats.execution_done(sum(r.rows for r in batch), *times)
@@ -426,7 +461,14 @@ class Batcher:
         self._check_idle()
 
     def _fail_queued(self, message: str) -> None:
+        """Fail every queued request, and the staged ones their instance has not started yet (it runs them
+        still, for nobody, if it starts them meanwhile)."""
         now = monotonic_ns()
+        for batch in self._staged:
+            for r in batch or ():
+                if not r.batch_ns and not r.future.done():
+                    r.future.set_exception(ServeError(message, 503))
+                    self._stats.request_done(False, now - r.start_ns, reason="REJECTED")
         for q in self._queues:
             while q:
                 r = q.popleft()
@@ -457,8 +499,17 @@ class Batcher:
             self._execute(instance, batch)
 
     def _execute(self, instance: int, batch: list[_Request]) -> None:
-        """Concatenate, run, split (in the instance's thread); post the result to the loop."""
+        """Run a batch in the instance's thread; post the result to the loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._finish, instance, batch, *self._run_batch(instance, batch))
+        except RuntimeError:  # the loop is closed; nobody waits for these
+            pass
+
+    def _run_batch(self, instance: int, batch: list[_Request]) -> tuple:
+        """Concatenate, run, split: (outputs per request, error, (input, infer, output) ns)."""
         t0 = t1 = t2 = monotonic_ns()
+        for r in batch:
+            r.batch_ns = t0  # left the queue (a staged batch waited behind the running one until now)
         outs = error = None
         try:
             feeds = batch[0].feeds if len(batch) == 1 else _concat(batch)
@@ -470,11 +521,7 @@ class Batcher:
             outs = self._split(result, batch)
         except BaseException as e:  # every failure goes back to its callers; the thread lives on
             error = self._error(e)
-        t3 = monotonic_ns()
-        try:
-            self._loop.call_soon_threadsafe(self._finish, instance, batch, outs, error, (t1 - t0, t2 - t1, t3 - t2))
-        except RuntimeError:  # the loop is closed; nobody waits for these
-            pass
+        return outs, error, (t1 - t0, t2 - t1, monotonic_ns() - t2)
 
     def _split(self, result: dict[str, np.ndarray], batch: list[_Request]) -> list[dict[str, np.ndarray]]:
         if self._mbs <= 0:

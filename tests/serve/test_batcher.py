@@ -522,3 +522,52 @@ def test_two_instances_share_the_rows_evenly():
     # batching at all (not 1 + 1 + ...): 8 on an idle machine, seen at 3.8 with the other test worker
     # starving the callers on 2 cores, so the bar is 3
     assert sum(late) / len(late) >= 3, engine.rows()
+
+
+def _starts_while_the_loop_is_blocked(engine: Engine, seconds: float) -> bool:
+    """Release the running batch while this (the loop's) thread blocks: does the next batch start meanwhile?"""
+    engine.started.clear()
+    engine.released.set()
+    return engine.started.wait(seconds)
+
+
+def test_a_full_batch_is_staged_behind_the_running_one_and_starts_without_the_loop():
+    async def main():
+        engine = Engine()
+        b, stats = make(engine, max_batch_size=2, dynamic=True)
+        first = await busy(b, engine)
+        rest = [asyncio.create_task(b.infer(x(1, v))) for v in (1.0, 2.0, 3.0)]
+        await queued(b, 4)
+        await asyncio.sleep(0.02)  # the loop turns: the full head batch (2 rows) is staged on the busy instance
+        # the first batch ends; the staged one starts in the worker thread, with no turn of the (blocked) loop
+        assert _starts_while_the_loop_is_blocked(engine, 2)
+        results = await asyncio.gather(first, *rest)
+        assert engine.rows() == [1, 2, 1]
+        assert [float(r["y"][0, 0]) for r in results] == pytest.approx([v * W[:, 0].sum() for v in (-1, 1, 2, 3)])
+        # a staged request's queue time runs until its batch starts (>= the 20 ms it waited staged), not until
+        # it was staged
+        assert stats.queue.count == 4 and stats.queue.ns >= 2 * 0.02e9
+        await b.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("policy", [
+    {"max_batch_size": 4, "dynamic": True},  # the head (2 rows) could still grow: it waits for a free instance
+    {"max_batch_size": 2, "dynamic": True, "priority_levels": 2},  # a later, higher request could go first
+    {"max_batch_size": 0, "default_queue_policy": QueuePolicy(timeout_us=10_000_000)},  # it could still time out
+])
+def test_nothing_is_staged_while_the_batch_or_its_order_could_still_change(policy):
+    async def main():
+        engine = Engine()
+        b, stats = make(engine, **policy)
+        first = await busy(b, engine)
+        rest = [asyncio.create_task(b.infer(x(1, v))) for v in (1.0, 2.0)]
+        await queued(b, 3)
+        await asyncio.sleep(0.02)
+        assert not _starts_while_the_loop_is_blocked(engine, 0.3)
+        await asyncio.gather(first, *rest)
+        assert sum(engine.rows()) == 3 and not stats.failures
+        await b.close()
+
+    asyncio.run(main())
