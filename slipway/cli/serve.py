@@ -69,6 +69,19 @@ def serve(
                                        help="exit if a model fails to load at start"),
     log_format: str = typer.Option("json", "--log-format", help="json | text"),
     print_config: bool = typer.Option(False, "--print-config", help="print each model's completed config and exit"),
+    ray: bool = typer.Option(False, "--ray", help="serve on Ray Serve: a deployment per model, replicas across the "
+                             "cluster, the same KServe v2 HTTP + gRPC endpoints (Ray's proxies)"),
+    address: str | None = typer.Option(None, "--address", help="--ray: a running cluster ('auto' or ray://HOST:PORT); "
+                                       "default: start a local one"),
+    replicas: int = typer.Option(1, "--replicas", help="--ray: replicas of each model (a config's "
+                                 "slipway.ray.replicas wins)"),
+    autoscale: str | None = typer.Option(None, "--autoscale", help="--ray: MIN:MAX replicas of each model, scaled on "
+                                         "the requests each replica has queued or running"),
+    target_ongoing: float = typer.Option(8.0, "--target-ongoing-requests", help="--ray --autoscale: the requests "
+                                         "per replica autoscaling aims at"),
+    replica_cpus: float = typer.Option(1.0, "--replica-cpus", help="--ray: CPUs each model replica reserves"),
+    request_timeout: float = typer.Option(60.0, "--request-timeout", help="--ray: seconds a request may wait for a "
+                                          "replica before it fails with 503"),
 ) -> None:
     """Serve a model repository over KServe v2 HTTP + gRPC (tritonclient works unmodified)."""
     from slipway.serve import Server
@@ -91,11 +104,47 @@ def serve(
     if print_config:
         _print_configs(repository, allow_python)
         return
+    if ray:
+        _serve_on_ray(repository, address=address, replicas=replicas, autoscale=autoscale, target=target_ongoing,
+                      cpus=replica_cpus, timeout=request_timeout, host=host, http_port=http_port, grpc_port=grpc_port,
+                      control=control, poll_seconds=poll_seconds, threads=threads, max_pending=max_pending,
+                      limits=limits, token=token, allow_python=allow_python)
+        return
     server = Server(repository, host=host, http_port=_port(http_port), grpc_port=_port(grpc_port),
                     metrics_port=_port(metrics_port), control=control, models=load or None, poll_seconds=poll_seconds,
                     threads=threads, max_pending=max_pending, limits=limits, token=token,
                     allow_python_models=allow_python, exit_on_error=exit_on_error)
     server.run()
+
+
+def _serve_on_ray(repository: Path, *, address: str | None, replicas: int, autoscale: str | None, target: float,
+                  cpus: float, timeout: float, host: str, http_port: int, grpc_port: int, control: str,
+                  poll_seconds: float, threads: int, max_pending: int, limits, token: str | None,
+                  allow_python: bool) -> None:
+    from dataclasses import asdict
+
+    from slipway.rayserve import IngressSettings, RayServing, Scale, Settings
+
+    if control == "explicit":
+        raise UserError("--ray serves every model of the repository: use --model-control-mode none, or poll to roll "
+                        "changes out")
+    if http_port <= 0 or grpc_port <= 0:
+        raise UserError("--ray needs fixed --http-port and --grpc-port (Ray's proxies listen on them)")
+    bounds = None
+    if autoscale is not None:
+        low, sep, high = autoscale.partition(":")
+        try:
+            bounds = (int(low), int(high))
+        except ValueError:
+            raise UserError(f"--autoscale {autoscale!r}: expected MIN:MAX, e.g. 1:4") from None
+        if not sep:
+            raise UserError(f"--autoscale {autoscale!r}: expected MIN:MAX, e.g. 1:4")
+    serving = RayServing(repository, address=address, host=host, http_port=http_port, grpc_port=grpc_port,
+                         scale=Scale(replicas=replicas, autoscale=bounds, target_ongoing_requests=target, cpus=cpus),
+                         settings=Settings(threads=threads, max_pending=max_pending,
+                                           allow_python_models=allow_python),
+                         ingress=IngressSettings(limits=asdict(limits), token=token, request_timeout_s=timeout))
+    serving.run(poll_seconds=poll_seconds if control == "poll" else None)
 
 
 def _print_configs(repository: Path, allow_python: bool) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from tritonclient.grpc import service_pb2 as pb
 
@@ -47,7 +47,7 @@ from slipway.serve.sequence import Sequences, reserve, unreserve
 from slipway.serve.shm import SharedMemory, cuda_refused
 from slipway.serve.types import InferRequest, InferResponse
 
-__all__ = ["DataPlane", "EXTENSIONS", "CONTROL_MODES"]
+__all__ = ["DataPlane", "EXTENSIONS", "CONTROL_MODES", "unknown_model", "pick_version"]
 
 log = logging.getLogger("slipway.serve")
 
@@ -56,6 +56,7 @@ EXTENSIONS = [
     "schedule_policy", "model_configuration", "parameters", "system_shared_memory",
 ]
 CONTROL_MODES = ("none", "poll", "explicit")
+V = TypeVar("V")
 
 
 @dataclass
@@ -205,6 +206,11 @@ class DataPlane:
         else:
             versions = [v for e in self.entries.values() for _, v in sorted(e.versions.items())]
         return pb.ModelStatisticsResponse(model_stats=[v.stats.to_proto() for v in versions])
+
+    def served_statistics(self) -> list[tuple[str, str, Any, int]]:
+        """(model, version, its ModelStats, requests pending) per served version: what the metrics export."""
+        return [(e.name, str(n), v.stats, v.pending) for e in list(self.entries.values())
+                for n, v in list(e.versions.items())]
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """One row per served version, else one per model (repository folders and models still serving)."""
@@ -427,24 +433,34 @@ class DataPlane:
     def _entry(self, name: str) -> Entry:
         entry = self.entries.get(name)
         if entry is None:
-            if not isinstance(name, str) or not name:
-                raise ServeError("a model name is required", 400)
-            raise ServeError(f"unknown model {name!r}", 404)
+            unknown_model(name)
         return entry
 
     def _version(self, name: str, version: str = "") -> ModelVersion:
         entry = self._entry(name)
-        if not entry.versions:
-            why = f": {entry.reason}" if entry.reason else ""
-            raise ServeError(f"model {name!r} is not ready ({entry.state.lower()}{why})", 503)
-        if not version:
-            return entry.versions[max(entry.versions)]
-        try:
-            n = int(version)
-        except ValueError:
-            raise ServeError(f"model version {version!r} is not an integer", 400) from None
-        mv = entry.versions.get(n)
-        if mv is None:
-            have = ", ".join(map(str, sorted(entry.versions)))
-            raise ServeError(f"model {name!r} has no version {n} loaded (loaded: {have})", 404)
-        return mv
+        return pick_version(name, entry.versions, version, entry.state, entry.reason)
+
+
+def unknown_model(name: Any) -> NoReturn:
+    """THE error for a model name nobody serves (400 without a name)."""
+    if not isinstance(name, str) or not name:
+        raise ServeError("a model name is required", 400)
+    raise ServeError(f"unknown model {name!r}", 404)
+
+
+def pick_version(name: str, versions: dict[int, V], version: str, state: str, reason: str) -> V:
+    """The version a request names (``""``: the newest) of a known model, else THE error saying why."""
+    if not versions:
+        why = f": {reason}" if reason else ""
+        raise ServeError(f"model {name!r} is not ready ({state.lower()}{why})", 503)
+    if not version:
+        return versions[max(versions)]
+    try:
+        n = int(version)
+    except ValueError:
+        raise ServeError(f"model version {version!r} is not an integer", 400) from None
+    found = versions.get(n)
+    if found is None:
+        have = ", ".join(map(str, sorted(versions)))
+        raise ServeError(f"model {name!r} has no version {n} loaded (loaded: {have})", 404)
+    return found

@@ -45,25 +45,25 @@ class _Collector:
         self.plane = plane
 
     def collect(self):
-        versions = [(e.name, str(n), v) for e in list(self.plane.entries.values()) for n, v in list(e.versions.items())]
+        versions = self.plane.served_statistics()
         for name, doc, value in _COUNTERS:
             m = Metric(name, doc, "unknown")
-            for model, version, v in versions:
-                m.add_sample(name, {"model": model, "version": version}, float(value(v.stats)))
+            for model, version, stats, _ in versions:
+                m.add_sample(name, {"model": model, "version": version}, float(value(stats)))
             yield m
         fail = Metric("nv_inference_request_failure", "Number of failed inference requests, all batch sizes",
                       "unknown")
-        for model, version, v in versions:
+        for model, version, stats, _ in versions:
             for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
                 fail.add_sample("nv_inference_request_failure",
                                 {"model": model, "version": version, "reason": reason},
-                                float(v.stats.failures.get(reason, 0)))
+                                float(stats.failures.get(reason, 0)))
         yield fail
         pending = GaugeMetricFamily("nv_inference_pending_request_count",
                                     "Instantaneous number of pending requests awaiting execution per-model",
                                     labels=["model", "version"])
-        for model, version, v in versions:
-            pending.add_metric([model, version], v.pending)
+        for model, version, _, waiting in versions:
+            pending.add_metric([model, version], waiting)
         yield pending
         yield self._batch_sizes(versions)
         used, total = _memory()
@@ -73,8 +73,8 @@ class _Collector:
     def _batch_sizes(self, versions):
         h = HistogramMetricFamily("slipway_batch_size", "Rows per engine execution (dynamic batching)",
                                   labels=["model", "version"])
-        for model, version, v in versions:
-            counts = {rows: b.compute_infer.count for rows, b in v.stats.batches.items()}
+        for model, version, stats, _ in versions:
+            counts = {rows: b.compute_infer.count for rows, b in stats.batches.items()}
             buckets, acc = [], 0
             for edge in _BUCKETS:
                 acc = sum(c for rows, c in counts.items() if rows <= edge)

@@ -175,7 +175,7 @@ def engine_options(config, model_file: Path, threads: int = 0) -> tuple[str, Any
         elif key in known:
             setting, conv = known[key]
             options.settings[setting] = conv(value)
-        elif key.startswith("slipway."):
+        elif key.startswith("slipway.") and not key.startswith("slipway.ray."):  # slipway.ray.*: the Ray deployment's
             options.settings[key[len("slipway."):]] = _setting_value(value)
     for setting in PATH_SETTINGS:
         if setting in options.settings:

@@ -42,7 +42,7 @@ from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.batcher import batch_policy, check_policy
 from slipway.serve.ensemble import ensemble_steps, is_ensemble
 
-__all__ = ["Repository", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZE", "EXECUTABLE_SUFFIXES",
+__all__ = ["Repository", "model_files", "completed_text", "CONFIG_FILE", "DEFAULT_MAX_BATCH_SIZE", "EXECUTABLE_SUFFIXES",
            "MAX_NAME_BYTES", "MAX_BATCH_SIZE", "MAX_WARMUP_SAMPLES", "MAX_WARMUP_RUNS", "MAX_WARMUP_BYTES",
            "max_instances", "max_threads"]
 
@@ -288,6 +288,11 @@ def _check_filename(name: str, config: mc.ModelConfig) -> None:
         raise ServeError(f"model {name!r}: default_model_filename {filename!r} must be a plain file name", 400)
 
 
+def model_files(folder: Path) -> list[str]:
+    """The (non-hidden) files of a model folder, as sorted posix paths relative to it."""
+    return sorted(rel for rel, _ in _walk(folder, hidden=False))
+
+
 def _walk(top: Path, *, hidden: bool) -> Iterator[tuple[str, os.stat_result]]:
     """(relative posix path, stat) of every file under ``top``; symlinked dirs are followed once."""
     seen: set[Path] = set()
@@ -424,7 +429,7 @@ def _check_parameters(where: str, config: mc.ModelConfig) -> None:
     engine = ENGINES.get(backend) if backend is not None else _engine(config)
     counts = {"threads", "intra_op_thread_count", *(engine.parameters if engine is not None else {})}
     for key, value in params.items():
-        if key in counts or key.startswith("slipway."):
+        if key in counts or (key.startswith("slipway.") and not key.startswith("slipway.ray.")):
             try:
                 n = int(value)
             except ValueError:

@@ -77,6 +77,19 @@ class ModelStats:
         b.compute_infer.add(infer_ns)
         b.compute_output.add(output_ns)
 
+    def merge(self, other: ModelStats) -> None:
+        """Add ``other``'s counts and durations (the same model version elsewhere: another replica)."""
+        self.last_inference_ms = max(self.last_inference_ms, other.last_inference_ms)
+        self.inference_count += other.inference_count
+        self.execution_count += other.execution_count
+        for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+            getattr(self, name).add(getattr(other, name).ns, getattr(other, name).count)
+        self.failures.update(other.failures)
+        for rows, b in other.batches.items():
+            mine = self.batches.setdefault(rows, BatchStats())
+            for name in ("compute_input", "compute_infer", "compute_output"):
+                getattr(mine, name).add(getattr(b, name).ns, getattr(b, name).count)
+
     def to_proto(self):
         """This version's statistics as Triton's ``inference.ModelStatistics`` message."""
         from tritonclient.grpc import service_pb2 as pb

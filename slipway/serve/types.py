@@ -82,6 +82,10 @@ class Plane(Protocol):
 
     def model_statistics(self, name: str = "", version: str = "") -> service_pb2.ModelStatisticsResponse: ...
 
+    def served_statistics(self) -> list[tuple[str, str, Any, int]]:
+        """(model, version, its ``ModelStats``, requests pending) per served version (the metrics)."""
+        ...
+
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """One row per model (version): name, version, state, reason."""
         ...

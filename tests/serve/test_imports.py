@@ -12,7 +12,7 @@ import slipway.serve
 
 SERVE = Path(slipway.serve.__file__).parent
 LOWER = {"limits", "tensors", "types", "request", "shm", "batcher", "sequence", "stats", "ensemble"}
-HIGHER = {"model", "repository", "dataplane", "http", "grpc", "metrics", "server"}
+HIGHER = {"model", "repository", "dataplane", "rest", "http", "asgi", "grpc", "metrics", "server"}
 
 
 def _imports(path: Path) -> set[str]:
