@@ -27,10 +27,10 @@ demo: $(STAMP)
 	$(PY) -m slipway demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -n 2 -m slow
+	$(PY) -m pytest -n 2 --dist loadgroup -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check slipway tests bench

@@ -34,6 +34,7 @@ __all__ = ["RayServing", "Scale", "model_options"]
 log = logging.getLogger("slipway.rayserve")
 
 APP = "slipway"
+HEAD = "node:__internal_head__"  # Ray's resource of the head node
 REPLICA_ONGOING = 128  # requests one model replica takes at once: its batcher merges them
 INGRESS_ONGOING = 1024
 
@@ -157,8 +158,10 @@ class RayServing:
             self._own_ray = True
         serve.start(http_options=HTTPOptions(host=self.host, port=self.http_port),
                     grpc_options=gRPCOptions(port=self.grpc_port, grpc_servicer_functions=[SERVICER]))
-        ray.remote(num_cpus=0)(Registry).options(name=REGISTRY, namespace=NAMESPACE, lifetime="detached",
-                                                   get_if_exists=True).remote()
+        # on the head node (it outlives workers), restarted if it dies (the replicas' next reports refill it)
+        ray.remote(num_cpus=0)(Registry).options(
+            name=REGISTRY, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
+            max_task_retries=-1, resources={HEAD: 0.001}).remote()
         repo = Repository(self.repository, allow_python_models=self.settings.allow_python_models)
         shipped: dict[str, ModelFiles] = {}
         models = {}
@@ -168,8 +171,11 @@ class RayServing:
                     shipped[n] = ship(repo, n, ray.put)
             models[name] = serve.deployment(ModelReplica).options(**options).bind(
                 name, [shipped[n] for n in loads], self.settings)
+        # the ingress on the head node with the proxies: a worker lost takes no request's ingress with it (Ray's
+        # proxy would answer its requests INTERNAL); losing the head loses the cluster anyway
         ingress = serve.deployment(serve.ingress(build_asgi)(Ingress)).options(
-            name="ingress", max_ongoing_requests=INGRESS_ONGOING, ray_actor_options={"num_cpus": 0})
+            name="ingress", max_ongoing_requests=INGRESS_ONGOING,
+            ray_actor_options={"num_cpus": 0, "resources": {HEAD: 0.001}})
         serve.run(ingress.bind(models, self.ingress), name=APP, route_prefix="/")
         self._deployed_prints = prints
         return {n: shipped[n].digest for n in plan}

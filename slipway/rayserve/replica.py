@@ -71,6 +71,7 @@ class ModelReplica:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
         self._id = serve.get_replica_context().replica_id.unique_id
+        self._node = ray.get_runtime_context().get_node_id()
         self._registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
         await self._registry.report.remote(self._id, name, self.report())
         self._task = asyncio.create_task(self._reporting())
@@ -82,7 +83,7 @@ class ModelReplica:
             return Refused(e.status, str(e))
 
     def report(self) -> dict[str, Any]:
-        """What this replica serves: per model its versions (metadata, config) and state; its statistics."""
+        """What this replica serves: per model its versions (metadata, config) and state; its statistics; its node."""
         plane = self._plane
         models = {}
         for name, entry in plane.entries.items():
@@ -91,7 +92,7 @@ class ModelReplica:
                         for v in sorted(entry.versions)}
             models[name] = {"versions": versions, "state": entry.state, "reason": entry.reason,
                             "ready": plane.model_ready(name)}
-        return {"models": models, "stats": plane.served_statistics(), "ready": plane.ready()}
+        return {"models": models, "stats": plane.served_statistics(), "ready": plane.ready(), "node": self._node}
 
     async def _reporting(self) -> None:
         while True:

@@ -21,6 +21,8 @@ from tests.corpus import ort_session
 from tests.rayserve.conftest import Load, build_ray_repository
 from tests.serve.conftest import B, W
 
+pytestmark = pytest.mark.xdist_group("ray")  # one local Ray cluster, on one worker (make test: --dist loadgroup)
+
 
 def _http(serving, path: str, body: bytes | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(f"http://127.0.0.1:{serving.http_port}{path}", data=body,
@@ -108,6 +110,7 @@ def test_statistics_and_metrics_add_up_over_replicas(serving):
     from slipway.rayserve.registry import NAMESPACE, REGISTRY
 
     client = g.InferenceServerClient(f"127.0.0.1:{serving.grpc_port}")
+    time.sleep(1.2)  # statistics lag by up to a report interval and a refresh: let the earlier tests' arrive
     before = client.get_inference_statistics("gemm").model_stats[0].inference_count
     inp = g.InferInput("x", [2, 16], "FP32")
     inp.set_data_from_numpy(np.ones((2, 16), np.float32))
