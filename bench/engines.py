@@ -26,7 +26,9 @@ OpenVINO run slipway quantize's QDQ model made from it, MNN and ncnn quantize th
 and what ``slipway.tune.tune(objective="latency")`` picks among the four engines.
 
 Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.engines`` (``--edge-only`` for the third
-table alone).
+table alone; ``--edge-models`` / ``--edge-engines`` / ``--edge-precisions`` re-measure only those rows of it, e.g.
+``--edge-models ppocr_det,ppocr_rec --edge-engines mnn,ncnn --edge-precisions int8``: the other rows, tune's picks
+and the GPU table stay as the last run wrote them, and the notes say which rows were measured when).
 """
 
 from __future__ import annotations
@@ -59,9 +61,13 @@ CALIB_SAMPLES = 16  # calibration samples per model (one .npz: slipway quantize,
 EVAL_SAMPLES = 8  # held-out inputs the SNR is measured on
 # Samples each INT8 engine calibrates on (of CALIB_SAMPLES): MNN's admm searches every tensor's scale on one
 # forward pass of all of them (about 10 s per MobileNetV2 sample on one x86 core; PP-OCRv4 rec took over 6 min
-# for 8 samples), so it gets one or two; 0 = not run (det at 480 x 480 would take the bench's whole budget).
-INT8_SAMPLES = {"mnn": {"resnet18": 2, "mobilenetv2": 2, "ppocr_det": 0, "ppocr_rec": 1},
+# for 8 samples), so it gets one or two; 0 = not run. PP-OCRv4 on MNN runs ema instead (INT8_METHODS: 5 s for
+# rec, 16 s for det with all 16 samples; admm on det at 480 x 480 would take the bench's whole budget).
+INT8_SAMPLES = {"mnn": {"resnet18": 2, "mobilenetv2": 2, "ppocr_det": 16, "ppocr_rec": 16},
                 "ncnn": {"resnet18": 16, "mobilenetv2": 16, "ppocr_det": 16, "ppocr_rec": 16}}
+# The calibration method per engine and model where it is not the engine's default (mnn: admm; ncnn: auto, the
+# best of its four methods, then the accuracy budget keeps the layers most responsible for the error in FP32).
+INT8_METHODS = {"mnn": {"ppocr_det": "ema", "ppocr_rec": "ema"}, "ncnn": {}}
 
 
 def export(name: str, path: Path) -> None:
@@ -157,15 +163,16 @@ def tables(rows: list[dict[str, Any]], ovh: dict[str, Any]):
     ]
 
 
-def edge_models(d: Path) -> dict[str, Path]:
+def edge_models(d: Path, names: Sequence[str] = (*MODELS, *EDGE_SHAPES)) -> dict[str, Path]:
     from tests.corpus import model
 
     out = {}
-    for name in MODELS:
-        out[name] = Path(d) / f"{name}.onnx"
-        export(name, out[name])
-    for name in EDGE_SHAPES:
-        out[name] = model(name)
+    for name in names:
+        if name in EDGE_SHAPES:
+            out[name] = model(name)
+        else:
+            out[name] = Path(d) / f"{name}.onnx"
+            export(name, out[name])
     return out
 
 
@@ -195,6 +202,8 @@ def samples(name: str, n: int, seed: int) -> np.ndarray:
 
 
 GPU_ENGINES = ("ort-cuda", "ort-tensorrt", "openvino-gpu")
+NO_GPU = ("\nGPU engines: no NVIDIA (or OpenVINO) GPU on this machine, so no GPU row was measured; "
+          "tests/backends/test_gpu.py (marked gpu) skipped.\n")
 GPU_MODELS = ("resnet18", "mobilenetv2")
 
 
@@ -207,9 +216,7 @@ def gpu(models: dict[str, Path], int8: dict[str, dict[str, Any]], seconds: float
     why = {name: reason for name, reason in backends.available().items() if name in GPU_ENGINES}
     present = [name for name, reason in why.items() if reason is None]
     if not present:
-        return [[name, "-", "-", "-", f"not available: {reason}"] for name, reason in why.items()], \
-            "\nGPU engines: no NVIDIA (or OpenVINO) GPU on this machine, so no GPU row was measured; " \
-            "tests/backends/test_gpu.py (marked gpu) skipped.\n"
+        return [[name, "-", "-", "-", f"not available: {reason}"] for name, reason in why.items()], NO_GPU
     rows = []
     for name in GPU_MODELS:
         for engine in present:
@@ -227,15 +234,18 @@ def gpu(models: dict[str, Path], int8: dict[str, dict[str, Any]], seconds: float
     return rows, "\nGPU engines: " + ", ".join(present) + " measured (p50 ms at batch 1).\n"
 
 
-def int8_models(models: dict[str, Path], d: Path) -> dict[str, dict[str, Any]]:
+def int8_models(models: dict[str, Path], d: Path, qdq: bool = True) -> dict[str, dict[str, Any]]:
     """Per model: the calibration .npz (:data:`CALIB_SAMPLES` samples) and slipway quantize's QDQ model made
-    from it (what onnxruntime and OpenVINO run as INT8), with the seconds it took."""
+    from it (what onnxruntime and OpenVINO run as INT8; not made when ``qdq`` is false), with the seconds it took."""
     from slipway.quantize import quantize
 
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, path in models.items():
         calib = d / f"{name}.calib.npz"
         np.savez(calib, x=samples(name, CALIB_SAMPLES, seed=100))
+        if not qdq:
+            out[name] = {"calib": calib, "qdq": None, "error": "not made"}
+            continue
         qdq = d / f"{name}.int8.onnx"
         print(f"{name}: slipway quantize (QDQ)...", flush=True)
         t0 = time.perf_counter()
@@ -254,16 +264,19 @@ def _variants(name: str, engine: str, path: Path, int8: dict[str, Any]) -> list[
     out += [("fp16", path, {}) for p in ("fp16",) if p in offered]
     if engine in ("mnn", "ncnn"):
         n = INT8_SAMPLES[engine][name]
-        out.append(("int8", path if n else None, {"calib": str(int8["calib"]), "calib_samples": n}))
+        method = INT8_METHODS[engine].get(name)
+        out.append(("int8", path if n else None, {"calib": str(int8["calib"]), "calib_samples": n,
+                                                  **({"calib_method": method} if method else {})}))
     else:
         out.append(("int8", int8.get("qdq"), {}))
     return out
 
 
 def edge(models: dict[str, Path], int8: dict[str, dict[str, Any]], threads: Sequence[int],
-         seconds: float) -> list[dict[str, Any]]:
+         seconds: float, engines: Sequence[str] = EDGE_ENGINES,
+         precisions: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Latency, peak RSS, SNR vs onnxruntime FP32 and first-load time per (model, engine, precision, threads),
-    batch 1."""
+    batch 1 (only ``engines`` and ``precisions``, all when None)."""
     from slipway.perf.runner import benchmark
 
     rows = []
@@ -274,8 +287,10 @@ def edge(models: dict[str, Path], int8: dict[str, dict[str, Any]], threads: Sequ
         out = next(iter(refs[0]))
         ref = np.concatenate([r[out].ravel() for r in refs])
         x = held_out[:1]
-        for engine in EDGE_ENGINES:
+        for engine in engines:
             for precision, source, settings in _variants(name, engine, path, int8[name]):
+                if precisions is not None and precision not in precisions:
+                    continue
                 base = {"model": name, "engine": engine, "precision": precision}
                 if source is None:
                     why = (f"not run: {engine}'s admm calibration at this size would take the bench's whole time budget"
@@ -291,6 +306,8 @@ def edge(models: dict[str, Path], int8: dict[str, dict[str, Any]], threads: Sequ
                     rows.append({**base, "error": str(e)[:200]})
                     continue
                 load_s = time.perf_counter() - t0
+                if precision == "int8" and engine in ("mnn", "ncnn"):
+                    base.update(_int8_record(engine))
                 if precision == "int8" and engine in ("ort", "openvino"):
                     load_s += int8[name]["quantize_s"]  # the QDQ model's making, shared by both
                 got = np.concatenate([session.run({"x": held_out[i:i + 1]})[out].ravel() for i in range(len(held_out))])
@@ -311,6 +328,23 @@ def edge(models: dict[str, Path], int8: dict[str, dict[str, Any]], threads: Sequ
                                  **({"calib_samples": settings["calib_samples"]} if "calib_samples" in settings
                                     else {})})
     return rows
+
+
+def _int8_record(engine: str) -> dict[str, Any]:
+    """The method, quantization time and accuracy budget of the INT8 entry just built (the newest in the cache)."""
+    import json
+
+    from slipway.backends import edge as edge_cache
+
+    root = edge_cache.cache_root() / f"{engine}-int8"
+    entries = sorted((p for p in root.iterdir() if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime)
+    if not entries:
+        return {}
+    m = json.loads((entries[-1] / "manifest.json").read_text())
+    budget = m.get("accuracy_budget") or {}
+    return {"int8_method": budget.get("method", m["options"]["method"]), "quantization_s": m.get("quantization_s"),
+            **({"fp32_layers": budget["fp32_layers"], "int8_layers": budget["int8_layers"],
+                "snr_db_all_int8": budget["snr_db_all_int8"]} if budget else {})}
 
 
 def tuned(models: dict[str, Path], seconds: float) -> list[dict[str, Any]]:
@@ -341,14 +375,26 @@ def edge_table(rows: list[dict[str, Any]]):
             continue
         body.append([r["model"], r["engine"], r["precision"], str(r["threads"]), fmt(r["p50_ms"]) if r["p50_ms"]
                      else "-", f"{r['rss_mb']:.0f}" if r["rss_mb"] else "-", f"{r['snr_db']:.1f}",
-                     f"{r['load_s']:.1f}", ""])
+                     f"{r['load_s']:.1f}", _int8_note(r)])
     return ("Edge engines at batch 1 (median ms per request; RSS = the fresh process's peak, MB; SNR dB vs "
             f"onnxruntime FP32 over {EVAL_SAMPLES} held-out inputs; first load s = convert + verify into an empty "
             "cache for mnn / ncnn FP32; for their INT8 the engine's quantization + verification (FP32 files "
             "cached); for ort / openvino INT8 slipway quantize's time (one QDQ model for both) + session creation; "
             "session creation otherwise)",
-            ["model", "engine", "precision", "threads", "p50 ms", "peak RSS MB", "SNR dB", "first load s", "error"],
-            body)
+            ["model", "engine", "precision", "threads", "p50 ms", "peak RSS MB", "SNR dB", "first load s",
+             "note / error"], body)
+
+
+def _int8_note(r: dict[str, Any]) -> str:
+    """An INT8 row of mnn / ncnn measured since the accuracy budget: its method and the layers kept FP32."""
+    if "int8_method" not in r:
+        return ""
+    note = f"{r['int8_method']}"
+    if "fp32_layers" in r:
+        n = len(r["fp32_layers"])
+        note += (f"; all-int8 {r['snr_db_all_int8']:.1f} dB, {n} of {n + r['int8_layers']} layers kept FP32"
+                 + (f" ({', '.join(r['fp32_layers'][:8])}{', ...' if n > 8 else ''})" if n else ""))
+    return note
 
 
 def _best(rows: list[dict[str, Any]], pred) -> dict[str, Any] | None:
@@ -397,13 +443,21 @@ def edge_notes(rows: list[dict[str, Any]], picks: list[dict[str, Any]]) -> str:
         f"the OCR pipeline's ocr.det_preprocess, for rec {CALIB_SAMPLES} rendered line crops (pages.line_crops) "
         "through its crop_tensor (48 x 320). onnxruntime INT8 = slipway quantize's QDQ model made from that .npz "
         "(defaults: method auto, per-channel weights; no speed check); OpenVINO INT8 = the same QDQ model on "
-        "OpenVINO; MNN INT8 = MNN's own quantization tool (admm) on the first "
+        "OpenVINO; MNN INT8 = MNN's own quantization tool (admm unless said: "
+        + ", ".join(f"{n} {INT8_METHODS['mnn'].get(n, 'admm')}" for n in INT8_SAMPLES["mnn"])
+        + ") on the first "
         + ", ".join(f"{n} {k}" for n, k in INT8_SAMPLES["mnn"].items())
         + " samples (admm costs ~10 s per MobileNetV2 sample on one x86 core and took over 6 min for 8 PP-OCRv4 rec "
         "samples, so it gets few; 0 = not run); ncnn INT8 = "
-        "slipway's ncnn calibration table (entropy) + ncnn2int8's rewrite on "
+        "slipway's ncnn calibration table + ncnn2int8's rewrite on "
         + ", ".join(f"{n} {k}" for n, k in INT8_SAMPLES["ncnn"].items())
-        + " samples. Each INT8 model of MNN / ncnn is verified at load (output SNR >= 15 dB against onnxruntime "
+        + " samples (method auto: the best of entropy / minmax / percentile / mse by the all-int8 model's SNR, then "
+        "the accuracy budget keeps the layers most responsible for the error in FP32 until the SNR on the "
+        "calibration samples is 3 dB above the bar; rows measured before it existed ran entropy, all-int8). "
+        "MNN on PP-OCRv4 (measured on the same 16 samples, 2026-12-07): rec ema 12.3 dB in 5 s, kl 0.7 dB in 15 s, "
+        "admm 6.1 dB on 1 sample; det ema 0.0 dB in 16 s, kl 0.0 dB in 21 s (outputs near zero), admm not run "
+        "(minutes); none reaches the bar, so MNN's PP-OCR INT8 rows are refusals. "
+        "Each INT8 model of MNN / ncnn is verified at load (output SNR >= 15 dB against onnxruntime "
         f"FP32 on calibration samples) or refused. SNR in the table: {EVAL_SAMPLES} held-out inputs (seed 0 / "
         "other pages and crops), the first output. ncnn FP16 = FP16 storage (x86 with F16C has no FP16 "
         "arithmetic); MNN offers no FP16 on x86; OpenVINO's reduced precision on this CPU is bf16 (not measured "
@@ -428,6 +482,24 @@ def edge_notes(rows: list[dict[str, Any]], picks: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]], old_date: str) -> list[dict[str, Any]]:
+    """``old`` edge rows with those of every (model, engine, precision) in ``new`` replaced by the new ones, in
+    place (new groups not in ``old`` go last); old rows without a date get ``old_date``."""
+    key = lambda r: (r["model"], r["engine"], r["precision"])  # noqa: E731
+    fresh: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in new:
+        fresh.setdefault(key(r), []).append(r)
+    out, done = [], set()
+    for r in old:
+        k = key(r)
+        if k not in fresh:
+            out.append({"measured": old_date, **r})
+        elif k not in done:
+            out += fresh[k]
+            done.add(k)
+    return out + [r for k, rs in fresh.items() if k not in done for r in rs]
+
+
 def _previous() -> dict[str, Any]:
     import json
 
@@ -448,7 +520,20 @@ def main() -> None:
     parser.add_argument("--edge-time", type=float, default=3.0, help="seconds per edge configuration")
     parser.add_argument("--edge-tune-time", type=float, default=0.15,
                         help="seconds per configuration of the edge table's tune runs")
+    parser.add_argument("--edge-models", help="re-measure only these models' edge rows (comma-separated; implies "
+                        "--edge-only; the other rows, tune's picks and the GPU table stay as last written)")
+    parser.add_argument("--edge-engines", help="re-measure only these engines' edge rows (as --edge-models)")
+    parser.add_argument("--edge-precisions", help="re-measure only these precisions' edge rows (as --edge-models)")
     args = parser.parse_args()
+    partial = bool(args.edge_models or args.edge_engines or args.edge_precisions)
+    args.edge_only = args.edge_only or partial
+    edge_names = args.edge_models.split(",") if args.edge_models else [*MODELS, *EDGE_SHAPES]
+    engines = args.edge_engines.split(",") if args.edge_engines else EDGE_ENGINES
+    precisions = args.edge_precisions.split(",") if args.edge_precisions else None
+    for given, known in ((edge_names, [*MODELS, *EDGE_SHAPES]), (engines, EDGE_ENGINES),
+                         (precisions or [], ["fp32", "fp16", "int8"])):
+        if set(given) - set(known):
+            parser.error(f"unknown {', '.join(sorted(set(given) - set(known)))} (choose from {', '.join(known)})")
     import torch
 
     torch.set_num_threads(default_threads())
@@ -472,11 +557,21 @@ def main() -> None:
             tiny_mlp(tiny)
             ovh = overhead(tiny, 20000)
         os.environ["SLIPWAY_CACHE"] = str(Path(d) / "cache")  # an empty conversion cache: first loads convert
-        models = edge_models(Path(d))
-        int8 = int8_models(models, Path(d))
-        edge_rows = edge(models, int8, (1, 2), args.edge_time)
-        picks = tuned(models, args.edge_tune_time)
-        gpu_rows, gpu_note = gpu(models, int8, args.edge_time)
+        models = edge_models(Path(d), edge_names)
+        qdq = any(e in engines for e in ("ort", "openvino")) and (precisions is None or "int8" in precisions)
+        int8 = int8_models(models, Path(d), qdq=qdq or not partial)
+        edge_rows = edge(models, int8, (1, 2), args.edge_time, engines, precisions)
+        for r in edge_rows:
+            r["measured"] = host["date"]
+        previous = _previous()
+        if partial:  # the rows not re-measured, tune's picks and the GPU table: as the last run wrote them
+            edge_rows = merge_rows(previous.get("edge", []), edge_rows,
+                                   previous.get("edge_date") or previous.get("machine", {}).get("date", "?"))
+            picks, gpu_rows = previous.get("tune", []), previous.get("gpu", [])
+            gpu_note = previous.get("gpu_note", NO_GPU if all(r[3] == "-" for r in gpu_rows) else "\n")
+        else:
+            picks = tuned(models, args.edge_tune_time)
+            gpu_rows, gpu_note = gpu(models, int8, args.edge_time)
     notes = (f"\nPyTorch runs with {default_threads()} threads; the plain sessions use their engines' defaults. "
              "slipway's tuned choice is what `slipway tune --objective latency` picked for that batch, loaded "
              "through the settings file it wrote. Targets (issue 4): tuned >= 1.0x the fastest baseline; >= 4x "
@@ -488,14 +583,22 @@ def main() -> None:
              "slower than its 1-thread row is a second thread waiting for a busy core (worst for ncnn, whose "
              "OpenMP threads spin), not the engine's scaling. ncnn runs "
              "one sample at a time (batch 1 here).\n" + edge_notes(edge_rows, picks) + gpu_note)
+    if partial:
+        dates = sorted({r.get("measured", "?") for r in edge_rows})
+        notes += ("\nEdge table rows by date measured (this run re-measured "
+                  f"{', '.join(edge_names)} x {', '.join(engines)} x {', '.join(precisions or ['every precision'])}"
+                  "; tune's picks and the GPU table are from the last run that measured them): "
+                  + "; ".join(f"{d}: " + ", ".join(dict.fromkeys(f"{r['model']} {r['engine']} {r['precision']}"
+                                                                for r in edge_rows if r.get("measured", "?") == d))
+                              if d == host["date"] else f"{d}: the other rows" for d in dates) + ".\n")
     full_run = host["date"]
     if args.edge_only:  # the first two tables as the last full run measured them
-        previous = _previous()
         rows, ovh = previous.get("rows", []), previous.get("overhead", {})
         full_run = previous.get("full_run_date") or previous.get("machine", {}).get("date", "?")
         if rows:
             notes += (f"\nThe first two tables are from the last full run ({full_run}, same kind of machine); "
-                      "this run (--edge-only) measured the edge table.\n")
+                      + ("this run re-measured the edge rows dated above.\n" if partial else
+                         "this run (--edge-only) measured the edge table.\n"))
     tabs = (tables(rows, ovh) if rows and ovh else []) + [edge_table(edge_rows), standings(edge_rows, picks),
                                                             ("GPU engines (issue 17), batch 1",
                                                              ["model", "engine", "precision", "p50 ms", "note"],
@@ -503,7 +606,7 @@ def main() -> None:
     publish("engines", "Engines: PyTorch eager vs onnxruntime vs OpenVINO vs MNN vs ncnn vs slipway tuned", host,
             found, tabs, notes, time.perf_counter() - t0,
             {"machine": host, "versions": found, "rows": rows, "overhead": ovh, "full_run_date": full_run,
-             "edge": edge_rows, "tune": picks, "gpu": gpu_rows,
+             "edge": edge_rows, "tune": picks, "gpu": gpu_rows, "gpu_note": gpu_note,
              "int8": {"calib_samples": CALIB_SAMPLES, "engine_samples": INT8_SAMPLES, "eval_samples": EVAL_SAMPLES}})
 
 

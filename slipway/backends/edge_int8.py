@@ -23,7 +23,8 @@ per-key lock. **Verified** before it is cached: the INT8 model and onnxruntime's
 ranges and be clipped), and every float output must be within :data:`MIN_SNR_DB` of the reference (signal to
 noise of the whole output, see :func:`snr_db`); elementwise FP32 tolerances (``atol 1e-4``) do not apply to
 8-bit arithmetic. A model whose INT8 output is garbage is refused with one line naming the output, its SNR and
-cosine, and nothing is cached.
+cosine, and nothing is cached. A quantizer that searches its own way to the bar (ncnn's accuracy budget: layers
+kept FP32) leaves a record of it in the work folder (:data:`RECORD`), kept in the manifest as ``accuracy_budget``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ VERIFY_SAMPLES = 16  # calibration samples the INT8 model is verified on
 MIN_SNR_DB = 15.0
 TIMEOUT_S = 1800  # one quantization + verification in the child
 CALIB_BATCH = 8  # rows per calibration feed (one calibration file of the engine's)
+RECORD = "quantization.json"  # what a quantizer's own accuracy search did (in the work folder), for the manifest
 
 
 class Quantizer(Protocol):
@@ -206,7 +208,7 @@ def quantized(quantizer: Quantizer, fp32: Converted, model: Any, request: Int8Re
     sha = fp32.manifest["source_sha256"]
     opts = {"calibration_sha256": data_sha256(request.calib), "method": request.method, "samples": request.samples,
             "fp32_files": {n: f["sha256"] for n, f in sorted(fp32.manifest["files"].items())},
-            "min_snr_db": MIN_SNR_DB}
+            "min_snr_db": MIN_SNR_DB, **getattr(quantizer, "key_options", {})}
     return cached(engine, version, sha, opts, lambda entry, key: _build(quantizer, fp32, model, request, entry, key))
 
 
@@ -283,10 +285,12 @@ def _build(quantizer: Quantizer, fp32: Converted, model: Any, request: Int8Reque
             results.append({"name": t.name, "snr_db": round(snr_db(ref, act), 2), "cosine": round(cosine(ref, act), 5),
                             "max_abs": float(np.abs(ref - act).max()) if ref.size else 0.0})
         rows = sum(_rows(f, m) for f in checks)
+        record = json.loads((work / RECORD).read_text()) if (work / RECORD).is_file() else None
+        kept = f", {len(record['fp32_layers'])} layers kept FP32" if record and record.get("fp32_layers") else ""
         for r in results:
             if not r["snr_db"] >= MIN_SNR_DB:
                 raise ConversionMismatch(
-                    f"{quantizer.name} int8 ({request.method}) is too far from FP32: output {r['name']!r} at "
+                    f"{quantizer.name} int8 ({request.method}{kept}) is too far from FP32: output {r['name']!r} at "
                     f"{r['snr_db']:.1f} dB SNR (cosine {r['cosine']:.3f}) on {rows} calibration samples, below "
                     f"{MIN_SNR_DB:g} dB; try another calib_method, more or better calibration data, or fp32")
         verification = {"reference": "the ONNX model in " + engine_name(), "data": f"the first {rows} calibration "
@@ -295,6 +299,7 @@ def _build(quantizer: Quantizer, fp32: Converted, model: Any, request: Int8Reque
         manifest = {**key, "files": files, "inputs": spec["inputs"], "outputs": spec["outputs"],
                     "calibration": {"path": str(Path(request.calib).resolve()), "samples": sum(_rows(f, m) for f in feeds)},
                     "verification": verification, "quantization_s": round(seconds, 3),
+                    **({"accuracy_budget": record} if record else {}),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
         replace_dir(out, entry)

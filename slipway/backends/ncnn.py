@@ -16,10 +16,10 @@ FP16 paths off (its default is on), fp16 stores weights and activations in FP16 
 where the CPU can (ARMv8.2). Settings: ``packing`` (``use_packing_layout``: SIMD-packed channels),
 ``winograd`` (``use_winograd_convolution``), ``sgemm`` (``use_sgemm_convolution``).
 
-``precision="int8"`` (settings ``calib`` = calibration data, ``calib_method`` entropy | minmax | percentile | mse,
-``calib_samples``; :mod:`slipway.backends.edge_int8`): Convolution, ConvolutionDepthWise and InnerProduct layers
+``precision="int8"`` (settings ``calib`` = calibration data, ``calib_method`` auto | entropy | minmax | percentile |
+mse, ``calib_samples``; :mod:`slipway.backends.edge_int8`): Convolution, ConvolutionDepthWise and InnerProduct layers
 in int8 from the calibration table slipway writes and ncnn2int8's rewrite (:mod:`slipway.backends.ncnn_int8`),
-verified against onnxruntime FP32 and cached.
+except those its accuracy budget keeps FP32, verified against onnxruntime FP32 and cached.
 
 Instances share one ``Net`` (ncnn runs several extractors of one net at once); each run has its own
 extractor.

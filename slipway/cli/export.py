@@ -22,7 +22,7 @@ def export(
     calib: Path | None = typer.Option(None, "--calib", help="calibration data for --precision int8 (as slipway "
                                       "quantize --calib: .npz / .npy / a folder of them or of images)"),
     calib_method: str | None = typer.Option(None, "--calib-method", help="the engine's calibration method "
-                                            "(mnn: admm, kl, ema; ncnn: entropy, minmax, percentile, mse)"),
+                                            "(mnn: admm, kl, ema; ncnn: auto, entropy, minmax, percentile, mse)"),
     calib_samples: int | None = typer.Option(None, "--calib-samples", help="use at most this many calibration "
                                              "samples (default: the method's)"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
