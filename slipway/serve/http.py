@@ -153,15 +153,18 @@ class _Refused(asyncio.Protocol):
 
 def _call(request: web.Request) -> rest.Call:
     async def read_chunk() -> bytes:
+        content = request.content
+        if content.at_eof():  # the whole body is in (the usual case after the first chunk): no wait for EOF
+            return b""
         try:
-            return await request.content.readany()
+            return await content.readany()
         except (HttpProcessingError, RequestPayloadError) as e:
             cause = e if isinstance(e, HttpProcessingError) else e.__cause__
             message = cause.message if isinstance(cause, HttpProcessingError) else one_line(e, typed=True)
             raise ServeError(f"could not read the request body: {message}", 400) from None
 
     return rest.Call(cast(Plane, request.app.get(_PLANE)), request.app[_LIMITS], request.method, request.path,
-                     request.headers, read_chunk, dict(request.match_info))
+                     request.headers, read_chunk, request.match_info)
 
 
 def _response(reply: rest.Reply) -> web.Response:
@@ -193,6 +196,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _response(rest.failure(call, error, request.app[_LOG]))
     except Exception as e:
         return _response(rest.failure(call, e, request.app[_LOG]))
+    finally:  # request -> call -> its read_chunk -> request: a cycle only the cyclic GC would free, per request
+        del request[_CALL]
 
 
 def _auth_middleware(token: str, metrics_auth: bool) -> Callable:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
@@ -86,7 +86,7 @@ class Call:
     path: str  # decoded, as the client's request line has it (error messages name it)
     headers: Headers
     read_chunk: Callable[[], Awaitable[bytes]]  # the next chunk of the raw body as it arrives; b"" at its end
-    params: dict[str, str] = field(default_factory=dict)  # the route's {model}, {version}, {name}
+    params: Mapping[str, str] = field(default_factory=dict)  # the route's {model}, {version}, {name}
     request_id: str = ""  # the infer request's id once decoded (the error log names it)
 
 
