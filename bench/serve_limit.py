@@ -1,14 +1,18 @@
-"""slipway serve at the engine's limit: rows/s at concurrency 16 against onnxruntime alone at its best batch.
+"""slipway serve at the engine's limit: rows/s at concurrency 16 against onnxruntime alone at its best batch,
+the batcher before and after staging, and the ceiling the serving path's own cost leaves on this machine.
 
-The MobileNetV2-ish and tiny models of bench/serve.py, served by `slipway serve` (max batch 32, dynamic
-batching with no queue delay, layouts 1x2 and 2x1 on 2 cores) with the load from `slipway perf`
-(slipway.loadgen, in this process) over HTTP, gRPC, and both with system shared memory; onnxruntime's spinning
-thread pool on (``slipway.spin: true``) and off, the served configurations in rotated order over ``--rounds``
-rounds. The limit is onnxruntime alone in process (bench/serve_peers/raw.py: every layout and batch 1..32,
-before and after the load runs, the better of the two). Cross-check: the old load generator
-(bench/serve_loadgen.py, a separate tritonclient process) at one point against `slipway perf` at the same point.
+The MobileNetV2-ish and tiny models of bench/serve.py, served by `slipway serve` (dynamic batching with no
+queue delay; layouts 1x2 and 2x1 on 2 cores; max batch 32 and 2) with the load from `slipway perf`
+(slipway.loadgen, in this process) over HTTP, gRPC, and both with system shared memory. Server modes
+(bench/serve_peers/patched.py): ``after`` = slipway as it is; ``before`` = the batcher without staging;
+``null`` = everything but the engine (the data plane replays its first answer): the serving path's and the
+client's CPU per request. The ceiling: the cores over (the engine's CPU per row at its best + the serving path's
++ the client's per request), what a server could reach if serving cost nothing beyond what it measurably costs.
+The limit is onnxruntime alone in process (bench/serve_peers/raw.py: every layout and batch 1..32, before and
+after the load runs, the better of the two). Cross-check: the old load generator (bench/serve_loadgen.py, a
+separate tritonclient process) at one point against `slipway perf` at the same point.
 
-Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.serve_limit [--rounds 2] [--window 2]``.
+Run from the repo root: ``PYTHONPATH=. .venv/bin/python -m bench.serve_limit [--rounds 1] [--window 2]``.
 """
 
 from __future__ import annotations
@@ -38,21 +42,25 @@ CONCURRENCY = 16
 CPUS = usable_cpus()
 LAYOUTS = ((1, 2), (2, 1))
 POINTS = (("http", "none"), ("grpc", "none"), ("http", "system"), ("grpc", "system"))
+# (instances, threads, max batch, server mode): the batcher before / after staging at the default max batch and at
+# a small one (this CPU runs MobileNetV2 fastest per row at batch 1-2), one layout more, and the null server
+CONFIGS = ((2, 1, 32, "before"), (2, 1, 32, "after"), (2, 1, 2, "before"), (2, 1, 2, "after"), (1, 2, 32, "after"),
+           (2, 1, 2, "null"))
 
 
-def server(models: list[ModelSpec], budget: Budget, spin: bool, workdir: Path) -> Launch:
-    repo = workdir / f"repo-{budget.layout}-{'spin' if spin else 'nospin'}"
+def server(models: list[ModelSpec], budget: Budget, mode: str, workdir: Path) -> Launch:
+    """`slipway serve` (bench/serve_peers/patched.py: ``after`` as it is, ``before`` without batch staging,
+    ``null`` without the engine) over the models with ``budget``."""
+    repo = workdir / f"repo-{budget.layout}-{budget.max_batch_size}-{mode}"
     for m in models:
         (repo / m.name / "1").mkdir(parents=True, exist_ok=True)
-        config = triton_config(m, budget) + \
-            f'parameters {{ key: "slipway.spin" value: {{ string_value: "{str(spin).lower()}" }} }}\n'
-        (repo / m.name / "config.pbtxt").write_text(config)
+        (repo / m.name / "config.pbtxt").write_text(triton_config(m, budget))
         shutil.copyfile(m.path, repo / m.name / "1" / "model.onnx")
     http, grpc = free_port(), free_port()
-    cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", "slipway", "serve", str(repo), "--http-port", str(http),
-           "--grpc-port", str(grpc), "--metrics-port", "-1"]
+    cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", "bench.serve_peers.patched", mode, "serve", str(repo),
+           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", "-1"]
     launch = Launch("slipway", cmd, {"PYTHONPATH": str(ROOT)}, http, grpc, workdir=workdir,
-                    layout=f"{budget.layout} spin {'on' if spin else 'off'}")
+                    layout=f"{budget.layout} mb{budget.max_batch_size} {mode}")
     why = launch.start(models)
     if why:
         raise SystemExit(f"slipway serve did not start: {why}")
@@ -88,7 +96,7 @@ def perf(launch: Launch, model: str, protocol: str, shm: str, settings: Settings
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--window", type=float, default=2.0, help="slipway perf's window, seconds")
     ap.add_argument("--raw-seconds", type=float, default=1.0)
     ap.add_argument("--models", default="mobilenetv2,tiny")
@@ -105,8 +113,8 @@ def main() -> None:
 
     print("raw onnxruntime...", flush=True)
     before = engine()
-    launches = {(n, t, spin): server(models, Budget(threads=t, instances=n, max_batch_size=32), spin, work)
-                for n, t in LAYOUTS for spin in (True, False)}
+    launches = {(n, t, mbs, mode): server(models, Budget(threads=t, instances=n, max_batch_size=mbs), mode, work)
+                for n, t, mbs, mode in CONFIGS}
     cells: dict[tuple, list[dict[str, Any]]] = {}
     cross: dict[str, Any] = {}
     try:
@@ -115,38 +123,52 @@ def main() -> None:
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
                 for spec in models:
                     for protocol, shm in POINTS:
+                        if key[3] == "null" and shm != "none":
+                            continue  # a replayed answer skips the data plane's shared-memory bookkeeping
                         got = perf(launches[key], spec.name, protocol, shm, settings)
                         cells.setdefault((spec.name, *key, protocol, shm), []).append(got)
                         print(f"round {r} {spec.name} {key} {protocol} shm={shm}: {got['rows_per_s']:.1f} rows/s",
                               flush=True)
         # cross-check at one point: the old generator and slipway perf, back to back on the same server
         spec, pool = specs[0]
-        key = (1, 2, False)
+        key = (1, 2, 32, "after")
         old = old_generator(launches[key], spec.name, pool, args.window * 3, work)
         new = perf(launches[key], spec.name, "grpc", "none", settings)
-        cross = {"model": spec.name, "layout": "1x2 spin off", "protocol": "grpc", "old_rps": old.get("rps"),
+        cross = {"model": spec.name, "layout": "1x2 mb32", "protocol": "grpc", "old_rps": old.get("rps"),
                  "old_failed": old.get("failed"), "old_wrong": old.get("wrong"), "perf_rps": new["rows_per_s"]}
     finally:
         for launch in launches.values():
             launch.stop()
     after = engine()
     limits = {m: raw.overall(raw.best_of(before[m], after[m])) for m in before}
-    rows = []
-    for (model, n, t, spin, protocol, shm), runs in cells.items():
-        best = max(runs, key=lambda x: x["rows_per_s"])
+    rows, ceilings = [], []
+    best_of = {k: max(runs, key=lambda x: x["rows_per_s"]) for k, runs in cells.items()}
+    for (model, n, t, mbs, mode, protocol, shm), best in best_of.items():
         top = limits[model]["rows_per_s"]
         raw_cpu = 1e3 * CPUS / top  # CPU ms a row costs onnxruntime alone at its best (every core busy)
         served = best.get("server_cpu_ms_per_row")
-        rows.append([model, f"{n}x{t}", "on" if spin else "off", protocol, shm, fmt(best["rows_per_s"]),
-                     fmt(best["p50_ms"]), fmt(best["p99_ms"]), str(sum(x["errors"] for x in runs)),
-                     f"{best['rows_per_s'] / top:.2f}x", fmt(best.get("server_cpu")), fmt(best.get("client_cpu")),
-                     fmt(served), f"{raw_cpu / served:.2f}x" if served else "-"])
+        versus = "-" if mode == "null" else f"{best['rows_per_s'] / top:.2f}x"
+        rows.append([model, f"{n}x{t}", str(mbs), mode, protocol, shm, fmt(best["rows_per_s"]), fmt(best["p50_ms"]),
+                     fmt(best["p99_ms"]), str(sum(x["errors"] for x in cells[(model, n, t, mbs, mode, protocol, shm)])),
+                     versus, fmt(best.get("server_cpu")), fmt(best.get("client_cpu")), fmt(served)])
+        if mode != "null":
+            continue
+        # the serving path's and the client's CPU per request, without the engine -> the ceiling with it
+        client = 1e3 * best["client_cpu"] / best["rows_per_s"] if best.get("client_cpu") else 0.0
+        ceiling = CPUS * 1e3 / (raw_cpu + (served or 0.0) + client)
+        measured = max((b["rows_per_s"] for (m, *_, md, p, sh), b in best_of.items()
+                        if m == model and md != "null" and p == protocol and sh == shm), default=0.0)
+        ceilings.append([model, protocol, shm, fmt(raw_cpu), fmt(served), fmt(client), fmt(ceiling),
+                         f"{ceiling / top:.2f}x", fmt(measured), f"{measured / top:.2f}x", f"{measured / ceiling:.2f}x"])
     raw_rows = [[m, v["layout"], str(v["batch"]), fmt(v["rows_per_s"]), fmt(1e3 * CPUS / v["rows_per_s"])]
                 for m, v in limits.items()]
-    sections = [(f"slipway serve, concurrency {CONCURRENCY} (best of {args.rounds} rounds)",
-                 ["model", "layout", "ort spinning", "protocol", "shared memory", "rows/s", "p50 ms", "p99 ms",
-                  "errors", "vs raw best", "server cores", "client cores", "server CPU ms / row",
-                  "raw CPU / server CPU per row"], rows),
+    sections = [(f"slipway serve, concurrency {CONCURRENCY} (best of {args.rounds} round(s))",
+                 ["model", "layout", "max batch", "server", "protocol", "shared memory", "rows/s", "p50 ms", "p99 ms",
+                  "errors", "vs raw best", "server cores", "client cores", "server CPU ms / row"], rows),
+                ("the ceiling the serving path leaves (null server: everything but the engine)",
+                 ["model", "protocol", "shared memory", "engine CPU ms / row (raw best)", "serving CPU ms / req",
+                  "client CPU ms / req", "ceiling rows/s", "ceiling vs raw best", "best measured rows/s",
+                  "measured vs raw best", "measured vs ceiling"], ceilings),
                 ("onnxruntime alone, best over layouts and batches",
                  ["model", "layout", "batch", "rows/s", "CPU ms / row"], raw_rows)]
     if cross:
@@ -158,13 +180,15 @@ def main() -> None:
     notes = ("\nLoad: `slipway perf` closed loop, windows of "
              f"{args.window:g} s until the last three agree within 10 % (at most 8), 1 s warm-up, random inputs; "
              "shared memory: one input and one output region per concurrent request (Triton's system shared "
-             "memory extension). ort spinning: the served sessions' `session.intra_op.allow_spinning` "
-             "(`slipway.spin` config parameter). The raw limit spins (onnxruntime's default). Server and client "
-             "cores: CPU seconds per second of the server process (/proc) and of the load generator; the load "
-             "generator runs on the same cores as the server, which onnxruntime alone does not share with "
-             "anyone. 'raw CPU / server CPU per row': the CPU a row costs onnxruntime alone at its best (all "
-             "cores busy) over what it costs the server process (engine + serving); 1.00x would be a server "
-             "that adds nothing.\n")
+             "memory extension). Servers: `after` = slipway serve as it is; `before` = its batcher without staging "
+             "(a full batch handed to a busy instance, started by the instance's thread the moment its batch ends, "
+             "instead of a round trip through the event loop); `null` = no engine (the data plane replays its "
+             "first answer), the serving path alone. Server and client cores: CPU seconds per second of the server "
+             "process (/proc) and of the load generator; the load generator runs on the same cores as the server, "
+             "which onnxruntime alone does not share with anyone. Ceiling = cores / (engine CPU per row at its "
+             "best + serving CPU per request + client CPU per request): what a server that cost only what the "
+             "null server measurably costs could reach; it assumes the engine keeps its best per-row cost while "
+             "sharing the cores with serving threads, which it does not (cache and time-slice effects).\n")
     publish("serve_limit", "slipway serve at the engine's limit", host, found, sections, notes,
             time.perf_counter() - t0, {"cells": {" ".join(map(str, k)): v for k, v in cells.items()},
                                        "raw": {"before": before, "after": after, "limits": limits},

@@ -156,6 +156,7 @@ class RayServing:
             ray.init(address=self.address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
                      runtime_env=env, **self.init)
             self._own_ray = True
+        _check_room(plan, ray.cluster_resources().get("CPU", 0.0))
         serve.start(http_options=HTTPOptions(host=self.host, port=self.http_port),
                     grpc_options=gRPCOptions(port=self.grpc_port, grpc_servicer_functions=[SERVICER]))
         # on the head node (it outlives workers), restarted if it dies (the replicas' next reports refill it)
@@ -232,3 +233,13 @@ class RayServing:
             ray.shutdown()
             self._own_ray = False
 
+
+def _check_room(plan: dict[str, tuple[list[str], dict[str, Any]]], cpus: float) -> None:
+    """Ray Serve would wait forever for replicas the cluster has no CPUs for: refuse that in one line first."""
+    need = 0.0
+    for _, options in plan.values():
+        count = options.get("num_replicas") or options["autoscaling_config"]["initial_replicas"]
+        need += count * options["ray_actor_options"]["num_cpus"]
+    if need > cpus + 1e-9:
+        raise UserError(f"the models' first replicas reserve {need:g} CPUs and the Ray cluster has {cpus:g}: lower "
+                        "--replica-cpus (or slipway.ray.cpus), the replicas, or add nodes")

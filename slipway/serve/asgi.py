@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import slipway.serve.rest as rest
-from slipway.errors import UserError, one_line
+from slipway.errors import one_line
 from slipway.serve.limits import Limits, LogLimiter
 from slipway.serve.types import Plane
 
@@ -85,23 +85,12 @@ def plane_hooks(plane: DataPlane, *, exit_on_error: bool = True,
     startup loads the models (a model that fails to load fails the startup unless ``exit_on_error`` is
     False) and polls the repository in ``poll`` mode; shutdown stops admitting, finishes in-flight
     requests (up to ``drain_seconds``) and unloads."""
-    tasks: list[asyncio.Task] = []
-
     async def startup() -> None:
-        errors = await plane.start()
-        if errors and exit_on_error:
-            await plane.shutdown(drain=False)
-            raise UserError(f"{len(errors)} model(s) failed to load; first: {errors[0]}")
-        if plane.control == "poll":
-            tasks.append(asyncio.ensure_future(plane.run_polling()))
+        await plane.open(exit_on_error)
+        plane.poll_in_background()
 
     async def shutdown() -> None:
-        for task in tasks:
-            task.cancel()
-        try:
-            await asyncio.wait_for(plane.shutdown(drain=True), drain_seconds)
-        except TimeoutError:
-            log.warning("shutdown: requests still running after %.0f s; closing anyway", drain_seconds)
+        await plane.close(True, drain_seconds)
 
     return startup, shutdown
 

@@ -39,7 +39,7 @@ from typing import Any, NoReturn, TypeVar
 from tritonclient.grpc import service_pb2 as pb
 
 from slipway import __version__
-from slipway.errors import ServeError, one_line
+from slipway.errors import ServeError, UserError, one_line
 from slipway.serve.ensemble import MAX_DEPTH, Ensemble, composing_models, is_ensemble
 from slipway.serve.model import ModelVersion, load_version
 from slipway.serve.repository import Repository
@@ -92,6 +92,7 @@ class DataPlane:
         self._seen: dict[str, str] = {}  # name -> fingerprint seen at the last poll
         self._retiring: set[asyncio.Task] = set()
         self.shm = SharedMemory()  # system shared-memory regions, for both transports (serve/shm.py)
+        self._polling: asyncio.Task | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -152,6 +153,30 @@ class DataPlane:
                 await self.poll()
             except Exception:  # a poll must never stop the server
                 log.exception("repository poll failed")
+
+    async def open(self, exit_on_error: bool = True) -> list[str]:
+        """:meth:`start`, as a server runs it: with ``exit_on_error`` a model that failed to load stops everything
+        (UserError naming the first); returns one line per model that failed."""
+        errors = await self.start()
+        if errors and exit_on_error:
+            await self.shutdown(drain=False)
+            raise UserError(f"{len(errors)} model(s) failed to load; first: {errors[0]}")
+        return errors
+
+    def poll_in_background(self) -> None:
+        """In ``poll`` mode, watch the repository from a task of the running loop (:meth:`close` ends it)."""
+        if self.control == "poll" and self._polling is None:
+            self._polling = asyncio.ensure_future(self.run_polling())
+
+    async def close(self, drain: bool = True, drain_seconds: float = 30.0) -> None:
+        """Stop polling, then :meth:`shutdown` (in-flight requests get up to ``drain_seconds``)."""
+        if self._polling is not None:
+            self._polling.cancel()
+            self._polling = None
+        try:
+            await asyncio.wait_for(self.shutdown(drain=drain), drain_seconds)
+        except asyncio.TimeoutError:
+            log.warning("shutdown: requests still running after %.0f s; closing anyway", drain_seconds)
 
     async def shutdown(self, drain: bool = True) -> None:
         """Stop taking requests (ready turns false) and finish the ones in flight."""

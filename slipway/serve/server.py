@@ -80,7 +80,6 @@ class Server:
         self.errors: list[str] = []
         self._runners: list[Any] = []
         self._grpc = None
-        self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -95,10 +94,7 @@ class Server:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.errors = await self.plane.start()
-        if self.errors and self.exit_on_error:
-            await self.plane.shutdown(drain=False)
-            raise UserError(f"{len(self.errors)} model(s) failed to load; first: {self.errors[0]}")
+        self.errors = await self.plane.open(self.exit_on_error)
         reg = metrics.registry(self.plane)
 
         def render() -> tuple[bytes, str]:
@@ -123,8 +119,7 @@ class Server:
         except OSError as e:
             await self.stop(drain=False)
             raise UserError(f"cannot open a port on {self.host}: {e.strerror or e}") from None
-        if self.plane.control == "poll":
-            self._tasks.append(asyncio.ensure_future(self.plane.run_polling()))
+        self.plane.poll_in_background()
         log.info("serving %s: http %s, grpc %s, metrics %s", self.repository.root, self.http_port, self.grpc_port,
                  self.metrics_port)
         if not self.token and not _loopback(self.host):
@@ -149,12 +144,7 @@ class Server:
 
     async def stop(self, drain: bool = True) -> None:
         """Graceful: stop admitting, finish in-flight requests (up to ``drain_seconds``), close ports."""
-        for t in self._tasks:
-            t.cancel()
-        try:
-            await asyncio.wait_for(self.plane.shutdown(drain=drain), self.drain_seconds)
-        except asyncio.TimeoutError:
-            log.warning("shutdown: requests still running after %.0f s; closing anyway", self.drain_seconds)
+        await self.plane.close(drain, self.drain_seconds)
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
             self._grpc = None

@@ -128,3 +128,13 @@ def test_the_cli_refuses_a_bad_ray_setting_before_starting_anything(ray_repo, ar
         main(["serve", str(ray_repo), "--ray", *args])
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_replicas_the_cluster_has_no_cpus_for_are_refused_before_deploying():
+    from slipway.rayserve.deploy import _check_room
+
+    plan = {"a": (["a"], model_options("a", _config(""), Scale(replicas=2, cpus=1))),
+            "b": (["b"], model_options("b", _config(""), Scale(autoscale=(1, 4), cpus=0.5)))}
+    _check_room(plan, 2.5)
+    with pytest.raises(UserError, match=r"the models' first replicas reserve 2.5 CPUs and the Ray cluster has 2: "):
+        _check_room(plan, 2.0)
