@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from slipway.errors import ServeError, UserError
+from slipway.errors import ServeError, UserError, one_line
 from slipway.rayserve.files import ModelFiles, closure, ship
 from slipway.rayserve.ingress import IngressSettings
 from slipway.rayserve.registry import NAMESPACE, REGISTRY
@@ -177,7 +177,10 @@ class RayServing:
         ingress = serve.deployment(serve.ingress(build_asgi)(Ingress)).options(
             name="ingress", max_ongoing_requests=INGRESS_ONGOING,
             ray_actor_options={"num_cpus": 0, "resources": {HEAD: 0.001}})
-        serve.run(ingress.bind(models, self.ingress), name=APP, route_prefix="/")
+        try:
+            serve.run(ingress.bind(models, self.ingress), name=APP, route_prefix="/")
+        except RuntimeError as e:  # Ray Serve's "Deploying application ... failed: ..." (a replica did not start)
+            raise UserError(f"{one_line(e)} (the replicas' errors are in Ray's logs: serve/replica_*.log)") from None
         self._deployed_prints = prints
         return {n: shipped[n].digest for n in plan}
 

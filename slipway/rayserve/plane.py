@@ -58,6 +58,9 @@ class RayPlane:
         self._table: dict[str, dict[str, Any]] = {}
         self._configs: dict[bytes, mc.ModelConfig] = {}
         self._dead = _dead_replica_errors()
+        from ray.serve.exceptions import BackPressureError
+
+        self._full = BackPressureError
         self.counters: Counter = Counter()  # retried, unavailable, timed_out
 
     # -- the reports ----------------------------------------------------------------------------
@@ -193,6 +196,9 @@ class RayPlane:
                 self.counters["timed_out"] += 1
                 raise ServeError(f"model {request.model}: no replica answered within {self._timeout:g} s", 503) \
                     from None
+            except self._full:
+                self.counters["unavailable"] += 1
+                raise ServeError(f"model {request.model}: its replicas' queues are full; retry later", 503) from None
             except self._dead as e:
                 if attempt + 1 < tries:
                     self.counters["retried"] += 1
