@@ -47,6 +47,8 @@ class Scale:
     autoscale: tuple[int, int] | None = None  # (min, max)
     target_ongoing_requests: float = 8.0
     cpus: float = 1.0  # per model replica
+    upscale_delay_s: float = 30.0  # autoscaling: how long the load must stay above target before a replica is added
+    downscale_delay_s: float = 600.0  # ... below target before one is removed (Ray Serve's defaults)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -99,7 +101,9 @@ def model_options(name: str, config: Any, scale: Scale) -> dict[str, Any]:
     elif scale.autoscale is not None:
         low, high = scale.autoscale
         options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high, "initial_replicas": max(low, 1),
-                                         "target_ongoing_requests": scale.target_ongoing_requests}
+                                         "target_ongoing_requests": scale.target_ongoing_requests,
+                                         "upscale_delay_s": scale.upscale_delay_s,
+                                         "downscale_delay_s": scale.downscale_delay_s}
     else:
         options["num_replicas"] = scale.replicas
     return options

@@ -56,3 +56,40 @@ def test_replicas_spread_over_workers_and_a_lost_worker_costs_only_counted_failu
     finally:
         serving.shutdown()
         cluster.shutdown()
+
+
+def test_autoscaling_adds_a_replica_under_load(tmp_path):
+    """--autoscale 1:2 with a low target: sustained load brings the second replica, which then serves."""
+    import ray
+    import tritonclient.grpc as g
+
+    from slipway.rayserve import RayServing, Scale
+    from slipway.rayserve.registry import NAMESPACE, REGISTRY
+    from slipway.serve import free_port
+
+    _save(gemm_model(), tmp_path / "repo" / "gemm" / "1" / "model.onnx")
+    (tmp_path / "repo" / "gemm" / "config.pbtxt").write_text("max_batch_size: 8\ndynamic_batching {}\n")
+    serving = RayServing(tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), init={"num_cpus": 2},
+                         scale=Scale(autoscale=(1, 2), target_ongoing_requests=1, cpus=0.5, upscale_delay_s=1))
+    try:
+        serving.deploy()
+        registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
+
+        def live() -> list[dict]:
+            return [r for r in ray.get(registry.table.remote()).values() if r["live"]]
+
+        assert len(live()) == 1
+        with Load(f"127.0.0.1:{serving.grpc_port}", [lambda v: v @ W + B], clients=8) as load:
+            deadline = time.monotonic() + 60
+            while len(live()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert len(live()) == 2, "no second replica within 60 s of load"
+            time.sleep(3.0)
+        assert set(load.outcomes) == {"ok"}, load.outcomes
+        time.sleep(1.0)
+        counts = [next(s.inference_count for model, _, s, _ in r["stats"] if model == "gemm") for r in live()]
+        assert all(c > 0 for c in counts), counts  # both replicas served requests
+        client = g.InferenceServerClient(f"127.0.0.1:{serving.grpc_port}")
+        assert client.get_inference_statistics("gemm").model_stats[0].inference_count >= sum(counts)
+    finally:
+        serving.shutdown()

@@ -79,7 +79,8 @@ def test_replicas_come_from_the_config_over_the_cli():
     auto = model_options("m", _config(_param("slipway.ray.max_replicas", "6") +
                                       _param("slipway.ray.target_ongoing_requests", "3")), Scale(autoscale=(2, 4)))
     assert auto["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 6, "initial_replicas": 2,
-                                          "target_ongoing_requests": 3.0}
+                                          "target_ongoing_requests": 3.0, "upscale_delay_s": 30.0,
+                                          "downscale_delay_s": 600.0}
     cli = model_options("m", _config(""), Scale(autoscale=(0, 3)))
     assert cli["autoscaling_config"]["min_replicas"] == 0 and cli["autoscaling_config"]["initial_replicas"] == 1
     seq = model_options("m", _config("sequence_batching {}\n" + _param("slipway.ray.replicas", "4")), Scale())
