@@ -53,10 +53,10 @@ class Scale:
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise UserError(f"--replicas must be 1 or more, got {self.replicas}")
-        if self.autoscale is not None and not 0 <= self.autoscale[0] <= self.autoscale[1] or \
-                self.autoscale is not None and self.autoscale[1] < 1:
-            raise UserError(f"--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got "
-                            f"{self.autoscale[0]}:{self.autoscale[1]}")
+        if self.autoscale is not None:
+            low, high = self.autoscale
+            if not 0 <= low <= high or high < 1:
+                raise UserError(f"--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got {low}:{high}")
         if self.target_ongoing_requests <= 0:
             raise UserError(f"target ongoing requests must be more than 0, got {self.target_ongoing_requests}")
         if self.cpus < 0:
@@ -125,10 +125,13 @@ class RayServing:
     _own_ray: bool = False
     _deployed_prints: dict[str, str] = field(default_factory=dict)  # the files deploy() last shipped
 
-    def plan(self) -> dict[str, tuple[list[str], dict[str, Any]]]:
+    def _repo(self) -> Repository:
+        return Repository(self.repository, allow_python_models=self.settings.allow_python_models)
+
+    def plan(self, repo: Repository | None = None) -> dict[str, tuple[list[str], dict[str, Any]]]:
         """Per model: the models its replicas load (itself, and an ensemble's composing models) and its options.
         Reads and checks every config; UserError naming the model for the first broken one."""
-        repo = Repository(self.repository, allow_python_models=self.settings.allow_python_models)
+        repo = repo or self._repo()
         names = repo.names()
         if not names:
             raise UserError(f"model repository {self.repository} has no model")
@@ -153,8 +156,9 @@ class RayServing:
         from slipway.rayserve.registry import Registry
         from slipway.rayserve.replica import ModelReplica
 
-        prints = self.fingerprints()
-        plan = self.plan()
+        repo = self._repo()
+        prints = self.fingerprints(repo)
+        plan = self.plan(repo)
         if not ray.is_initialized():
             env = {"env_vars": {GRPC_HOST: self.host}, "worker_process_setup_hook": f"{protos.__name__}.bind_host"}
             ray.init(address=self.address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
@@ -167,7 +171,6 @@ class RayServing:
         ray.remote(num_cpus=0)(Registry).options(
             name=REGISTRY, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
             max_task_retries=-1, resources={HEAD: 0.001}).remote()
-        repo = Repository(self.repository, allow_python_models=self.settings.allow_python_models)
         shipped: dict[str, ModelFiles] = {}
         models = {}
         for name, (loads, options) in plan.items():
@@ -218,9 +221,9 @@ class RayServing:
         finally:
             self.shutdown()
 
-    def fingerprints(self) -> dict[str, str]:
+    def fingerprints(self, repo: Repository | None = None) -> dict[str, str]:
         """Per model folder: what changes when a file is added, removed, resized or touched."""
-        repo = Repository(self.repository, allow_python_models=self.settings.allow_python_models)
+        repo = repo or self._repo()
         return {name: repo.fingerprint(name) for name in repo.names()}
 
     def shutdown(self) -> None:

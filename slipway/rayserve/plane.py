@@ -43,11 +43,13 @@ NO_SHM = ("system shared memory is not available when the repository is served o
           "replicas are on different machines; send the tensors in the request")
 
 
-def _dead_replica_errors() -> tuple[type[BaseException], ...]:
+def _ray_errors() -> tuple[tuple[type[BaseException], ...], type[BaseException]]:
+    """(what a replica that died with a request raises, what full replica queues raise)."""
     from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError
-    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-    return RayActorError, ActorUnavailableError, NodeDiedError, ReplicaUnavailableError, DeploymentUnavailableError
+    dead = RayActorError, ActorUnavailableError, NodeDiedError, ReplicaUnavailableError, DeploymentUnavailableError
+    return dead, BackPressureError
 
 
 class RayPlane:
@@ -57,10 +59,7 @@ class RayPlane:
         self._timeout = request_timeout_s
         self._table: dict[str, dict[str, Any]] = {}
         self._configs: dict[bytes, mc.ModelConfig] = {}
-        self._dead = _dead_replica_errors()
-        from ray.serve.exceptions import BackPressureError
-
-        self._full = BackPressureError
+        self._dead, self._full = _ray_errors()
         self.counters: Counter = Counter()  # retried, unavailable, timed_out
 
     # -- the reports ----------------------------------------------------------------------------
